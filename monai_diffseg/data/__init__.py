@@ -1,4 +1,48 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
+"""Data lists and datasets: ISIC 2018 Task 1, flat image/mask folders and a synthetic dermoscopy set."""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .isic2018 import (
+    ISIC2018_SPLIT_FOLDERS,
+    ISIC2018_SPLITS,
+    image_folder_datalist,
+    isic2018_datalist,
+    isic2018_train_val_datalists,
+    split_datalist,
+)
+
+__all__ = [
+    "ISIC2018_SPLIT_FOLDERS",
+    "ISIC2018_SPLITS",
+    "image_folder_datalist",
+    "isic2018_datalist",
+    "isic2018_train_val_datalists",
+    "make_synthetic_isic2018",
+    "split_datalist",
+    "synthetic_lesion_sample",
+]
+
+# ``synthetic`` is imported on first use: importing it here would make
+# ``python -m monai_diffseg.data.synthetic`` warn that the module was imported before running as __main__.
+_LAZY = {"make_synthetic_isic2018": ".synthetic", "synthetic_lesion_sample": ".synthetic"}
+
+
+def __getattr__(name: str) -> Any:
+    """Resolve lazily imported public names (PEP 562).
+
+    Raises:
+        AttributeError: ``name`` is not a public name of this package.
+    """
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """List module attributes including the lazily imported ones."""
+    return sorted(set(globals()) | set(__all__))

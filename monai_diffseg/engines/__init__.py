@@ -2,3 +2,6 @@
 # Licensed under the Apache License, Version 2.0
 
 from __future__ import annotations
+
+from .loss import MaskDiffusionLoss
+from .prepare_batch import PREDICTION_TARGETS, MaskDiffusionPrepareBatch, mask_to_diffusion

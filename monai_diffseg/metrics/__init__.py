@@ -1,4 +1,25 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
+"""Distribution-level metrics for stochastic segmentation: generalized energy distance, sample diversity, HM-IoU."""
 
 from __future__ import annotations
+
+from .generalized_energy_distance import (
+    GED_KEYS,
+    GeneralizedEnergyDistanceMetric,
+    compute_generalized_energy_distance,
+    compute_pairwise_iou,
+)
+from .hungarian_iou import HungarianMatchedIoUMetric, compute_hungarian_matched_iou
+from .sample_diversity import SampleDiversityMetric, compute_sample_diversity
+
+__all__ = [
+    "GED_KEYS",
+    "GeneralizedEnergyDistanceMetric",
+    "HungarianMatchedIoUMetric",
+    "SampleDiversityMetric",
+    "compute_generalized_energy_distance",
+    "compute_hungarian_matched_iou",
+    "compute_pairwise_iou",
+    "compute_sample_diversity",
+]

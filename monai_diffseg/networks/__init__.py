@@ -2,3 +2,6 @@
 # Licensed under the Apache License, Version 2.0
 
 from __future__ import annotations
+
+from .blocks import AnchorHead, ConditionEncoder, ConditionFusion, FFParser
+from .nets import MEDSEGDIFF_CONFIGS, MedSegDiff

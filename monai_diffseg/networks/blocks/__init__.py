@@ -2,3 +2,7 @@
 # Licensed under the Apache License, Version 2.0
 
 from __future__ import annotations
+
+from .condition_encoder import AnchorHead, ConditionEncoder
+from .condition_fusion import ConditionFusion
+from .ff_parser import FFParser

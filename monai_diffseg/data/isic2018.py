@@ -1,0 +1,372 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Data-list builders for ISIC 2018 Task 1 and flat ``images/`` + ``masks/`` folder layouts.
+
+The builders return MONAI-style data lists (``list[dict[str, str]]``) with absolute ``"image"`` and
+``"label"`` paths plus a ``"case"`` identifier, ready for :class:`monai.data.Dataset` and
+``LoadImaged(keys=["image", "label"])``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Literal, Union
+
+import numpy as np
+from monai.utils import look_up_option
+
+__all__ = [
+    "ISIC2018_SPLIT_FOLDERS",
+    "ISIC2018_SPLITS",
+    "image_folder_datalist",
+    "isic2018_datalist",
+    "isic2018_train_val_datalists",
+    "split_datalist",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+ISIC2018_SPLITS: tuple[str, ...] = ("training", "validation", "test")
+"""Official ISIC 2018 Task 1 splits."""
+
+ISIC2018_SPLIT_FOLDERS: dict[str, tuple[str, str]] = {
+    "training": ("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"),
+    "validation": ("ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Validation_GroundTruth"),
+    "test": ("ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1_Test_GroundTruth"),
+}
+"""``split -> (input image folder, ground-truth mask folder)`` as released by the challenge."""
+
+# Only ``ISIC_<digits>.<ext>`` are images; this also skips LICENSE.txt/ATTRIBUTION.txt, macOS ``._*``
+# resource forks and ISIC 2017-style ``*_superpixels.png`` files that some mirrors still ship.
+_ISIC_IMAGE_RE = re.compile(r"^(ISIC_\d+)\.(jpe?g|png)$", re.IGNORECASE)
+_ISIC_MASK_SUFFIX = "_segmentation.png"
+_DEFAULT_MASK_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+_MAX_LISTED = 5
+
+
+def _check_dir(path: PathLike, what: str) -> str:
+    """Return ``path`` as an absolute string, raising if it is not an existing folder.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or is not a folder.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{what} not found: '{path}' does not exist or is not a folder.")
+    return path
+
+
+def _format_names(names: Sequence[str]) -> str:
+    """Format the first few names plus a total count for an error message."""
+    shown = ", ".join(names[:_MAX_LISTED])
+    more = f", ... ({len(names)} in total)" if len(names) > _MAX_LISTED else f" ({len(names)} in total)"
+    return shown + more
+
+
+def _raise_missing_masks(missing: Sequence[tuple[str, str]], mask_dir: str) -> None:
+    """Raise one ``ValueError`` for images whose masks are absent.
+
+    Args:
+        missing: ``(image file name, expected mask path)`` pairs, sorted.
+        mask_dir: folder that was searched for masks.
+
+    Raises:
+        ValueError: always.
+    """
+    names = [name for name, _ in missing]
+    raise ValueError(
+        f"No mask found for image(s) {_format_names(names)} in mask folder '{mask_dir}'; "
+        f"e.g. expected '{missing[0][1]}' for '{missing[0][0]}'. Pass labels=False to list images only."
+    )
+
+
+def _warn_orphan_masks(orphans: Sequence[str], mask_dir: str) -> None:
+    """Log masks that have no matching image (harmless, but usually a sign of a partial download)."""
+    if orphans:
+        logger.warning(
+            "Ignoring %d mask(s) without an image in '%s': %s", len(orphans), mask_dir, _format_names(orphans)
+        )
+
+
+def isic2018_datalist(
+    dataset_dir: PathLike,
+    split: str = "training",
+    labels: bool | Literal["auto"] = "auto",
+) -> list[dict[str, str]]:
+    """Build a data list for one split of ISIC 2018 Task 1 (lesion boundary segmentation).
+
+    Expected layout under ``dataset_dir`` (see :data:`ISIC2018_SPLIT_FOLDERS`)::
+
+        ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg
+        ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png
+        (likewise ``Validation`` and ``Test``)
+
+    Only ``ISIC_<digits>.jpg|.jpeg|.png`` (any case) count as images; ``LICENSE.txt``,
+    ``ATTRIBUTION.txt`` and other files are ignored.
+
+    Args:
+        dataset_dir: folder that holds the official ISIC 2018 folders.
+        split: one of ``"training"``, ``"validation"``, ``"test"``.
+        labels: ``True`` requires a mask for every image; ``False`` lists images only (no ``"label"``
+            key); ``"auto"`` uses masks when the split's ground-truth folder exists, else images only.
+
+    Returns:
+        Items ``{"image": abs_path, "label": abs_path, "case": "ISIC_0000000"}`` sorted by case
+        (without ``"label"`` when no masks are used).
+
+    Raises:
+        FileNotFoundError: ``dataset_dir``, the split's input folder or (``labels=True``) its
+            ground-truth folder does not exist.
+        ValueError: bad ``split``/``labels``, an input folder without images, or (with masks) an
+            image whose ``<case>_segmentation.png`` is absent.
+    """
+    split = look_up_option(split, ISIC2018_SPLITS)
+    if labels not in (True, False, "auto"):
+        raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
+    root = _check_dir(dataset_dir, "ISIC 2018 dataset_dir")
+    input_name, gt_name = ISIC2018_SPLIT_FOLDERS[split]
+    input_dir = os.path.join(root, input_name)
+    if not os.path.isdir(input_dir):
+        present = sorted(os.listdir(root))
+        raise FileNotFoundError(
+            f"ISIC 2018 {split} input folder not found: expected '{input_dir}'. "
+            f"'{root}' contains: {present if present else 'nothing'}."
+        )
+
+    images: dict[str, str] = {}
+    for name in sorted(os.listdir(input_dir)):
+        match = _ISIC_IMAGE_RE.match(name)
+        if match is None or not os.path.isfile(os.path.join(input_dir, name)):
+            continue
+        case = match.group(1)
+        if case in images:
+            raise ValueError(
+                f"Case '{case}' has more than one image in '{input_dir}': "
+                f"'{os.path.basename(images[case])}' and '{name}'; keep exactly one."
+            )
+        images[case] = os.path.join(input_dir, name)
+    if not images:
+        raise ValueError(
+            f"No ISIC images (ISIC_<id>.jpg/.jpeg/.png) found in '{input_dir}' for split '{split}'."
+        )
+
+    gt_dir = os.path.join(root, gt_name)
+    use_labels = os.path.isdir(gt_dir) if labels == "auto" else bool(labels)
+    if not use_labels:
+        return [{"image": images[case], "case": case} for case in sorted(images)]
+    if not os.path.isdir(gt_dir):
+        raise FileNotFoundError(
+            f"ISIC 2018 {split} ground-truth folder not found: expected '{gt_dir}'. "
+            "Pass labels=False (or 'auto') to list images only."
+        )
+
+    # Match masks case-insensitively so archives extracted on case-folding file systems still pair.
+    masks = {name.lower(): os.path.join(gt_dir, name) for name in os.listdir(gt_dir)}
+    datalist: list[dict[str, str]] = []
+    missing: list[tuple[str, str]] = []
+    used: set[str] = set()
+    for case in sorted(images):
+        key = (case + _ISIC_MASK_SUFFIX).lower()
+        mask = masks.get(key)
+        if mask is None or not os.path.isfile(mask):
+            missing.append((os.path.basename(images[case]), os.path.join(gt_dir, case + _ISIC_MASK_SUFFIX)))
+            continue
+        used.add(key)
+        datalist.append({"image": images[case], "label": mask, "case": case})
+    if missing:
+        _raise_missing_masks(missing, gt_dir)
+    orphans = sorted(
+        os.path.basename(p) for k, p in masks.items() if k.endswith(_ISIC_MASK_SUFFIX) and k not in used
+    )
+    _warn_orphan_masks(orphans, gt_dir)
+    return datalist
+
+
+def split_datalist(
+    datalist: Sequence[Mapping[str, str]],
+    fractions: Sequence[float] = (0.7, 0.1, 0.2),
+    seed: int = 0,
+) -> tuple[list[dict[str, str]], ...]:
+    """Split a data list into disjoint, seeded random parts (e.g. train/val/test).
+
+    Counts are ``fraction * len(datalist)`` rounded by largest remainder, so they always add up to
+    ``len(datalist)``; every part with a non-zero fraction gets at least one item when there are
+    enough items. Each part keeps the input order, so results are stable for a fixed ``seed``.
+
+    Args:
+        datalist: items to split (each a mapping, e.g. from :func:`image_folder_datalist`).
+        fractions: non-negative fractions, one per output part, summing to 1.
+        seed: seed of the random permutation.
+
+    Returns:
+        One list per fraction; items are shallow copies of the input dicts.
+
+    Raises:
+        ValueError: empty ``fractions``, a negative fraction, fractions not summing to 1, or fewer
+            items than non-zero fractions.
+    """
+    fracs = np.asarray(list(fractions), dtype=float)
+    if fracs.ndim != 1 or fracs.size == 0 or np.any(fracs < 0) or not np.isclose(fracs.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"fractions must be non-negative and sum to 1, got {tuple(fractions)}.")
+    n = len(datalist)
+    nonzero = np.flatnonzero(fracs > 0)
+    if n < nonzero.size:
+        raise ValueError(
+            f"Cannot split a data list of {n} item(s) into {nonzero.size} non-empty parts {tuple(fractions)}."
+        )
+    exact = fracs * n
+    counts = np.floor(exact).astype(int)
+    # Largest-remainder rounding; ties resolved by part order so the result is deterministic.
+    for idx in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[idx] += 1
+    # Guarantee a non-empty part for every non-zero fraction (e.g. a 10% holdout of 5 cases).
+    for idx in nonzero:
+        if counts[idx] == 0:
+            counts[int(np.argmax(counts))] -= 1
+            counts[idx] = 1
+
+    order = np.random.default_rng(seed).permutation(n)
+    parts: list[list[dict[str, str]]] = []
+    start = 0
+    for count in counts:
+        picked = np.sort(order[start : start + count])
+        parts.append([dict(datalist[i]) for i in picked])
+        start += count
+    return tuple(parts)
+
+
+def isic2018_train_val_datalists(
+    dataset_dir: PathLike,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Training and validation data lists for ISIC 2018 Task 1.
+
+    The training list is the official training split (masks required). Validation uses the official
+    validation split when both its input and ground-truth folders exist; otherwise a seeded holdout
+    of ``val_fraction`` (at least one case) of the training split is used instead.
+
+    Args:
+        dataset_dir: folder that holds the official ISIC 2018 folders.
+        val_fraction: holdout fraction in (0, 1), used only without the official validation split.
+        seed: seed of the holdout selection.
+
+    Returns:
+        ``(train_list, val_list)``, disjoint, each sorted by case, items as in :func:`isic2018_datalist`.
+
+    Raises:
+        FileNotFoundError: see :func:`isic2018_datalist`.
+        ValueError: ``val_fraction`` outside (0, 1), a holdout from fewer than 2 training cases,
+            or errors from :func:`isic2018_datalist`.
+    """
+    if not 0.0 < float(val_fraction) < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    root = _check_dir(dataset_dir, "ISIC 2018 dataset_dir")
+    train = isic2018_datalist(root, "training", labels=True)
+    val_input, val_gt = (os.path.join(root, name) for name in ISIC2018_SPLIT_FOLDERS["validation"])
+    if os.path.isdir(val_input) and os.path.isdir(val_gt):
+        val = isic2018_datalist(root, "validation", labels=True)
+        logger.info("ISIC 2018: official validation split (%d cases), %d training cases.", len(val), len(train))
+        return train, val
+    if len(train) < 2:
+        raise ValueError(
+            f"Cannot hold out validation cases from {len(train)} training case(s) in '{root}' "
+            "and the official validation split is absent."
+        )
+    train, val = split_datalist(train, (1.0 - float(val_fraction), float(val_fraction)), seed=seed)
+    logger.info(
+        "ISIC 2018: official validation split absent in '%s'; seeded holdout (fraction=%g, seed=%d): "
+        "%d training, %d validation cases.",
+        root,
+        val_fraction,
+        seed,
+        len(train),
+        len(val),
+    )
+    return train, val
+
+
+def image_folder_datalist(
+    image_dir: PathLike,
+    mask_dir: PathLike | None,
+    mask_suffix: str = "",
+    image_exts: Sequence[str] = (".png", ".jpg", ".jpeg"),
+    mask_exts: Sequence[str] = _DEFAULT_MASK_EXTS,
+    labels: bool = True,
+) -> list[dict[str, str]]:
+    """Build a data list for flat ``<image_dir>/<id>.<ext>`` + ``<mask_dir>/<id><mask_suffix>.<ext>`` layouts.
+
+    Suits Kvasir-SEG (``images/<id>.jpg`` + ``masks/<id>.jpg``) and flattened PH2
+    (e.g. ``images/IMD002.bmp`` + ``masks/IMD002_lesion.bmp`` with ``image_exts=(".bmp",)`` and
+    ``mask_suffix="_lesion"``). Masks may use a different extension than images. Extensions are
+    matched case-insensitively; hidden files and other extensions are ignored.
+
+    Args:
+        image_dir: folder of images.
+        mask_dir: folder of masks; ``None`` lists images only.
+        mask_suffix: text between the image id and the mask extension.
+        image_exts: accepted image extensions (with dot).
+        mask_exts: accepted mask extensions (with dot).
+        labels: ``False`` lists images only even when ``mask_dir`` is given.
+
+    Returns:
+        Items ``{"image": abs_path, "label": abs_path, "case": id}`` sorted by id (no ``"label"``
+        when masks are not used).
+
+    Raises:
+        FileNotFoundError: ``image_dir`` or (when used) ``mask_dir`` is not an existing folder.
+        ValueError: no images, an id with several images or masks, or an image without a mask.
+    """
+    image_root = _check_dir(image_dir, "Image folder")
+    image_ext_set = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in image_exts}
+    mask_ext_set = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in mask_exts}
+
+    images: dict[str, str] = {}
+    for name in sorted(os.listdir(image_root)):
+        stem, ext = os.path.splitext(name)
+        if name.startswith(".") or ext.lower() not in image_ext_set:
+            continue
+        if not os.path.isfile(os.path.join(image_root, name)):
+            continue
+        if stem in images:
+            raise ValueError(
+                f"Image id '{stem}' has more than one file in '{image_root}': "
+                f"'{os.path.basename(images[stem])}' and '{name}'; keep exactly one."
+            )
+        images[stem] = os.path.join(image_root, name)
+    if not images:
+        raise ValueError(f"No images with extensions {sorted(image_ext_set)} found in '{image_root}'.")
+    if mask_dir is None or not labels:
+        return [{"image": images[case], "case": case} for case in sorted(images)]
+
+    mask_root = _check_dir(mask_dir, "Mask folder")
+    masks: dict[str, str] = {}
+    for name in sorted(os.listdir(mask_root)):
+        stem, ext = os.path.splitext(name)
+        if name.startswith(".") or ext.lower() not in mask_ext_set or not stem.endswith(mask_suffix):
+            continue
+        case = stem[: len(stem) - len(mask_suffix)] if mask_suffix else stem
+        if case in masks:
+            raise ValueError(
+                f"Image id '{case}' has more than one mask in '{mask_root}': "
+                f"'{os.path.basename(masks[case])}' and '{name}'; keep exactly one."
+            )
+        masks[case] = os.path.join(mask_root, name)
+
+    datalist: list[dict[str, str]] = []
+    missing: list[tuple[str, str]] = []
+    for case in sorted(images):
+        if case not in masks:
+            expected = os.path.join(mask_root, f"{case}{mask_suffix}{{{','.join(sorted(mask_ext_set))}}}")
+            missing.append((os.path.basename(images[case]), expected))
+            continue
+        datalist.append({"image": images[case], "label": masks[case], "case": case})
+    if missing:
+        _raise_missing_masks(missing, mask_root)
+    _warn_orphan_masks(sorted(os.path.basename(masks[c]) for c in masks if c not in images), mask_root)
+    return datalist

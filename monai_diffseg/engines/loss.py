@@ -1,0 +1,72 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Loss for mask-diffusion training: diffusion target loss plus an optional auxiliary (anchor) mask loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.utils import look_up_option
+
+__all__ = ["MaskDiffusionLoss"]
+
+
+class MaskDiffusionLoss(nn.Module):
+    """
+    ``loss = diffusion_loss(pred, target) + aux_weight * aux_loss(anchor_logits, mask)``.
+
+    MedSegDiff (Wu et al. 2022) trains the denoiser with the usual MSE on the diffusion target; its condition branch
+    gets an extra supervised segmentation loss on the anchor output (MedSegDiff-V2, arXiv:2301.11798). Pairs with
+    :class:`monai_diffseg.engines.MaskDiffusionPrepareBatch` (targets dict) and
+    :class:`monai_diffseg.inferers.DiffusionSegmentationTrainInferer` (prediction dict).
+
+    Args:
+        diffusion_loss: ``"mse"`` or ``"l1"`` on the diffusion target (eps, x0 or v).
+        aux_weight: weight of the auxiliary loss; 0 disables it.
+        aux_loss: loss on the anchor logits vs. the {0, 1} mask; default MONAI ``DiceCELoss`` (sigmoid for one
+            channel, softmax for one-hot multi-class).
+
+    Inputs:
+        pred: ``(B, C, *S)`` tensor, or a dict ``{"pred": (B, C, *S), "anchor": (N, C, *S)}``.
+        target: ``(B, C, *S)`` tensor, or a dict ``{"target": (B, C, *S), "mask": (N, C, *S)}``.
+    """
+
+    def __init__(self, diffusion_loss: str = "mse", aux_weight: float = 0.0, aux_loss: nn.Module | None = None) -> None:
+        super().__init__()
+        self.diffusion_loss = look_up_option(diffusion_loss, ("mse", "l1"))
+        self.aux_weight = float(aux_weight)
+        self.aux_loss = aux_loss
+        self._default_aux: dict[int, nn.Module] = {}
+
+    def _aux(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.aux_loss is not None:
+            return self.aux_loss(logits, mask)
+        channels = logits.shape[1]
+        if channels not in self._default_aux:
+            self._default_aux[channels] = (
+                DiceCELoss(sigmoid=True) if channels == 1 else DiceCELoss(softmax=True)
+            )
+        return self._default_aux[channels](logits, mask)
+
+    def forward(
+        self, pred: torch.Tensor | Mapping[str, torch.Tensor], target: torch.Tensor | Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        pred_t = pred["pred"] if isinstance(pred, Mapping) else pred
+        target_t = target["target"] if isinstance(target, Mapping) else target
+        if isinstance(pred_t, Sequence) or pred_t.shape != target_t.shape:
+            shape = tuple(pred_t.shape) if isinstance(pred_t, torch.Tensor) else type(pred_t).__name__
+            raise ValueError(f"MaskDiffusionLoss: prediction {shape} and target {tuple(target_t.shape)} differ.")
+        fn = F.mse_loss if self.diffusion_loss == "mse" else F.l1_loss
+        loss = fn(pred_t.float(), target_t.float())
+        if self.aux_weight > 0:
+            if not isinstance(pred, Mapping) or "anchor" not in pred or not isinstance(target, Mapping):
+                raise ValueError(
+                    "MaskDiffusionLoss: aux_weight > 0 needs the anchor logits (network built with anchor_head=True, "
+                    "trained through DiffusionSegmentationTrainInferer) and the {0, 1} mask in the targets dict."
+                )
+            loss = loss + self.aux_weight * self._aux(pred["anchor"].float(), target["mask"].float())
+        return loss

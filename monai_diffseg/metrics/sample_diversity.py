@@ -1,0 +1,143 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""
+Sample diversity of an ensemble of segmentations: the mean pairwise distance between the samples of one image.
+
+With the ``"1-iou"`` distance this is the :math:`\\mathbb{E}[d(S, S')]` term of the generalized energy distance
+(Kohl et al. 2018; Baumgartner et al., PHiSeg 2019). With the ``"l2"`` distance it is the mean pairwise
+root-mean-square difference of (possibly soft) masks, the quantity that some public diffusion-segmentation code
+bases (e.g. DiffSeg's evaluation code) report under the name "GED" although it is a sample-diversity term and not
+the generalized energy distance.
+
+References:
+    - Kohl et al., "A Probabilistic U-Net for Segmentation of Ambiguous Images", NeurIPS 2018.
+    - Baumgartner et al., "PHiSeg: Capturing Uncertainty in Medical Image Segmentation", MICCAI 2019.
+    - Rahman et al., "Ambiguous Medical Image Segmentation using Diffusion Models" (CIMD), CVPR 2023.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from monai.metrics import CumulativeIterationMetric
+from monai.utils import MetricReduction, look_up_option
+
+from .generalized_energy_distance import _check_ensemble, _reduce_per_image, _select_classes, compute_pairwise_iou
+
+__all__ = ["SampleDiversityMetric", "compute_sample_diversity"]
+
+_DISTANCES = ("1-iou", "l2")
+
+
+def compute_sample_diversity(
+    samples: torch.Tensor, distance: str = "1-iou", include_background: bool = True
+) -> torch.Tensor:
+    """
+    Mean pairwise distance :math:`\\mathbb{E}[d(S, S')]` between the ``E`` samples of each image.
+
+    The expectation is the mean over **all** ``E x E`` ordered pairs, including ``i = j`` (distance 0), as in
+    the generalized energy distance (so ``E = 1`` gives 0, and the value equals the ``"sample_diversity"`` term
+    of :func:`~monai_diffseg.metrics.compute_generalized_energy_distance`). Multi-class inputs: the distance
+    is computed per class channel and averaged over the (selected) classes.
+
+    Distances:
+
+    - ``"1-iou"``: :math:`d(A, B) = 1 - \\mathrm{IoU}(A, B)` on binary masks (``d = 0`` when both masks are
+      empty, ``d = 1`` when exactly one is empty). Requires values in {0, 1}.
+    - ``"l2"``: root-mean-square difference :math:`d(A, B) = \\sqrt{\\frac{1}{P}\\sum_p (A_p - B_p)^2}` over the
+      ``P`` spatial elements of a class channel, computed on probabilities (soft masks in [0, 1] are accepted;
+      for binary masks ``d^2`` is the fraction of disagreeing pixels). This is the quantity some diffusion
+      segmentation code (e.g. DiffSeg's) reports as "GED"; it is a sample-diversity term, not the generalized
+      energy distance.
+
+    Args:
+        samples: ensemble of segmentations, shape ``(N, E, C, H, W[, D])``; binary for ``"1-iou"``, values in
+            [0, 1] for ``"l2"``.
+        distance: ``"1-iou"`` (default) or ``"l2"``.
+        include_background: whether to include class channel 0. Defaults to ``True``; ignored (with a warning)
+            when ``C == 1``.
+
+    Returns:
+        float64 tensor of shape ``(N,)``.
+
+    Raises:
+        ValueError: on invalid shapes, empty ensembles, NaN values, values outside {0, 1} (``"1-iou"``) or
+            [0, 1] (``"l2"``), or an unknown ``distance``.
+    """
+    distance = look_up_option(distance, _DISTANCES)
+    _check_ensemble(samples, "samples", "(N, E, C, H, W[, D])", values="binary" if distance == "1-iou" else "unit")
+    s = _select_classes(samples, include_background)
+    if distance == "1-iou":
+        return (1.0 - compute_pairwise_iou(s, s)).mean(dim=(1, 2, 3))
+    n, e, c = s.shape[:3]
+    flat = s.reshape(n, e, c, -1).transpose(1, 2).to(torch.float64)  # (N, C, E, P)
+    num_pixels = flat.shape[-1]
+    flat = flat.reshape(n * c, e, num_pixels)
+    # direct (non-Gram) Euclidean distances: exact zeros for identical samples
+    dist = torch.cdist(flat, flat, p=2.0, compute_mode="donot_use_mm_for_euclid_dist") / math.sqrt(num_pixels)
+    return dist.reshape(n, c, e, e).mean(dim=(1, 2, 3))
+
+
+class SampleDiversityMetric(CumulativeIterationMetric):
+    """
+    Cumulative sample diversity :math:`\\mathbb{E}[d(S, S')]` of segmentation ensembles.
+
+    See :func:`compute_sample_diversity` for the definition. Each call ``metric(y_pred=samples)`` with ``samples``
+    of shape ``(N, E, C, H, W[, D])`` (or a list of ``(E, C, H, W[, D])`` tensors) returns and buffers the per-image
+    values of shape ``(N,)``; ``y`` is accepted for compatibility with MONAI handlers/evaluators and ignored.
+
+    Args:
+        distance: ``"1-iou"`` (default, binary masks) or ``"l2"`` (root-mean-square difference, soft masks allowed).
+        include_background: whether to include class channel 0. Defaults to ``True``.
+        reduction: MONAI reduction mode applied by :meth:`aggregate`, see
+            :py:class:`monai.utils.enums.MetricReduction`; ``"mean"`` (default) or ``"none"`` (per-image values).
+    """
+
+    def __init__(
+        self,
+        distance: str = "1-iou",
+        include_background: bool = True,
+        reduction: MetricReduction | str = MetricReduction.MEAN,
+    ) -> None:
+        super().__init__()
+        self.distance = look_up_option(distance, _DISTANCES)
+        self.include_background = include_background
+        self.reduction = look_up_option(reduction, MetricReduction)
+
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Compute the per-image sample diversity.
+
+        Args:
+            y_pred: ensemble of segmentations, shape ``(N, E, C, H, W[, D])``.
+            y: ignored.
+
+        Returns:
+            tensor of shape ``(N,)``.
+        """
+        return compute_sample_diversity(y_pred, distance=self.distance, include_background=self.include_background)
+
+    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
+        """
+        Reduce the buffered per-image diversities.
+
+        Args:
+            reduction: overrides the ``reduction`` given at construction.
+
+        Returns:
+            scalar for ``"mean"``/``"sum"``, per-image tensor ``(N_total,)`` for ``"none"``.
+
+        Raises:
+            ValueError: when nothing has been buffered yet.
+        """
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(
+                f"the data to aggregate must be a PyTorch Tensor, got {type(data).__name__} — call the metric on "
+                "samples before aggregate()."
+            )
+        return _reduce_per_image(data, reduction if reduction is not None else self.reduction)

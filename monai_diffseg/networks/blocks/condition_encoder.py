@@ -1,0 +1,111 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Image-condition encoder: a U-Net over the image that yields multi-scale semantic features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+from monai.networks.nets.basic_unet import Down, TwoConv, UpCat
+
+__all__ = ["AnchorHead", "ConditionEncoder"]
+
+
+class ConditionEncoder(nn.Module):
+    """
+    U-Net over the image that returns its decoder features at every scale, finest first.
+
+    It depends on the image only, so a diffusion sampler runs it once per image and reuses the features for every
+    denoising step and every ensemble member; this is where the model's capacity should live (MedSegDiff's
+    condition branch). Built from MONAI's ``BasicUNet`` blocks (``TwoConv``, ``Down``, ``UpCat``). Returning
+    decoder (not encoder) features gives the denoiser semantic context at every scale, including the finest.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: image channels (3 for dermoscopy/fundus, 1 for ultrasound, 4 for BraTS ...).
+        channels: feature width per level, finest first; ``len(channels) - 1`` 2x downsamplings.
+        act: activation, MONAI ``Act`` spec.
+        norm: normalisation, MONAI ``Norm`` spec.
+        dropout: dropout ratio inside the conv blocks.
+        stem_stride: stride of the first convolution (1 or 2). With 2, every level works at half the resolution,
+            which divides the cost by ``2 ** spatial_dims``; level 0 then has shape ``S / 2``.
+
+    Shapes:
+        input ``(N, in_channels, *S)`` with every ``S`` divisible by ``stem_stride * 2 ** (len(channels) - 1)``;
+        output: a tuple of ``len(channels)`` tensors, level ``l`` of shape
+        ``(N, channels[l], *S / (stem_stride * 2**l))``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        channels: Sequence[int] = (32, 64, 128, 256),
+        act: str | tuple = ("LeakyReLU", {"negative_slope": 0.1, "inplace": True}),
+        norm: str | tuple = ("instance", {"affine": True}),
+        dropout: float = 0.0,
+        stem_stride: int = 1,
+    ) -> None:
+        super().__init__()
+        if len(channels) < 2:
+            raise ValueError(f"ConditionEncoder: channels needs at least 2 levels, got {tuple(channels)}.")
+        self.channels = tuple(channels)
+        self.stem_stride = stem_stride
+        stem: list[nn.Module] = []
+        if stem_stride > 1:
+            stem.append(
+                Convolution(spatial_dims, in_channels, channels[0], strides=stem_stride, act=act, norm=norm, padding=1)
+            )
+        stem_in = channels[0] if stem_stride > 1 else in_channels
+        stem.append(TwoConv(spatial_dims, stem_in, channels[0], act, norm, True, dropout))
+        self.stem = nn.Sequential(*stem)
+        self.downs = nn.ModuleList(
+            [Down(spatial_dims, channels[i - 1], channels[i], act, norm, True, dropout) for i in range(1, len(channels))]
+        )
+        # UpCat(in, cat, out): upsample level i+1 (width channels[i+1]) and merge with the encoder skip at level i
+        self.ups = nn.ModuleList(
+            [
+                UpCat(spatial_dims, channels[i + 1], channels[i], channels[i], act, norm, True, dropout, halves=True)
+                for i in range(len(channels) - 1)
+            ]
+        )
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        skips = [self.stem(image)]
+        for down in self.downs:
+            skips.append(down(skips[-1]))
+        feats = [skips[-1]]
+        for i in range(len(self.ups) - 1, -1, -1):
+            feats.append(self.ups[i](feats[-1], skips[i]))
+        return tuple(reversed(feats))
+
+
+class AnchorHead(nn.Module):
+    """
+    Mask head on the finest condition features: MedSegDiff's anchor (auxiliary) output.
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: width of the finest condition features.
+        out_channels: mask channels.
+        scale_factor: upsampling back to the input resolution (the condition encoder's ``stem_stride``).
+
+    Shapes:
+        ``(N, in_channels, *S / scale_factor)`` -> logits ``(N, out_channels, *S)``.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, scale_factor: int = 1) -> None:
+        super().__init__()
+        self.conv = Convolution(spatial_dims, in_channels, out_channels, kernel_size=1, conv_only=True)
+        self.scale_factor = scale_factor
+        self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        logits = self.conv(feat)
+        if self.scale_factor > 1:
+            logits = F.interpolate(logits, scale_factor=self.scale_factor, mode=self.mode, align_corners=False)
+        return logits

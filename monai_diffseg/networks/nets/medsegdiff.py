@@ -1,0 +1,301 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""MedSegDiff: a diffusion denoiser over the segmentation mask, conditioned on the image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import Convolution, SpatialAttentionBlock, UpSample
+from monai.networks.nets.diffusion_model_unet import (
+    DiffusionUnetDownsample,
+    DiffusionUNetResnetBlock,
+    get_timestep_embedding,
+)
+from monai.utils import ensure_tuple_rep
+
+from monai_diffseg.networks.blocks.condition_encoder import AnchorHead, ConditionEncoder
+from monai_diffseg.networks.blocks.condition_fusion import ConditionFusion
+from monai_diffseg.networks.blocks.ff_parser import FFParser
+
+__all__ = ["MedSegDiff", "MEDSEGDIFF_CONFIGS"]
+
+#: Named configurations; parameter counts are for 2D, 3 image channels, 1 mask channel.
+MEDSEGDIFF_CONFIGS: dict[str, dict] = {
+    "tiny": {"channels": (8, 16, 32, 64), "cond_channels": (16, 32, 64, 128), "attention_levels": (False,) * 4},
+    "small": {"channels": (16, 32, 64, 128), "cond_channels": (32, 64, 128, 256)},
+    "base": {"channels": (32, 64, 128, 256), "cond_channels": (64, 128, 256, 512), "num_res_blocks": 2},
+}
+
+
+class MedSegDiff(nn.Module):
+    """
+    MedSegDiff denoiser (Wu et al., "MedSegDiff: Medical Image Segmentation with Diffusion Probabilistic Model",
+    MIDL 2023, arXiv:2211.00611), 2D or 3D, any number of image channels and mask channels.
+
+    Two branches:
+
+    - **condition branch** (:class:`ConditionEncoder`, a U-Net over the image). It depends on the image only: call
+      :meth:`encode_condition` once per image and pass the result as ``condition`` to every denoising step and
+      every ensemble member. Optionally an **anchor head** predicts the mask from it (MedSegDiff's auxiliary
+      output), trained with an auxiliary segmentation loss.
+    - **denoiser** over the noisy mask ``x_t``, a light U-Net of MONAI ``DiffusionUNetResnetBlock`` s with a
+      sinusoidal timestep embedding. At every encoder level the noisy-mask features pass the **FF-Parser**
+      (:class:`FFParser`, learnable Fourier filter, identity at init) and are fused with the condition features of
+      the same scale by **dynamic conditional encoding** (:class:`ConditionFusion`). Attention (MONAI
+      ``SpatialAttentionBlock``) only where ``attention_levels`` says, by default at the coarsest level.
+
+    The cost split follows the sampler: the condition branch runs once per image, the denoiser ``steps x members``
+    times, so the capacity sits in the condition branch and the denoiser stays narrow.
+
+    Configurations (``MEDSEGDIFF_CONFIGS``; parameters for 2D, 3 image channels, 1 mask channel):
+
+    ======  ====================  ======================  ==============  ==========  ======================
+    name    channels (denoiser)   cond_channels           num_res_blocks  parameters  denoiser (per step)
+    ======  ====================  ======================  ==============  ==========  ======================
+    tiny    8, 16, 32, 64         16, 32, 64, 128         1               0.59 M      0.19 M
+    small   16, 32, 64, 128       32, 64, 128, 256        1               2.68 M      0.98 M
+    base    32, 64, 128, 256      32, 64, 128, 256        2               7.98 M      6.29 M
+    ======  ====================  ======================  ==============  ==========  ======================
+
+    (The public reference implementation uses about 100-130 M parameters, all of them run at every step.)
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        out_channels: mask channels: 1 for binary segmentation, ``K`` for ``K``-class one-hot (with background).
+        channels: denoiser width per level, finest first; ``len(channels) - 1`` downsamplings, so every input
+            spatial size must be divisible by ``2 ** (len(channels) - 1)`` (see :attr:`size_divisor`).
+        cond_channels: condition-branch width per level; same number of levels as ``channels``.
+        num_res_blocks: denoiser resnet blocks per level.
+        attention_levels: per level, whether the denoiser applies self-attention after its resnet blocks
+            (default: coarsest level only).
+        ff_parser_levels: per level, whether the FF-Parser filters the noisy-mask features before fusion.
+        ff_parser_size: size of the FF-Parser's learnable frequency grid (resampled to any input size).
+        num_head_channels: channels per attention head.
+        norm_num_groups: GroupNorm groups in the denoiser (must divide every entry of ``channels``).
+        anchor_head: add the auxiliary mask head on the condition branch.
+        dropout: dropout in the condition branch.
+
+    Shapes:
+        ``x_t``: ``(B, out_channels, *S)``; ``timesteps``: ``(B,)`` or a scalar tensor; ``image``:
+        ``(N, in_channels, *S)``; returns ``(B, out_channels, *S)``. ``B`` must be a multiple ``k`` of ``N``:
+        ensemble members are laid out member-major, ``x_t[e * N + n]`` belongs to image ``n`` (so one batch
+        can carry ``k`` members per image without tiling the condition beforehand).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        cond_channels: Sequence[int] = (32, 64, 128, 256),
+        num_res_blocks: int = 1,
+        attention_levels: Sequence[bool] | None = None,
+        ff_parser_levels: Sequence[bool] | bool = True,
+        ff_parser_size: int = 16,
+        num_head_channels: int = 32,
+        norm_num_groups: int = 8,
+        anchor_head: bool = True,
+        stem_stride: int = 2,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"MedSegDiff: spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if len(channels) < 2 or len(cond_channels) != len(channels):
+            raise ValueError(
+                f"MedSegDiff: channels {tuple(channels)} and cond_channels {tuple(cond_channels)} must have the same "
+                "number (>= 2) of levels."
+            )
+        if any(c % norm_num_groups for c in channels):
+            raise ValueError(f"MedSegDiff: norm_num_groups={norm_num_groups} must divide every channel {channels}.")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"MedSegDiff: stem_stride must be 1 or 2, got {stem_stride}.")
+        levels = len(channels)
+        attention_levels = (False,) * (levels - 1) + (True,) if attention_levels is None else attention_levels
+        attention_levels = tuple(attention_levels)
+        ff_parser_levels = ensure_tuple_rep(ff_parser_levels, levels)
+        if len(attention_levels) != levels or len(ff_parser_levels) != levels:
+            raise ValueError(
+                f"MedSegDiff: attention_levels {attention_levels} and ff_parser_levels {ff_parser_levels} need one "
+                f"entry per level ({levels})."
+            )
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.channels = tuple(channels)
+        self.stem_stride = stem_stride
+        self.size_divisor = stem_stride * 2 ** (levels - 1)
+
+        self.condition_encoder = ConditionEncoder(
+            spatial_dims, in_channels, cond_channels, dropout=dropout, stem_stride=stem_stride
+        )
+        self.anchor_head = (
+            AnchorHead(spatial_dims, cond_channels[0], out_channels, scale_factor=stem_stride) if anchor_head else None
+        )
+
+        temb_dim = 4 * channels[0]
+        self.time_embed = nn.Sequential(nn.Linear(channels[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        # full-resolution path kept narrow: it runs at every step on every member
+        head_ch = max(channels[0] // 2, norm_num_groups)
+        self.in_conv = Convolution(spatial_dims, out_channels, head_ch, kernel_size=3, conv_only=True)
+        self.stem = Convolution(spatial_dims, head_ch, channels[0], strides=stem_stride, kernel_size=3, conv_only=True)
+
+        def resblock(ch: int) -> DiffusionUNetResnetBlock:
+            return DiffusionUNetResnetBlock(spatial_dims, ch, temb_dim, ch, norm_num_groups=norm_num_groups)
+
+        def attention(ch: int) -> nn.Module:
+            return SpatialAttentionBlock(
+                spatial_dims, ch, num_head_channels=min(num_head_channels, ch), norm_num_groups=norm_num_groups
+            )
+
+        self.down_res = nn.ModuleList()
+        self.down_attn = nn.ModuleList()
+        self.ff_parsers = nn.ModuleList()
+        self.fusions = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        for lvl, ch in enumerate(channels):  # the stem / previous downsample already maps to this width
+            self.down_res.append(nn.ModuleList([resblock(ch) for _ in range(num_res_blocks)]))
+            self.down_attn.append(attention(ch) if attention_levels[lvl] else nn.Identity())
+            self.ff_parsers.append(FFParser(spatial_dims, ch, ff_parser_size) if ff_parser_levels[lvl] else nn.Identity())
+            self.fusions.append(ConditionFusion(spatial_dims, ch, cond_channels[lvl]))
+            if lvl < levels - 1:
+                self.downsamples.append(
+                    DiffusionUnetDownsample(spatial_dims, ch, use_conv=True, out_channels=channels[lvl + 1])
+                )
+
+        self.mid_res = resblock(channels[-1])
+
+        # decoder with additive skips (cheaper than concatenation at the same width)
+        self.up_res = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for lvl in range(levels - 1, -1, -1):
+            self.up_res.append(nn.ModuleList([resblock(channels[lvl]) for _ in range(num_res_blocks)]))
+            out_ch = channels[lvl - 1] if lvl > 0 else head_ch
+            scale = 2 if lvl > 0 else stem_stride
+            self.upsamples.append(
+                UpSample(
+                    spatial_dims,
+                    channels[lvl],
+                    out_ch,
+                    scale_factor=scale,
+                    mode="nontrainable",
+                    interp_mode="nearest",
+                    align_corners=None,
+                )
+                if scale > 1 or out_ch != channels[lvl]
+                else nn.Identity()
+            )
+        self.out = nn.Sequential(
+            nn.GroupNorm(norm_num_groups, head_ch),
+            nn.SiLU(),
+            Convolution(spatial_dims, head_ch, out_channels, kernel_size=3, conv_only=True),
+        )
+
+    def check_input_size(self, spatial_shape: Sequence[int], name: str = "input") -> None:
+        """Raise a ValueError unless every spatial size is divisible by :attr:`size_divisor`."""
+        if any(int(s) % self.size_divisor for s in spatial_shape):
+            raise ValueError(
+                f"MedSegDiff: {name} spatial shape {tuple(int(s) for s in spatial_shape)} must be divisible by "
+                f"{self.size_divisor} (2 ** {len(self.channels) - 1} downsamplings); pad or resize in preprocessing, "
+                f"e.g. monai.transforms.DivisiblePadd(k={self.size_divisor}) or Resized."
+            )
+
+    def encode_condition(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """
+        Image-condition features; depend on the image only, so compute them once per image.
+
+        Args:
+            image: ``(N, in_channels, *S)``.
+
+        Returns:
+            tuple of ``len(channels)`` tensors, level ``l``: ``(N, cond_channels[l], *S / 2**l)``.
+        """
+        if image.ndim != self.spatial_dims + 2 or image.shape[1] != self.in_channels:
+            raise ValueError(
+                f"MedSegDiff: image must have shape (N, {self.in_channels}, {', '.join('*' * self.spatial_dims)}), "
+                f"got {tuple(image.shape)}."
+            )
+        self.check_input_size(image.shape[2:], "image")
+        return self.condition_encoder(image)
+
+    def anchor(self, condition: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Auxiliary mask logits ``(N, out_channels, *S)`` from the condition features (needs ``anchor_head=True``)."""
+        if self.anchor_head is None:
+            raise ValueError("MedSegDiff: this network was built with anchor_head=False; there is no anchor output.")
+        return self.anchor_head(condition[0])
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        timesteps: torch.Tensor,
+        image: torch.Tensor | None = None,
+        condition: Sequence[torch.Tensor] | None = None,
+        return_anchor: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """
+        Predict the diffusion target (eps, x0 or v, as trained) for the noisy mask ``x_t``.
+
+        Args:
+            x_t: noisy mask ``(B, out_channels, *S)``.
+            timesteps: ``(B,)`` integer diffusion steps, or a scalar tensor for all.
+            image: ``(N, in_channels, *S)``, ``B % N == 0``; ignored when ``condition`` is given.
+            condition: the output of :meth:`encode_condition` (batch ``N``), to skip recomputing it.
+            return_anchor: also return the anchor head's mask logits ``(N, out_channels, *S)``. Training uses this
+                so that the auxiliary loss goes through ``forward`` (required under DistributedDataParallel).
+
+        Returns:
+            ``(B, out_channels, *S)``, or ``(prediction, anchor_logits)`` when ``return_anchor``.
+        """
+        if x_t.ndim != self.spatial_dims + 2 or x_t.shape[1] != self.out_channels:
+            raise ValueError(
+                f"MedSegDiff: x_t must have shape (B, {self.out_channels}, {', '.join('*' * self.spatial_dims)}), "
+                f"got {tuple(x_t.shape)}."
+            )
+        if condition is None:
+            if image is None:
+                raise ValueError("MedSegDiff.forward needs either `image` or a precomputed `condition`.")
+            condition = self.encode_condition(image)
+        self.check_input_size(x_t.shape[2:], "x_t")
+        n_cond = condition[0].shape[0]
+        expected = tuple(int(d) // self.stem_stride for d in x_t.shape[2:])
+        if x_t.shape[0] % n_cond or tuple(condition[0].shape[2:]) != expected:
+            raise ValueError(
+                f"MedSegDiff: x_t {tuple(x_t.shape)} does not match the condition {tuple(condition[0].shape)}: "
+                "the condition must come from an image of the same spatial shape and x_t's batch must be a multiple of the image batch."
+            )
+        members = x_t.shape[0] // n_cond
+        cond = [c.repeat(members, *([1] * (c.ndim - 1))) for c in condition] if members > 1 else list(condition)
+
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(x_t.shape[0])
+        emb = self.time_embed(get_timestep_embedding(timesteps, self.channels[0]).to(x_t.dtype))
+
+        full = self.in_conv(x_t)
+        h = self.stem(full)
+        skips = []
+        for lvl, blocks in enumerate(self.down_res):
+            for block in blocks:
+                h = block(h, emb)
+            h = self.down_attn[lvl](h)
+            h = self.fusions[lvl](self.ff_parsers[lvl](h), cond[lvl])
+            skips.append(h)
+            if lvl < len(self.downsamples):
+                h = self.downsamples[lvl](h)
+
+        h = self.mid_res(h, emb)
+
+        for i, blocks in enumerate(self.up_res):
+            h = h + skips[-1 - i]
+            for block in blocks:
+                h = block(h, emb)
+            h = self.upsamples[i](h)
+        h = h + full
+        out = self.out(h)
+        if return_anchor:
+            return out, self.anchor(condition)
+        return out

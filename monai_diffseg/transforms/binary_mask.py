@@ -1,0 +1,79 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Checked conversion of stored binary masks ({0, 1} or {0, 255}) to {0, 1}."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import torch
+from monai.config import KeysCollection
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import convert_to_tensor
+
+__all__ = ["BinaryMask", "BinaryMaskd", "BinaryMaskD", "BinaryMaskDict"]
+
+
+def _source(img: NdarrayOrTensor) -> str:
+    if isinstance(img, MetaTensor):
+        return str(img.meta.get("filename_or_obj", "<in-memory mask>"))
+    return "<in-memory mask>"
+
+
+class BinaryMask(Transform):
+    """
+    Map a stored binary mask to ``{0, 1}`` floats, refusing anything else.
+
+    Accepts masks stored as ``{0, 1}`` or ``{0, 255}`` (ISIC, PH2, most PNG masks; a mask that is all 0 or all 255
+    is fine). Lossy masks (JPEG, as Kvasir-SEG ships them) have intermediate values: pass ``threshold`` (e.g. 127)
+    to binarise them explicitly instead. RGB masks (3 equal channels) are reduced to one channel.
+
+    Args:
+        threshold: if given, ``mask > threshold`` is foreground and no value check is made.
+
+    Raises:
+        ValueError: naming the mask file and the unexpected values.
+    """
+
+    def __init__(self, threshold: float | None = None) -> None:
+        self.threshold = threshold
+
+    def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
+        name = _source(img)
+        t = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
+        if t.ndim >= 3 and t.shape[0] in (3, 4):
+            # PIL loads some masks as RGB(A): accept them if the colour channels agree
+            if not torch.equal(t[0], t[1]) or not torch.equal(t[0], t[2]):
+                raise ValueError(f"mask '{name}' has {t.shape[0]} differing colour channels; expected a grayscale mask.")
+            t = t[:1]
+        if self.threshold is not None:
+            return (t > self.threshold).float()
+        values = torch.unique(t)
+        allowed01 = bool(torch.all((values == 0) | (values == 1)))
+        allowed255 = bool(torch.all((values == 0) | (values == 255)))
+        if not (allowed01 or allowed255):
+            shown = values[:8].tolist()
+            raise ValueError(
+                f"mask '{name}' has values {shown}{' ...' if values.numel() > 8 else ''}; expected a binary mask with "
+                "values {0, 1} or {0, 255} (for lossy JPEG masks set a threshold, e.g. BinaryMaskd(threshold=127))."
+            )
+        return (t > 0).float()
+
+
+class BinaryMaskd(MapTransform):
+    """Dictionary version of :class:`BinaryMask`."""
+
+    def __init__(self, keys: KeysCollection, threshold: float | None = None, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = BinaryMask(threshold)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+BinaryMaskD = BinaryMaskDict = BinaryMaskd

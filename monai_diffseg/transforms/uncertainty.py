@@ -1,0 +1,251 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""
+Voxel-wise uncertainty maps of diffusion-model ensembles.
+
+Every transform maps ensemble samples ``(E, C, H, W[, D])`` of foreground probabilities in ``[0, 1]`` to a map
+``(C, H, W[, D])`` (or ``(1, H, W[, D])`` for the categorical ``multi_class`` variants) that keeps the input's
+``MetaTensor`` metadata, so the maps can be inverted (``Invertd``) and saved (``SaveImaged``) like a prediction.
+
+- :py:class:`EnsembleVariance`: variance of the member probabilities.
+- :py:class:`PredictiveEntropy`: entropy of the mean prediction (total uncertainty).
+- :py:class:`MutualInformation`: predictive entropy minus the mean entropy of the members (epistemic part, BALD).
+- :py:class:`ConsistentRegion`: voxels where every member predicts foreground.
+- :py:class:`AmbiguousRegion`: voxels where the members disagree.
+
+References:
+    - Wolleb et al., "Diffusion Models for Implicit Image Segmentation Ensembles", MIDL 2022 (variance maps).
+    - Houlsby et al., "Bayesian Active Learning for Classification and Preference Learning", 2011 (BALD / MI).
+    - Gal, "Uncertainty in Deep Learning", PhD thesis, 2016 (predictive entropy and mutual information).
+    - Shuai et al., "DiffSeg: A Segmentation Model for Skin Lesions Based on Diffusion Difference", 2024
+      (consistent and ambiguous regions of the generated masks).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from monai.transforms.transform import Transform
+from monai.utils import TransformBackends
+
+from monai_diffseg.transforms.fusion import SamplesLike, check_ensemble_samples, to_output
+
+__all__ = [
+    "binary_entropy",
+    "categorical_entropy",
+    "EnsembleVariance",
+    "PredictiveEntropy",
+    "MutualInformation",
+    "ConsistentRegion",
+    "AmbiguousRegion",
+    "UNCERTAINTY_MAPS",
+]
+
+
+def binary_entropy(prob: torch.Tensor) -> torch.Tensor:
+    """
+    Element-wise binary entropy in nats, ``-p log p - (1 - p) log(1 - p)`` with ``0 log 0 = 0``.
+
+    Args:
+        prob: probabilities in ``[0, 1]``, any shape.
+
+    Returns:
+        entropy in ``[0, log 2]``, same shape as ``prob``.
+    """
+    prob = prob.clamp(0.0, 1.0)
+    return -(torch.xlogy(prob, prob) + torch.xlogy(1.0 - prob, 1.0 - prob))
+
+
+def categorical_entropy(prob: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """
+    Entropy in nats of a categorical distribution along ``dim``, ``-sum_c p_c log p_c`` with ``0 log 0 = 0``.
+
+    Args:
+        prob: class probabilities summing to one along ``dim``.
+        dim: the class dimension, kept with size 1.
+
+    Returns:
+        entropy in ``[0, log C]``, ``prob``'s shape with ``dim`` reduced to size 1.
+    """
+    prob = prob.clamp(0.0, 1.0)
+    return -torch.xlogy(prob, prob).sum(dim=dim, keepdim=True)
+
+
+class EnsembleVariance(Transform):
+    """
+    Voxel-wise variance of the member probabilities: ``(E, C, ...) -> (C, ...)``.
+
+    Args:
+        unbiased: use the unbiased estimator (divide by ``E - 1``; a single member gives zeros). Defaults to the
+            population variance (divide by ``E``), whose maximum is ``0.25`` for probabilities.
+
+    Example::
+
+        var = EnsembleVariance()(samples)  # (E, C, H, W) -> (C, H, W)
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, unbiased: bool = False) -> None:
+        self.unbiased = unbiased
+
+    def __call__(self, samples: SamplesLike) -> torch.Tensor:
+        """
+        Args:
+            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
+
+        Returns:
+            variance ``(C, H, W[, D])``.
+        """
+        img, data = check_ensemble_samples(samples)
+        if self.unbiased and data.shape[0] < 2:
+            var = torch.zeros_like(data[0])
+        else:
+            var = data.var(dim=0, correction=1 if self.unbiased else 0)
+        return to_output(var, img)
+
+
+class PredictiveEntropy(Transform):
+    """
+    Entropy (nats) of the mean prediction ``p_mean = mean_e p_e``: total predictive uncertainty.
+
+    Args:
+        multi_class: ``False`` (default): each channel is an independent foreground probability and the binary
+            entropy ``H(p_mean)`` is computed per channel -> ``(C, ...)``, in ``[0, log 2]``. ``True``: the channels
+            are mutually exclusive class probabilities (softmax output, including background) and the categorical
+            entropy ``-sum_c p_mean_c log p_mean_c`` is returned -> ``(1, ...)``, in ``[0, log C]``.
+
+    Example::
+
+        ent = PredictiveEntropy()(samples)  # (E, C, H, W) -> (C, H, W)
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, multi_class: bool = False) -> None:
+        self.multi_class = multi_class
+
+    def __call__(self, samples: SamplesLike) -> torch.Tensor:
+        """
+        Args:
+            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
+
+        Returns:
+            entropy ``(C, H, W[, D])``, or ``(1, H, W[, D])`` when ``multi_class``.
+        """
+        img, data = check_ensemble_samples(samples)
+        mean = data.mean(dim=0)
+        ent = categorical_entropy(mean, dim=0) if self.multi_class else binary_entropy(mean)
+        return to_output(ent, img)
+
+
+class MutualInformation(Transform):
+    """
+    Mutual information between the prediction and the ensemble member (BALD), in nats.
+
+    ``MI = H(mean_e p_e) - mean_e H(p_e)``: the part of the predictive entropy due to disagreement between members
+    (epistemic uncertainty); it is zero where all members predict the same probability. Small negative values from
+    floating point round-off are clamped to zero.
+
+    Args:
+        multi_class: as in :py:class:`PredictiveEntropy`: per-channel binary entropies (``False``, output
+            ``(C, ...)``) or categorical entropy across channels (``True``, output ``(1, ...)``).
+
+    Example::
+
+        mi = MutualInformation()(samples)  # (E, C, H, W) -> (C, H, W)
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, multi_class: bool = False) -> None:
+        self.multi_class = multi_class
+
+    def __call__(self, samples: SamplesLike) -> torch.Tensor:
+        """
+        Args:
+            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
+
+        Returns:
+            mutual information ``(C, H, W[, D])``, or ``(1, H, W[, D])`` when ``multi_class``.
+        """
+        img, data = check_ensemble_samples(samples)
+        if self.multi_class:
+            total = categorical_entropy(data.mean(dim=0), dim=0)
+            expected = categorical_entropy(data, dim=1).mean(dim=0)
+        else:
+            total = binary_entropy(data.mean(dim=0))
+            expected = binary_entropy(data).mean(dim=0)
+        return to_output((total - expected).clamp_min(0.0), img)
+
+
+class ConsistentRegion(Transform):
+    """
+    Voxels where all members predict foreground (``p_e >= threshold`` for every ``e``) -> ``1.``, else ``0.``.
+
+    This is the intersection of the binarised members, the "consistent" region of DiffSeg.
+
+    Args:
+        threshold: probability from which a member's voxel is foreground (inclusive).
+
+    Example::
+
+        consistent = ConsistentRegion()(samples)  # (E, C, H, W) -> (C, H, W) in {0, 1}
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got threshold={threshold}.")
+        self.threshold = float(threshold)
+
+    def __call__(self, samples: SamplesLike) -> torch.Tensor:
+        """
+        Args:
+            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
+
+        Returns:
+            binary map ``(C, H, W[, D])`` (floating point).
+        """
+        img, data = check_ensemble_samples(samples)
+        return to_output((data >= self.threshold).all(dim=0).to(data.dtype), img)
+
+
+class AmbiguousRegion(Transform):
+    """
+    Voxels where the binarised members disagree (some foreground, some background) -> ``1.``, else ``0.``.
+
+    This is the union minus the intersection of the binarised members, the "ambiguous" region of DiffSeg.
+    A single member is never ambiguous.
+
+    Args:
+        threshold: probability from which a member's voxel is foreground (inclusive).
+
+    Example::
+
+        ambiguous = AmbiguousRegion()(samples)  # (E, C, H, W) -> (C, H, W) in {0, 1}
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got threshold={threshold}.")
+        self.threshold = float(threshold)
+
+    def __call__(self, samples: SamplesLike) -> torch.Tensor:
+        """
+        Args:
+            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
+
+        Returns:
+            binary map ``(C, H, W[, D])`` (floating point).
+        """
+        img, data = check_ensemble_samples(samples)
+        fg = data >= self.threshold
+        return to_output((fg.any(dim=0) & ~fg.all(dim=0)).to(data.dtype), img)
+
+
+#: names accepted by :py:class:`monai_diffseg.transforms.ensemble_dict.EnsembleUncertaintyd` (``maps``).
+UNCERTAINTY_MAPS: tuple[str, ...] = ("variance", "entropy", "mutual_information", "consistent", "ambiguous")

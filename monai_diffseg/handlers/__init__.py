@@ -2,3 +2,7 @@
 # Licensed under the Apache License, Version 2.0
 
 from __future__ import annotations
+
+from .checkpoint_loader import CheckedCheckpointLoader
+from .case_metrics import CaseMetricsWriter, write_json_atomic
+from .checkpoint_saver import AtomicCheckpointSaver

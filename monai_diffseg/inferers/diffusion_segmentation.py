@@ -144,7 +144,9 @@ class DiffusionSegmentationInferer(Inferer):
         out = samples if self.return_samples else samples.mean(dim=1)
         if isinstance(inputs, MetaTensor) and not self.return_samples:
             # keep the image's spatial metadata so Invertd / SaveImaged can place the prediction
-            out = MetaTensor(out, meta=inputs.meta, applied_operations=inputs.applied_operations)
+            meta_out = MetaTensor(out)
+            meta_out.copy_meta_from(inputs)  # batched meta, applied_operations and is_batch
+            out = meta_out
         return out
 
     def _stochastic(self, scheduler: Scheduler) -> bool:

@@ -38,10 +38,10 @@ import torch
 
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms.transform import Transform
-from monai.utils import OptionalImportError, TransformBackends, convert_to_tensor, look_up_option, optional_import
+from monai.utils import OptionalImportError, TransformBackends, convert_to_tensor, optional_import
 
 from monai_diffseg.networks.blocks.torch_crf import TorchDenseCRF
-from monai_diffseg.transforms.fusion import check_probability_map, to_output
+from monai_diffseg.transforms.fusion import check_probability_map, look_up_named_option, to_output
 
 __all__ = ["GUIDE_SCALINGS", "scale_guide", "DenseCRF", "TorchDenseCRFFusion"]
 
@@ -80,7 +80,7 @@ def scale_guide(guide: NdarrayOrTensor, spatial_shape: Sequence[int], scaling: s
     Raises:
         ValueError: wrong number of dimensions, spatial size different from ``spatial_shape``, or NaN values.
     """
-    scaling = look_up_option(scaling, GUIDE_SCALINGS)
+    scaling = look_up_named_option("guide_scaling", scaling, GUIDE_SCALINGS)
     g = convert_to_tensor(guide, track_meta=False)
     spatial_shape = tuple(int(s) for s in spatial_shape)
     if g.ndim != len(spatial_shape) + 1 or tuple(g.shape[1:]) != spatial_shape or g.shape[0] < 1:
@@ -181,7 +181,7 @@ class DenseCRF(Transform):
         self.gaussian_weight = float(gaussian_weight)
         self.num_iterations = int(num_iterations)
         self.binarize = binarize
-        self.guide_scaling = look_up_option(guide_scaling, GUIDE_SCALINGS)
+        self.guide_scaling = look_up_named_option("guide_scaling", guide_scaling, GUIDE_SCALINGS)
         self.eps = float(eps)
 
     @staticmethod
@@ -299,7 +299,7 @@ class TorchDenseCRFFusion(Transform):
             eps=eps,
         )
         self.binarize = binarize
-        self.guide_scaling = look_up_option(guide_scaling, GUIDE_SCALINGS)
+        self.guide_scaling = look_up_named_option("guide_scaling", guide_scaling, GUIDE_SCALINGS)
 
     def __call__(self, prob: NdarrayOrTensor, guide: NdarrayOrTensor, binarize: bool | None = None) -> torch.Tensor:
         """

@@ -43,6 +43,7 @@ from monai.utils.type_conversion import convert_to_dst_type
 __all__ = [
     "check_ensemble_samples",
     "check_probability_map",
+    "look_up_named_option",
     "to_output",
     "MeanEnsembleFusion",
     "MajorityVoteFusion",
@@ -55,6 +56,24 @@ __all__ = [
 _PROB_ATOL = 1e-4
 
 SamplesLike = NdarrayOrTensor | Sequence[NdarrayOrTensor]
+
+
+def look_up_named_option(name: str, value: Any, supported: Any) -> Any:
+    """
+    :py:func:`monai.utils.look_up_option` with the argument name in the error message.
+
+    Args:
+        name: the argument name.
+        value: the option given.
+        supported: the supported options (collection, dict or Enum).
+
+    Raises:
+        ValueError: ``value`` is not supported; the message starts with ``name``.
+    """
+    try:
+        return look_up_option(value, supported)
+    except ValueError as err:
+        raise ValueError(f"{name}={value!r} is not supported. {err}") from err
 
 
 def _stack_members(samples: Any) -> Any:
@@ -341,7 +360,9 @@ class RandomSubsetFusion(Randomizable, Transform):
         self.num_rounds = int(num_rounds)
         self.subset_size = None if subset_size is None else int(subset_size)
         if isinstance(inner_fusion, str):
-            self.inner_fusion: Callable[..., NdarrayOrTensor] = look_up_option(inner_fusion, FUSION_METHODS)()
+            self.inner_fusion: Callable[..., NdarrayOrTensor] = look_up_named_option(
+                "inner_fusion", inner_fusion, FUSION_METHODS
+            )()
         elif callable(inner_fusion):
             self.inner_fusion = inner_fusion
         else:

@@ -1,0 +1,120 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""``CheckpointLoader`` that checks network keys and shapes first and can skip a checkpoint that does not exist."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch.nn as nn
+from monai.handlers import CheckpointLoader
+from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_diffseg.networks.utils import check_state_dict, read_checkpoint
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+
+__all__ = ["CheckedCheckpointLoader"]
+
+
+def _unwrap(obj: nn.Module) -> nn.Module:
+    """What ignite's ``Checkpoint.load_objects`` loads into: the module behind a (Distributed)DataParallel."""
+    if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return obj.module
+    return obj
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """
+    :class:`monai.handlers.CheckpointLoader` that validates every network in ``load_dict`` against the checkpoint
+    before loading, and optionally tolerates a missing checkpoint (resume-if-present).
+
+    A network whose checkpoint was trained with another configuration (other ``channels``, ``num_classes`` ...)
+    makes ``load_state_dict`` print hundreds of key names; this handler instead raises one ``ValueError`` naming the
+    checkpoint path and the network class, with the first missing keys, unexpected keys and shape mismatches
+    (``'name': checkpoint (a, b) vs network (c, d)``) and their counts. The comparison is
+    :func:`monai_diffseg.networks.utils.check_state_dict`, shared with
+    :func:`monai_diffseg.networks.utils.load_network_weights`. Then loading is left to the parent class.
+
+    Usage (bundle ``train#handlers``)::
+
+        {"_target_": "monai_diffseg.handlers.CheckedCheckpointLoader", "load_path": "$@ckpt_dir + '/last.pt'",
+         "load_dict": {"model": "@network", "optimizer": "@optimizer", "trainer": "@trainer"}, "optional": true}
+
+    Args:
+        load_path: checkpoint file.
+        load_dict: objects to load into, e.g. ``{"model": net, "optimizer": opt}``.
+        name: logger name; ``None`` uses the engine's logger.
+        map_location: ``torch.load``'s ``map_location``.
+        strict: require the same key set (shapes are checked in any case).
+        strict_shape: ``False`` skips layers whose shapes differ (transfer learning); then no validation is made.
+        optional: when ``load_path`` does not exist, log it and skip loading instead of raising (resume a training
+            if a checkpoint exists, else start fresh).
+    """
+
+    def __init__(
+        self,
+        load_path: str | os.PathLike,
+        load_dict: dict,
+        name: str | None = None,
+        map_location: Any = None,
+        strict: bool = True,
+        strict_shape: bool = True,
+        optional: bool = False,
+    ) -> None:
+        super().__init__(
+            load_path=os.fspath(load_path) if load_path is not None else load_path,  # type: ignore[arg-type]
+            load_dict=load_dict,
+            name=name,
+            map_location=map_location,
+            strict=strict,
+            strict_shape=strict_shape,
+        )
+        self.optional = optional
+
+    def validate(self) -> None:
+        """
+        Check every ``torch.nn.Module`` of ``load_dict`` against the checkpoint.
+
+        Raises:
+            FileNotFoundError: the checkpoint does not exist.
+            ValueError: unreadable checkpoint, no entry for a network, or a key/shape mismatch.
+        """
+        checkpoint = read_checkpoint(self.load_path, map_location=self.map_location, allow_unsafe_fallback=False)
+        items = list(self.load_dict.items())
+        if len(items) == 1 and isinstance(checkpoint, dict) and items[0][0] not in checkpoint:
+            checkpoint = {items[0][0]: checkpoint}  # single object saved as a raw state dict, as the parent handles
+        if not isinstance(checkpoint, dict):
+            raise ValueError(
+                f"checkpoint '{self.load_path}' holds a {type(checkpoint).__name__}, expected a dict of state dicts."
+            )
+        for k, obj in items:
+            if not isinstance(obj, nn.Module):
+                continue
+            if k not in checkpoint:
+                raise ValueError(
+                    f"checkpoint '{self.load_path}' has no entry '{k}' for the network {type(_unwrap(obj)).__name__}; "
+                    f"its entries are {list(checkpoint.keys())[:10]}. The load_dict keys must match the save_dict "
+                    "keys used by CheckpointSaver."
+                )
+            check_state_dict(_unwrap(obj), checkpoint[k], self.load_path, strict=self.strict)
+
+    def __call__(self, engine: Engine) -> None:
+        """
+        Args:
+            engine: Ignite Engine, it can be a trainer, validator or evaluator.
+        """
+        if not os.path.isfile(self.load_path):
+            if self.optional:
+                self.logger.info(f"No checkpoint at '{self.load_path}' (optional=True): starting without loading.")
+                return
+            raise FileNotFoundError(
+                f"checkpoint file '{self.load_path}' does not exist (set optional=True to skip a missing checkpoint)."
+            )
+        if self.strict_shape:  # strict_shape=False deliberately loads what fits: nothing to validate
+            self.validate()
+        super().__call__(engine)

@@ -1,0 +1,246 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Checked loading of network weights: clear errors instead of ``load_state_dict``'s wall of key names."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "load_network_weights",
+    "read_checkpoint",
+    "extract_state_dict",
+    "strip_ddp_prefix",
+    "check_state_dict",
+    "state_dict_mismatch_message",
+]
+
+_DDP_PREFIX = "module."
+_SHOW = 5
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", allow_unsafe_fallback: bool = True) -> Any:
+    """
+    ``torch.load`` a checkpoint file with ``weights_only=True``, turning failures into clear errors.
+
+    Args:
+        path: checkpoint file.
+        map_location: passed to ``torch.load``.
+        allow_unsafe_fallback: when the safe (``weights_only=True``) load fails with an unpickling error (the file
+            stores Python objects other than tensors and containers), retry with ``weights_only=False`` and warn.
+            Only do this for checkpoints from a trusted source: full unpickling can run arbitrary code.
+
+    Returns:
+        the loaded object.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file cannot be read as a PyTorch checkpoint (naming the path).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file '{path}' does not exist.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as safe_err:
+        if not allow_unsafe_fallback:
+            raise ValueError(
+                f"checkpoint '{path}' cannot be loaded with torch.load(weights_only=True): it is corrupt or stores "
+                f"Python objects other than tensors ({str(safe_err).splitlines()[0]})."
+            ) from safe_err
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:
+            raise ValueError(_corrupt_message(path, err)) from err
+        warnings.warn(
+            f"checkpoint '{path}' could not be loaded with weights_only=True and was loaded with weights_only=False "
+            "(full unpickling, which can run arbitrary code); only do this for checkpoints you trust, and re-save "
+            "the state dict alone to avoid it.",
+            stacklevel=2,
+        )
+        return obj
+    except Exception as err:  # zip/stream errors, EOFError ... from a truncated or non-PyTorch file
+        raise ValueError(_corrupt_message(path, err)) from err
+
+
+def _corrupt_message(path: str, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"checkpoint '{path}' is not a readable PyTorch checkpoint (corrupt or truncated file?): {first}"
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def extract_state_dict(checkpoint: Any, key: str | None = "model", source: str = "<checkpoint>") -> Mapping[str, Any]:
+    """
+    The network state dict inside a loaded checkpoint.
+
+    Accepts a raw state dict (what ``torch.save(net.state_dict())`` and MONAI ``CheckpointSaver`` with a one-entry
+    ``save_dict`` write) or a dict holding it under ``key`` (``CheckpointSaver`` with several entries, e.g.
+    ``{"model": ..., "optimizer": ...}``).
+
+    Args:
+        checkpoint: the loaded checkpoint.
+        key: entry holding the state dict; ``None`` requires a raw state dict.
+        source: name of the checkpoint used in error messages (its path).
+
+    Raises:
+        ValueError: no state dict found, naming ``source``, ``key`` and the checkpoint's top-level keys.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(
+            f"checkpoint '{source}' holds a {type(checkpoint).__name__}, expected a state dict or a dict of state "
+            "dicts (did you torch.save the whole network instead of network.state_dict()?)."
+        )
+    if key is not None and key in checkpoint and isinstance(checkpoint[key], Mapping):
+        return checkpoint[key]
+    if _is_state_dict(checkpoint):
+        return checkpoint
+    keys = list(checkpoint.keys())
+    shown = ", ".join(repr(k) for k in keys[:10]) + (" ..." if len(keys) > 10 else "")
+    where = f"no entry '{key}' and it is not a raw state dict" if key is not None else "it is not a raw state dict"
+    raise ValueError(
+        f"checkpoint '{source}': {where}; its top-level keys are [{shown}]. Pass the key that holds the network's "
+        "state dict (`key=`)."
+    )
+
+
+def strip_ddp_prefix(state_dict: Mapping[str, Any], network_keys: Any = None) -> dict[str, Any]:
+    """
+    Remove the leading ``module.`` that ``DataParallel``/``DistributedDataParallel`` add to every key.
+
+    Only strips when every key carries the prefix and (when ``network_keys`` is given) the network's keys do not.
+    """
+    keys = list(state_dict.keys())
+    if not keys or not all(isinstance(k, str) and k.startswith(_DDP_PREFIX) for k in keys):
+        return dict(state_dict)
+    if network_keys is not None and any(str(k).startswith(_DDP_PREFIX) for k in network_keys):
+        return dict(state_dict)
+    return {k[len(_DDP_PREFIX) :]: v for k, v in state_dict.items()}
+
+
+def _fmt_list(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOW])
+    return shown + (f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
+
+
+def state_dict_mismatch_message(
+    network: nn.Module, state_dict: Mapping[str, Any], source: str, strict: bool = True
+) -> str | None:
+    """
+    Compare a state dict's keys and shapes with a network's; ``None`` when they are compatible.
+
+    Args:
+        network: the target network (compared through ``network.state_dict()``).
+        state_dict: the checkpoint's state dict.
+        source: the checkpoint's name (path) for the message.
+        strict: also report missing and unexpected keys (as ``load_state_dict(strict=True)`` would refuse them);
+            shape mismatches are always reported because ``load_state_dict`` refuses them either way.
+
+    Returns:
+        the error message, or ``None``.
+    """
+    own = network.state_dict()
+    missing = [k for k in own if k not in state_dict] if strict else []
+    unexpected = [k for k in state_dict if k not in own] if strict else []
+    shapes = []
+    for k, v in state_dict.items():
+        if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) != tuple(own[k].shape):
+            shapes.append(f"'{k}': checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}")
+    if not (missing or unexpected or shapes):
+        return None
+    lines = [f"checkpoint '{source}' does not match the network {type(network).__name__}:"]
+    if missing:
+        lines.append(f"  {len(missing)} missing key(s) (in the network, not the checkpoint): {_fmt_list(missing)}")
+    if unexpected:
+        lines.append(
+            f"  {len(unexpected)} unexpected key(s) (in the checkpoint, not the network): {_fmt_list(unexpected)}"
+        )
+    if shapes:
+        lines.append(f"  {len(shapes)} shape mismatch(es): {_fmt_list(shapes)}")
+    if unexpected and all(k.startswith(_DDP_PREFIX) for k in unexpected):
+        lines.append(
+            "The checkpoint keys carry a 'module.' prefix (saved from a DataParallel/DistributedDataParallel "
+            "wrapper): save network.module.state_dict(), or load with monai_diffseg.networks.utils."
+            "load_network_weights, which strips it."
+        )
+    lines.append(
+        "Was it trained with a different network_def, e.g. other channels/num_classes/in_channels, or is it the "
+        "checkpoint of another model?"
+    )
+    return "\n".join(lines)
+
+
+def check_state_dict(network: nn.Module, state_dict: Mapping[str, Any], source: str, strict: bool = True) -> None:
+    """
+    Raise one clear ``ValueError`` unless ``state_dict`` fits ``network`` (see :func:`state_dict_mismatch_message`).
+
+    Args:
+        network: the target network.
+        state_dict: the checkpoint's state dict.
+        source: the checkpoint's name (path) for the message.
+        strict: also require the same key set.
+    """
+    msg = state_dict_mismatch_message(network, state_dict, source, strict=strict)
+    if msg is not None:
+        raise ValueError(msg)
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return network.module
+    return network
+
+
+def load_network_weights(
+    network: nn.Module,
+    path: str | os.PathLike,
+    map_location: Any = "cpu",
+    key: str | None = "model",
+    strict: bool = True,
+) -> nn.Module:
+    """
+    Load a checkpoint's weights into ``network``, checking keys and shapes first.
+
+    Usage::
+
+        net = MedSegDiff(**MEDSEGDIFF_CONFIGS["small"])
+        load_network_weights(net, "runs/model_final.pt")
+
+    The file is read with ``torch.load(weights_only=True)`` (falling back, with a warning, to
+    ``weights_only=False`` when that fails with an unpickling error). The state dict may be stored raw or under
+    ``key`` (MONAI ``CheckpointSaver`` writes both forms); a ``module.`` prefix left by ``DataParallel`` /
+    ``DistributedDataParallel`` is stripped. Before ``load_state_dict`` the keys and shapes are compared with the
+    network's, and any mismatch raises one ``ValueError`` listing missing keys, unexpected keys and shape
+    mismatches.
+
+    Args:
+        network: the network to load into (a ``DataParallel``/``DDP`` wrapper is unwrapped).
+        path: the checkpoint file.
+        map_location: ``torch.load``'s ``map_location``.
+        key: entry of the checkpoint dict holding the state dict; ``None`` for a raw state dict only.
+        strict: require exactly the network's keys (shapes must match in any case).
+
+    Returns:
+        ``network``, with the weights loaded.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: corrupt file, no state dict in it, or a key/shape mismatch (naming the path and network class).
+    """
+    source = os.fspath(path)
+    checkpoint = read_checkpoint(source, map_location=map_location)
+    target = _unwrap(network)
+    state_dict = extract_state_dict(checkpoint, key=key, source=source)
+    state_dict = strip_ddp_prefix(state_dict, network_keys=target.state_dict().keys())
+    check_state_dict(target, state_dict, source, strict=strict)
+    target.load_state_dict(state_dict, strict=strict)
+    return network

@@ -1,0 +1,142 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Tests for monai_diffseg.engines.prepare_batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+from monai_diffseg.engines.prepare_batch import MaskDiffusionPrepareBatch, mask_to_diffusion
+
+
+def _batch(n: int = 4, num_classes: int = 1, size: tuple = (8, 12)) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    high = 2 if num_classes == 1 else num_classes
+    return {
+        "image": torch.randn(n, 3, *size, generator=g),
+        "label": torch.randint(0, high, (n, 1, *size), generator=g).float(),
+    }
+
+
+def _alphas(scheduler: DDPMScheduler, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    a = scheduler.alphas_cumprod[t].float().reshape(-1, *([1] * (ndim - 1)))
+    return a.sqrt(), (1 - a).sqrt()
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_forward_process_and_targets(prediction_type: str) -> None:
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+    prepare = MaskDiffusionPrepareBatch(scheduler, num_classes=1, prediction_type=prediction_type)
+    batch = _batch()
+    torch.manual_seed(0)
+    x_t, targets, args, kwargs = prepare(batch)
+    torch.manual_seed(0)
+    x_t_again, targets_again, _, kwargs_again = prepare(batch)
+    assert torch.equal(x_t, x_t_again) and torch.equal(targets["target"], targets_again["target"])
+    assert torch.equal(kwargs["timesteps"], kwargs_again["timesteps"])
+
+    assert args == ()
+    assert set(kwargs) == {"timesteps", "image"} and set(targets) == {"target", "mask"}
+    assert torch.equal(kwargs["image"], batch["image"])
+    t = kwargs["timesteps"]
+    assert t.dtype == torch.long and t.shape == (4,) and int(t.min()) >= 0 and int(t.max()) < 1000
+    assert torch.equal(targets["mask"], batch["label"])
+    x0 = batch["label"] * 2 - 1
+    sqrt_a, sqrt_1ma = _alphas(scheduler, t, x0.ndim)
+    eps = (x_t - sqrt_a * x0) / sqrt_1ma  # the noise that was used, recovered from x_t
+    assert torch.allclose(x_t, sqrt_a * x0 + sqrt_1ma * eps, atol=1e-6)
+    expected = {"epsilon": eps, "sample": x0, "v_prediction": sqrt_a * eps - sqrt_1ma * x0}[prediction_type]
+    assert torch.allclose(targets["target"], expected, atol=1e-4)
+    # the recovered noise is standard normal (so x_t really is sqrt(a_t) x0 + sqrt(1 - a_t) eps with eps ~ N(0, I))
+    assert abs(float(eps.mean())) < 0.2 and abs(float(eps.std()) - 1) < 0.2
+
+
+def test_binary_label_maps_to_plus_minus_one() -> None:
+    label = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]])
+    x0 = mask_to_diffusion(label, num_classes=1)
+    assert x0.shape == (1, 1, 2, 2)
+    assert torch.equal(x0, torch.tensor([[[[-1.0, 1.0], [1.0, -1.0]]]]))
+    assert set(mask_to_diffusion(_batch()["label"], 1).unique().tolist()) == {-1.0, 1.0}
+
+
+def test_class_indices_to_one_hot() -> None:
+    label = torch.tensor([[[[0, 1, 2], [2, 1, 0]]]])
+    x0 = mask_to_diffusion(label, num_classes=3)
+    assert x0.shape == (1, 3, 2, 3)
+    expected = torch.nn.functional.one_hot(label[:, 0], 3).permute(0, 3, 1, 2).float() * 2 - 1
+    assert torch.equal(x0, expected)
+    assert torch.equal((x0 + 1).sum(1), torch.full((1, 2, 3), 2.0))  # exactly one +1 per voxel
+    # one-hot input is accepted as it is
+    assert torch.equal(mask_to_diffusion((expected + 1) / 2, num_classes=3), expected)
+
+
+def test_multiclass_prepare_batch_and_metatensor_input() -> None:
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    prepare = MaskDiffusionPrepareBatch(scheduler, num_classes=3)
+    batch = _batch(num_classes=3)
+    batch = {"image": MetaTensor(batch["image"]), "label": MetaTensor(batch["label"])}
+    x_t, targets, _, kwargs = prepare(batch)
+    assert x_t.shape == (4, 3, 8, 12) and targets["mask"].shape == (4, 3, 8, 12)
+    assert not isinstance(x_t, MetaTensor) and not isinstance(kwargs["image"], MetaTensor)
+    assert torch.equal(targets["mask"].argmax(1, keepdim=True).float(), batch["label"].as_tensor())
+
+
+def test_binary_255_label_error() -> None:
+    label = torch.tensor([[[[0.0, 255.0], [255.0, 0.0]]]])
+    with pytest.raises(ValueError) as err:
+        mask_to_diffusion(label, num_classes=1)
+    assert "255" in str(err.value) and "BinaryMaskd" in str(err.value)
+    prepare = MaskDiffusionPrepareBatch(DDPMScheduler(num_train_timesteps=10))
+    with pytest.raises(ValueError, match="BinaryMaskd"):
+        prepare({"image": torch.zeros(1, 3, 2, 2), "label": label})
+
+
+@pytest.mark.parametrize("bad", [3, -1])
+def test_class_index_out_of_range(bad: int) -> None:
+    label = torch.tensor([[[[0, 1], [2, bad]]]])
+    with pytest.raises(ValueError, match=r"\[0, 2\].*found"):
+        mask_to_diffusion(label, num_classes=3)
+
+
+def test_wrong_label_channels() -> None:
+    with pytest.raises(ValueError, match="1 channel"):
+        mask_to_diffusion(torch.zeros(1, 2, 4, 4), num_classes=1)
+    with pytest.raises(ValueError, match=r"1 \(class indices\) or 3 \(one-hot\)"):
+        mask_to_diffusion(torch.zeros(1, 2, 4, 4), num_classes=3)
+    with pytest.raises(ValueError, match="shape"):
+        mask_to_diffusion(torch.zeros(4, 4), num_classes=1)
+
+
+def test_prediction_type_mismatch() -> None:
+    with pytest.raises(ValueError, match="'sample' differs from the scheduler's 'epsilon'"):
+        MaskDiffusionPrepareBatch(DDPMScheduler(prediction_type="epsilon"), prediction_type="sample")
+    with pytest.raises(ValueError):
+        MaskDiffusionPrepareBatch(DDPMScheduler(), prediction_type="x0")  # unknown name
+
+
+def test_missing_batch_keys() -> None:
+    prepare = MaskDiffusionPrepareBatch(DDPMScheduler(num_train_timesteps=10))
+    with pytest.raises(ValueError, match="'image' and 'label'.*\\['img', 'seg'\\]"):
+        prepare({"img": torch.zeros(1, 3, 4, 4), "seg": torch.zeros(1, 1, 4, 4)})
+    with pytest.raises(ValueError, match="dict batch"):
+        prepare([torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4)])  # type: ignore[arg-type]
+    custom = MaskDiffusionPrepareBatch(DDPMScheduler(num_train_timesteps=10), image_key="img", label_key="seg")
+    x_t, _, _, _ = custom({"img": torch.zeros(1, 3, 4, 4), "seg": torch.zeros(1, 1, 4, 4)})
+    assert x_t.shape == (1, 1, 4, 4)
+
+
+def test_timestep_range() -> None:
+    scheduler = DDPMScheduler(num_train_timesteps=100)
+    prepare = MaskDiffusionPrepareBatch(scheduler, timestep_range=(10, 13))
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(5):
+        _, _, _, kwargs = prepare(_batch(n=16, size=(2, 2)))
+        seen |= set(kwargs["timesteps"].tolist())
+    assert seen == {10, 11, 12}
+    for bad in [(5, 5), (-1, 10), (0, 101), (20, 10)]:
+        with pytest.raises(ValueError, match="timestep_range"):
+            MaskDiffusionPrepareBatch(scheduler, timestep_range=bad)

@@ -1,0 +1,109 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Tests for monai_diffseg.networks.blocks.FFParser."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_diffseg.networks.blocks.ff_parser import FFParser
+
+
+@pytest.mark.parametrize(
+    "spatial_dims,size",
+    [(2, (16, 16)), (2, (15, 20)), (2, (7, 33)), (3, (8, 9, 10)), (3, (16, 16, 16)), (3, (5, 6, 7))],
+)
+def test_identity_at_init(spatial_dims: int, size: tuple) -> None:
+    block = FFParser(spatial_dims, channels=4, weight_size=16)  # (16, 16[, 16]) equals the weight grid
+    x = torch.randn(2, 4, *size)
+    out = block(x)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims,size", [(2, (15, 20)), (3, (8, 9, 10))])
+def test_perturbed_weights_change_output(spatial_dims: int, size: tuple) -> None:
+    torch.manual_seed(0)
+    block = FFParser(spatial_dims, channels=3, weight_size=8)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        block.weight_real.add_(0.5 * torch.randn_like(block.weight_real))
+        block.weight_imag.add_(0.5 * torch.randn_like(block.weight_imag))
+    out = block(x)
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out, x, atol=1e-2)
+    # the weights are learnable: the output depends on them differentiably
+    out.square().mean().backward()
+    assert block.weight_real.grad is not None and block.weight_real.grad.abs().sum() > 0
+    assert block.weight_imag.grad is not None and block.weight_imag.grad.abs().sum() > 0
+
+
+def _low_pass(block: FFParser, cutoff: int) -> None:
+    """Zero every centred-grid frequency with |f| > cutoff along any dim (the last dim holds f = 0 .. size // 2)."""
+    grid = block.weight_real.shape[1:]
+    coords = []
+    for d, n in enumerate(grid):
+        idx = torch.arange(n)
+        coords.append(idx if d == len(grid) - 1 else idx - n // 2)  # full dims are fftshift-ed: centre = DC
+    mesh = torch.meshgrid(*coords, indexing="ij")
+    keep = torch.stack([m.abs() <= cutoff for m in mesh]).all(0).float()
+    with torch.no_grad():
+        block.weight_real.copy_(keep.expand_as(block.weight_real))
+        block.weight_imag.zero_()
+
+
+def _high_freq_energy(x: torch.Tensor, spatial_dims: int) -> float:
+    dims = tuple(range(2, 2 + spatial_dims))
+    spectrum = torch.fft.fftshift(torch.fft.fftn(x, dim=dims), dim=dims)
+    centre = [n // 2 for n in x.shape[2:]]
+    coords = torch.meshgrid(*[torch.arange(n) - c for n, c in zip(x.shape[2:], centre)], indexing="ij")
+    high = torch.stack([c.abs() > n // 4 for c, n in zip(coords, x.shape[2:])]).any(0)
+    return float(spectrum.abs().square()[..., high].sum())
+
+
+@pytest.mark.parametrize("spatial_dims,size", [(2, (16, 16)), (2, (32, 24)), (3, (16, 16, 16)), (3, (12, 10, 8))])
+def test_low_pass_weight_removes_checkerboard(spatial_dims: int, size: tuple) -> None:
+    block = FFParser(spatial_dims, channels=2, weight_size=16)
+    _low_pass(block, cutoff=4)
+    grids = torch.meshgrid(*[torch.arange(n) for n in size], indexing="ij")
+    checker = (sum(grids) % 2).float() * 2 - 1  # highest frequency in every dim
+    smooth = torch.linspace(-1, 1, size[0]).reshape(-1, *([1] * (spatial_dims - 1))).expand(*size)
+    x = torch.stack([checker, checker + smooth])[None]
+    with torch.no_grad():
+        out = block(x)
+    before, after = _high_freq_energy(x, spatial_dims), _high_freq_energy(out, spatial_dims)
+    assert before > 0
+    assert after < 1e-3 * before
+    # the low-frequency content survives
+    assert float(out[0, 1].abs().mean()) > 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_keeps_dtype(dtype: torch.dtype) -> None:
+    block = FFParser(2, channels=2, weight_size=8)
+    x = torch.randn(1, 2, 15, 20).to(dtype)
+    out = block(x)
+    assert out.dtype == dtype
+    assert torch.allclose(out.float(), x.float(), atol=1e-2)
+
+
+def test_autocast_keeps_dtype() -> None:
+    block = FFParser(2, channels=2, weight_size=8)
+    x = torch.randn(1, 2, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(x)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_wrong_channel_count() -> None:
+    block = FFParser(2, channels=4)
+    with pytest.raises(ValueError, match=r"expected 4 channels.*\(1, 3, 16, 16\)"):
+        block(torch.randn(1, 3, 16, 16))
+
+
+def test_bad_spatial_dims() -> None:
+    with pytest.raises(ValueError, match="spatial_dims"):
+        FFParser(4, channels=2)

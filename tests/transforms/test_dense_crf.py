@@ -1,0 +1,157 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Tests of the pydensecrf-based dense CRF refinement and of the guide scaling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from monai.data import MetaTensor
+from monai.utils import OptionalImportError, optional_import
+
+import monai_diffseg.transforms.dense_crf as dense_crf_module
+from monai_diffseg.transforms.dense_crf import DenseCRF, scale_guide
+from monai_diffseg.transforms.ensemble_dict import DenseCRFd
+from monai_diffseg.transforms.fusion import MeanEnsembleFusion
+
+_, has_crf = optional_import("pydensecrf.densecrf")
+requires_crf = pytest.mark.skipif(not has_crf, reason="pydensecrf not installed")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    """Small tensors: avoid OpenMP spin-waiting when the CPU cores are shared with other processes."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def blob_case(
+    shape: tuple[int, ...], seed: int = 0, members: int = 4, rgb: bool = True, guide_noise: float = 15.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noisy ensemble of an ellipse/ellipsoid, and a guide image showing it in colour + noise.
+
+    Returns:
+        truth ``shape``, guide ``(3|1, *shape)`` uint8, members ``(E, 1, *shape)`` in [0, 1].
+    """
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    radius = min(shape) / 4
+    dist = sum(((g - s / 2) / (radius * (1.3 if i == 0 else 1.0))) ** 2 for i, (g, s) in enumerate(zip(grids, shape)))
+    truth = (dist <= 1).astype(np.float32)
+    nch = 3 if rgb else 1
+    fg = np.array([200, 60, 80][:nch], np.float32).reshape(-1, *[1] * len(shape))
+    bg = np.array([90, 150, 170][:nch], np.float32).reshape(-1, *[1] * len(shape))
+    guide = truth[None] * fg + (1 - truth[None]) * bg + rng.normal(0, guide_noise, (nch, *shape))
+    guide = np.clip(guide, 0, 255).astype(np.uint8)
+    noise = np.stack([gaussian_filter(rng.normal(0, 1, shape), 1.5) for _ in range(members)])
+    noise = noise / noise.std() * 0.5  # spatially correlated errors, strong enough to corrupt the mean
+    samples = np.clip(truth[None] * 0.7 + 0.15 + noise, 0, 1)[:, None].astype(np.float32)
+    return truth, guide, samples
+
+
+def dice(a: object, b: object) -> float:
+    x, y = np.asarray(a) > 0.5, np.asarray(b) > 0.5
+    return float(2 * (x & y).sum() / max(x.sum() + y.sum(), 1))
+
+
+@requires_crf
+@pytest.mark.parametrize("shape, rgb", [((48, 56), True), ((48, 56), False), ((20, 24, 18), False)])
+def test_crf_improves_noisy_fusion(shape: tuple[int, ...], rgb: bool) -> None:
+    truth, guide, samples = blob_case(shape, rgb=rgb)
+    mean = MeanEnsembleFusion()(samples)
+    out = DenseCRF()(mean, guide)
+    assert out.shape == (1, *shape) and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    d_mean, d_crf = dice(mean, truth[None]), dice(out, truth[None])
+    assert d_mean < 0.9
+    assert d_crf > 0.97 and d_crf > d_mean + 0.05
+    hard = DenseCRF(binarize=True)(mean, guide)
+    assert set(hard.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(hard, (out >= 0.5).float())
+
+
+@requires_crf
+def test_float_guide_in_unit_range_matches_uint8() -> None:
+    _, guide, samples = blob_case((32, 40), seed=1)
+    mean = MeanEnsembleFusion()(samples)
+    a = DenseCRF()(mean, guide)
+    b = DenseCRF()(mean, torch.as_tensor(guide, dtype=torch.float32) / 255.0)
+    torch.testing.assert_close(a, b)
+
+
+@requires_crf
+def test_multiclass_and_metadata() -> None:
+    truth, guide, samples = blob_case((32, 36), seed=2)
+    fg = MeanEnsembleFusion()(samples)[0]
+    probs = torch.stack([(1 - fg) * 0.9, fg * 0.9, torch.full_like(fg, 0.1)])  # 3 classes, sums to one
+    prob = MetaTensor(probs, affine=torch.diag(torch.tensor([0.3, 0.4, 1.0, 1.0])), meta={"filename_or_obj": "a.png"})
+    out = DenseCRF()(prob, guide)
+    assert isinstance(out, MetaTensor) and out.shape == (3, 32, 36)
+    torch.testing.assert_close(out.sum(0), torch.ones(32, 36), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.affine, prob.affine)
+    assert out.meta["filename_or_obj"] == "a.png"
+    assert dice(out[1], truth) > 0.95
+    assert float(out[2].max()) < 0.5  # the uninformative class is suppressed
+    hard = DenseCRF(binarize=True)(prob, guide)
+    torch.testing.assert_close(hard.sum(0), torch.ones(32, 36))
+
+
+@requires_crf
+def test_dict_version() -> None:
+    _, guide, samples = blob_case((24, 28), seed=3)
+    mean = MeanEnsembleFusion()(samples)
+    d = DenseCRFd("pred", guide_key="image", output_postfix="crf")({"pred": mean, "image": guide})
+    torch.testing.assert_close(d["pred_crf"], DenseCRF()(mean, guide))
+    assert d["pred"] is mean
+
+
+@requires_crf
+def test_validation() -> None:
+    crf = DenseCRF()
+    prob = torch.full((1, 8, 10), 0.5)
+    with pytest.raises(ValueError, match=r"guide.*\(3, 8, 9\).*\(8, 10\)"):
+        crf(prob, torch.zeros(3, 8, 9))
+    with pytest.raises(ValueError, match=r"guide.*\(8, 10\)"):
+        crf(prob, torch.zeros(8, 10))  # missing channel dimension
+    nan = prob.clone()
+    nan[0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"prob.*NaN.*\(1, 8, 10\)"):
+        crf(nan, torch.zeros(1, 8, 10))
+    with pytest.raises(ValueError, match=r"prob.*\(1, 8\)"):
+        crf(torch.zeros(1, 8), torch.zeros(1, 8))
+    with pytest.raises(ValueError, match=r"prob.*\[0, 1\]"):
+        crf(prob * 3, torch.zeros(1, 8, 10))
+    with pytest.raises(ValueError, match="guide_scaling"):
+        DenseCRF(guide_scaling="zscore")
+    with pytest.raises(ValueError, match="bilateral_sxy"):
+        DenseCRF(bilateral_sxy=(80.0, 80.0, 80.0))(prob, torch.zeros(1, 8, 10))
+
+
+def test_scale_guide_modes() -> None:
+    g = torch.tensor([[[-100.0, 0.0], [100.0, 300.0]]])
+    torch.testing.assert_close(scale_guide(g, (2, 2)), torch.tensor([[[0.0, 64.0], [128.0, 255.0]]]))  # auto: minmax
+    torch.testing.assert_close(scale_guide(g, (2, 2), "none"), torch.tensor([[[0.0, 0.0], [100.0, 255.0]]]))
+    unit = torch.tensor([[[0.0, 0.5], [0.2, 1.0]]])
+    torch.testing.assert_close(scale_guide(unit, (2, 2)), torch.tensor([[[0.0, 128.0], [51.0, 255.0]]]))
+    torch.testing.assert_close(scale_guide(unit, (2, 2), "minmax"), torch.tensor([[[0.0, 128.0], [51.0, 255.0]]]))
+    u8 = torch.tensor([[[3, 7], [0, 9]]], dtype=torch.uint8)
+    torch.testing.assert_close(scale_guide(u8, (2, 2)), u8.float())
+    torch.testing.assert_close(scale_guide(torch.ones(1, 2, 2) * 5, (2, 2), "minmax"), torch.zeros(1, 2, 2))
+
+
+def test_missing_pydensecrf_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_optional_import(module: str, *args, **kwargs):
+        return None, False
+
+    monkeypatch.setattr(dense_crf_module, "optional_import", fake_optional_import)
+    with pytest.raises(OptionalImportError, match=r'pip install "monai-diffseg\[crf\]"'):
+        DenseCRF()
+    with pytest.raises(ImportError, match="pydensecrf"):
+        DenseCRFd("pred", guide_key="image")

@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 from monai.handlers import CheckpointLoader
+from monai.networks.utils import copy_model_state
 from monai.utils import IgniteInfo, min_version, optional_import
 
 from monai_diffseg.networks.utils import check_state_dict, read_checkpoint
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+Checkpoint, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Checkpoint")
 
 __all__ = ["CheckedCheckpointLoader"]
 
@@ -39,6 +42,11 @@ class CheckedCheckpointLoader(CheckpointLoader):
     (``'name': checkpoint (a, b) vs network (c, d)``) and their counts. The comparison is
     :func:`monai_diffseg.networks.utils.check_state_dict`, shared with
     :func:`monai_diffseg.networks.utils.load_network_weights`. Then loading is left to the parent class.
+
+    ``strict_shape=False`` (load the layers whose name and shape fit, for transfer learning) is handled here rather
+    than by the parent: MONAI 1.6.1's ``CheckpointLoader`` calls ``copy_model_state(obj, checkpoint)`` with the
+    whole checkpoint instead of ``checkpoint[key]``, so it silently loads nothing (MONAI issue #2506). Only the
+    networks of ``load_dict`` are loaded in that mode (as in the parent), and ``load_dict`` is not modified.
 
     Usage (bundle ``train#handlers``)::
 
@@ -84,24 +92,10 @@ class CheckedCheckpointLoader(CheckpointLoader):
             FileNotFoundError: the checkpoint does not exist.
             ValueError: unreadable checkpoint, no entry for a network, or a key/shape mismatch.
         """
-        checkpoint = read_checkpoint(self.load_path, map_location=self.map_location, allow_unsafe_fallback=False)
-        items = list(self.load_dict.items())
-        if len(items) == 1 and isinstance(checkpoint, dict) and items[0][0] not in checkpoint:
-            checkpoint = {items[0][0]: checkpoint}  # single object saved as a raw state dict, as the parent handles
-        if not isinstance(checkpoint, dict):
-            raise ValueError(
-                f"checkpoint '{self.load_path}' holds a {type(checkpoint).__name__}, expected a dict of state dicts."
-            )
-        for k, obj in items:
-            if not isinstance(obj, nn.Module):
-                continue
-            if k not in checkpoint:
-                raise ValueError(
-                    f"checkpoint '{self.load_path}' has no entry '{k}' for the network {type(_unwrap(obj)).__name__}; "
-                    f"its entries are {list(checkpoint.keys())[:10]}. The load_dict keys must match the save_dict "
-                    "keys used by CheckpointSaver."
-                )
-            check_state_dict(_unwrap(obj), checkpoint[k], self.load_path, strict=self.strict)
+        checkpoint = self._entries()
+        for k, obj in self.load_dict.items():
+            if isinstance(obj, nn.Module):
+                check_state_dict(_unwrap(obj), checkpoint[k], self.load_path, strict=self.strict)
 
     def __call__(self, engine: Engine) -> None:
         """
@@ -115,6 +109,39 @@ class CheckedCheckpointLoader(CheckpointLoader):
             raise FileNotFoundError(
                 f"checkpoint file '{self.load_path}' does not exist (set optional=True to skip a missing checkpoint)."
             )
-        if self.strict_shape:  # strict_shape=False deliberately loads what fits: nothing to validate
-            self.validate()
+        if not self.strict_shape:  # deliberately loads what fits: nothing to validate
+            self._load_matching_layers()
+            return
+        self.validate()
         super().__call__(engine)
+
+    def _entries(self) -> dict:
+        checkpoint = read_checkpoint(self.load_path, map_location=self.map_location, allow_unsafe_fallback=False)
+        items = list(self.load_dict.items())
+        if len(items) == 1 and isinstance(checkpoint, dict) and items[0][0] not in checkpoint:
+            checkpoint = {items[0][0]: checkpoint}  # single object saved as a raw state dict, as the parent handles
+        if not isinstance(checkpoint, dict):
+            raise ValueError(
+                f"checkpoint '{self.load_path}' holds a {type(checkpoint).__name__}, expected a dict of state dicts."
+            )
+        for k, obj in items:
+            if isinstance(obj, nn.Module) and k not in checkpoint:
+                raise ValueError(
+                    f"checkpoint '{self.load_path}' has no entry '{k}' for the network {type(_unwrap(obj)).__name__}; "
+                    f"its entries are {list(checkpoint.keys())[:10]}. The load_dict keys must match the save_dict "
+                    "keys used by CheckpointSaver."
+                )
+        return checkpoint
+
+    def _load_matching_layers(self) -> None:
+        """``strict_shape=False``: load the network layers whose names and shapes match, skip the other objects."""
+        checkpoint = self._entries()
+        to_load = {}
+        for k, obj in self.load_dict.items():
+            if not isinstance(obj, nn.Module):
+                warnings.warn(f"`strict_shape` is False: loading networks only, skipping '{k}' of `load_dict`.")
+                continue
+            checkpoint[k], updated, _ = copy_model_state(obj, checkpoint[k], inplace=False)
+            self.logger.info(f"'{k}': {len(updated)} of {len(checkpoint[k])} tensors restored from {self.load_path}")
+            to_load[k] = obj
+        Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint, strict=False)

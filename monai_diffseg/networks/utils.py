@@ -159,11 +159,11 @@ def state_dict_mismatch_message(
         return None
     lines = [f"checkpoint '{source}' does not match the network {type(network).__name__}:"]
     if missing:
-        lines.append(f"  {len(missing)} missing key(s) (in the network, not the checkpoint): {_fmt_list(missing)}")
+        shown = _fmt_list([repr(k) for k in missing])
+        lines.append(f"  {len(missing)} missing key(s) (in the network, not the checkpoint): {shown}")
     if unexpected:
-        lines.append(
-            f"  {len(unexpected)} unexpected key(s) (in the checkpoint, not the network): {_fmt_list(unexpected)}"
-        )
+        shown = _fmt_list([repr(k) for k in unexpected])
+        lines.append(f"  {len(unexpected)} unexpected key(s) (in the checkpoint, not the network): {shown}")
     if shapes:
         lines.append(f"  {len(shapes)} shape mismatch(es): {_fmt_list(shapes)}")
     if unexpected and all(k.startswith(_DDP_PREFIX) for k in unexpected):

@@ -60,7 +60,9 @@ def _import_pydensecrf() -> tuple[Any, Any]:
     return dcrf, utils
 
 
-def scale_guide(guide: NdarrayOrTensor, spatial_shape: Sequence[int], scaling: str = "auto", name: str = "guide") -> torch.Tensor:
+def scale_guide(
+    guide: NdarrayOrTensor, spatial_shape: Sequence[int], scaling: str = "auto", name: str = "guide"
+) -> torch.Tensor:
     """
     Validate a channel-first guide image and bring it to the 0..255 intensity range.
 
@@ -85,7 +87,8 @@ def scale_guide(guide: NdarrayOrTensor, spatial_shape: Sequence[int], scaling: s
     spatial_shape = tuple(int(s) for s in spatial_shape)
     if g.ndim != len(spatial_shape) + 1 or tuple(g.shape[1:]) != spatial_shape or g.shape[0] < 1:
         raise ValueError(
-            f"{name} must be channel first with the spatial size of prob, i.e. (Cg, {', '.join(map(str, spatial_shape))}), "
+            f"{name} must be channel first with the spatial size of prob, "
+            f"i.e. (Cg, {', '.join(map(str, spatial_shape))}), "
             f"got {name} with shape {tuple(g.shape)} and prob with spatial shape {spatial_shape}."
         )
     is_uint8 = g.dtype == torch.uint8
@@ -188,7 +191,9 @@ class DenseCRF(Transform):
     def _per_axis(value: float | Sequence[float], spatial_dims: int, name: str) -> tuple[float, ...]:
         values = tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),) * spatial_dims
         if len(values) != spatial_dims or any(v <= 0 for v in values):
-            raise ValueError(f"{name} must be > 0, scalar or one value per spatial axis ({spatial_dims}), got {name}={value}.")
+            raise ValueError(
+                f"{name} must be > 0, scalar or one value per spatial axis ({spatial_dims}), got {name}={value}."
+            )
         return values
 
     def _refine(self, labels: np.ndarray, guide: np.ndarray) -> np.ndarray:
@@ -215,7 +220,8 @@ class DenseCRF(Transform):
                     sxy=b_sxy[0], srgb=self.bilateral_srgb, rgbim=rgb, compat=self.bilateral_weight
                 )
             else:
-                feats = utils.create_pairwise_bilateral(sdims=b_sxy, schan=(self.bilateral_srgb,) * guide.shape[0], img=guide, chdim=0)
+                schan = (self.bilateral_srgb,) * guide.shape[0]
+                feats = utils.create_pairwise_bilateral(sdims=b_sxy, schan=schan, img=guide, chdim=0)
                 crf.addPairwiseEnergy(np.ascontiguousarray(feats, dtype=np.float32), compat=self.bilateral_weight)
         q = np.array(crf.inference(self.num_iterations), dtype=np.float32)
         return q.reshape(n_labels, *spatial)

@@ -355,7 +355,8 @@ class DenseCRFd(_GuidedCRFd):
         gaussian_weight: Gaussian compatibility (DiffSeg: 3).
         num_iterations: mean-field iterations (DiffSeg: 5).
         binarize: store the hard mask instead of the refined probability.
-        guide_scaling: ``"auto"``, ``"minmax"`` or ``"none"``, see :py:func:`~monai_diffseg.transforms.dense_crf.scale_guide`.
+        guide_scaling: ``"auto"``, ``"minmax"`` or ``"none"``, see
+            :py:func:`~monai_diffseg.transforms.dense_crf.scale_guide`.
         eps: probability clipping.
         output_keys: where to store the refined maps (one per key); default: in place.
         output_postfix: store at ``f"{key}_{output_postfix}"`` instead (ignored when ``output_keys`` is given).
@@ -411,7 +412,8 @@ class TorchDenseCRFFusiond(_GuidedCRFd):
         window_size: odd number of bilateral window taps per axis (``None``: 11 in 2D, 7 in 3D).
         dilation: voxel spacing of the bilateral window taps (``None``: 4 in 2D, 3 in 3D).
         binarize: store the hard mask instead of the refined probability.
-        guide_scaling: ``"auto"``, ``"minmax"`` or ``"none"``, see :py:func:`~monai_diffseg.transforms.dense_crf.scale_guide`.
+        guide_scaling: ``"auto"``, ``"minmax"`` or ``"none"``, see
+            :py:func:`~monai_diffseg.transforms.dense_crf.scale_guide`.
         eps: probability clipping.
         output_keys: where to store the refined maps (one per key); default: in place.
         output_postfix: store at ``f"{key}_{output_postfix}"`` instead (ignored when ``output_keys`` is given).

@@ -184,23 +184,19 @@ def check_probability_map(
     return img, data
 
 
-def to_output(out: torch.Tensor, ref: torch.Tensor, drop_meta_keys: Sequence[str] = ()) -> torch.Tensor:
+def to_output(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """
     Convert a computed tensor to the type of ``ref`` (``MetaTensor`` with ``ref``'s metadata, or plain tensor).
 
     Args:
         out: computed result, shape ``(C, ...)``.
         ref: the converted input returned by :py:func:`check_ensemble_samples` / :py:func:`check_probability_map`.
-        drop_meta_keys: keys removed from the copied ``.meta`` (e.g. statistics of a previous transform).
 
     Returns:
         ``out`` on ``ref``'s device, keeping ``out``'s dtype; a ``MetaTensor`` with a copy of ``ref``'s metadata
-        when ``ref`` is a ``MetaTensor``.
+        (affine, ``applied_operations``...) when ``ref`` is a ``MetaTensor``.
     """
     result, *_ = convert_to_dst_type(out, ref, dtype=out.dtype)
-    if isinstance(result, MetaTensor):
-        for key in drop_meta_keys:
-            result.meta.pop(key, None)
     return result
 
 
@@ -380,7 +376,8 @@ class RandomSubsetFusion(Randomizable, Transform):
         size = self.subset_size if self.subset_size is not None else max(1, num_members // 2)
         if size > num_members:
             raise ValueError(
-                f"subset_size must not exceed the ensemble size E, got subset_size={size} and samples with E={num_members}."
+                f"subset_size must not exceed the ensemble size E, "
+                f"got subset_size={size} and samples with E={num_members}."
             )
         self.subsets = [np.sort(self.R.choice(num_members, size=size, replace=False)) for _ in range(self.num_rounds)]
 

@@ -83,7 +83,9 @@ class STAPLEFusion(Transform):
 
     backend = [TransformBackends.NUMPY]
 
-    def __init__(self, threshold: float = 0.5, max_iterations: int | None = None, confidence_weight: float = 1.0) -> None:
+    def __init__(
+        self, threshold: float = 0.5, max_iterations: int | None = None, confidence_weight: float = 1.0
+    ) -> None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got threshold={threshold}.")
         if max_iterations is not None and int(max_iterations) < 1:

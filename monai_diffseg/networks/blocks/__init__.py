@@ -6,3 +6,4 @@ from __future__ import annotations
 from .condition_encoder import AnchorHead, ConditionEncoder
 from .condition_fusion import ConditionFusion
 from .ff_parser import FFParser
+from .torch_crf import TorchDenseCRF

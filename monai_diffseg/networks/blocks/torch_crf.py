@@ -128,7 +128,9 @@ class TorchDenseCRF(nn.Module):
         """A scalar or per-axis parameter as one float per spatial axis."""
         values = tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),) * spatial_dims
         if len(values) != spatial_dims:
-            raise ValueError(f"{name} must be a scalar or have {spatial_dims} values (one per spatial axis), got {name}={value}.")
+            raise ValueError(
+                f"{name} must be a scalar or have {spatial_dims} values (one per spatial axis), got {name}={value}."
+            )
         return values
 
     def _gaussian_kernels(self, spatial_dims: int) -> list[list[float]]:
@@ -208,7 +210,9 @@ class TorchDenseCRF(nn.Module):
         spatial_dims, spatial = q.ndim - 2, q.shape[2:]
         reach = (window // 2) * dilation
         padded = F.pad(q, [reach, reach] * spatial_dims)
-        weights: Iterable[torch.Tensor] = cached if cached is not None else self._bilateral_weights(feats, window, dilation)
+        weights: Iterable[torch.Tensor] = (
+            cached if cached is not None else self._bilateral_weights(feats, window, dilation)
+        )
         out = torch.zeros_like(q)
         for offset, weight in zip(self._offsets(spatial_dims, window, dilation), weights):
             out.addcmul_(weight, self._neighbours(padded, offset, reach, spatial))
@@ -231,7 +235,9 @@ class TorchDenseCRF(nn.Module):
             ValueError: when the shapes of ``prob`` and ``guide`` are inconsistent, or ``prob`` holds NaN.
         """
         if prob.ndim not in (4, 5) or prob.shape[1] < 1:
-            raise ValueError(f"prob must have shape (N, C, H, W) or (N, C, H, W, D), got prob with shape {tuple(prob.shape)}.")
+            raise ValueError(
+                f"prob must have shape (N, C, H, W) or (N, C, H, W, D), got prob with shape {tuple(prob.shape)}."
+            )
         if torch.isnan(prob).any():
             raise ValueError(f"prob must not contain NaN values, got prob with shape {tuple(prob.shape)}.")
         use_bilateral = self.bilateral_weight != 0
@@ -247,7 +253,10 @@ class TorchDenseCRF(nn.Module):
         dtype = prob.dtype if torch.is_floating_point(prob) else torch.float32
         prob = prob.to(dtype)
         binary = prob.shape[1] == 1
-        labels = torch.cat([1.0 - prob, prob], dim=1) if binary else prob / prob.sum(1, keepdim=True).clamp_min(self.eps)
+        if binary:
+            labels = torch.cat([1.0 - prob, prob], dim=1)
+        else:
+            labels = prob / prob.sum(1, keepdim=True).clamp_min(self.eps)
         logits = torch.log(labels.clamp(self.eps, 1.0 - self.eps))
         q = torch.softmax(logits, dim=1)
         if self.num_iterations == 0:

@@ -1,0 +1,119 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Tests for monai_diffseg.handlers.CheckedCheckpointLoader."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+from ignite.engine import Engine
+from monai.handlers import CheckpointLoader
+
+from monai_diffseg.handlers import CheckedCheckpointLoader
+
+
+def _mlp(hidden: int = 4, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _engine() -> Engine:
+    return Engine(lambda engine, batch: None)
+
+
+def test_is_a_checkpoint_loader() -> None:
+    assert issubclass(CheckedCheckpointLoader, CheckpointLoader)
+
+
+def test_round_trip_with_optimizer(tmp_path: Path) -> None:
+    src = _mlp(seed=0)
+    opt = torch.optim.SGD(src.parameters(), lr=0.5, momentum=0.9)
+    src(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    torch.save({"model": src.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ckpt.pt")
+    dst = _mlp(seed=1)
+    dst_opt = torch.optim.SGD(dst.parameters(), lr=0.1, momentum=0.9)
+    engine = _engine()
+    CheckedCheckpointLoader(tmp_path / "ckpt.pt", {"model": dst, "optimizer": dst_opt}).attach(engine)
+    engine.run([0], max_epochs=1)
+    assert _same(src, dst)
+    assert dst_opt.param_groups[0]["lr"] == 0.5
+
+
+def test_single_entry_raw_state_dict(tmp_path: Path) -> None:
+    src = _mlp(seed=0)
+    torch.save(src.state_dict(), tmp_path / "raw.pt")  # CheckpointSaver with a one-entry save_dict writes this
+    dst = _mlp(seed=1)
+    CheckedCheckpointLoader(str(tmp_path / "raw.pt"), {"net": dst})(_engine())
+    assert _same(src, dst)
+
+
+def test_mismatch_raises_on_attached_engine(tmp_path: Path) -> None:
+    path = tmp_path / "wide.pt"
+    torch.save({"model": _mlp(hidden=8).state_dict()}, path)
+    dst = _mlp(hidden=4)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    engine = _engine()
+    CheckedCheckpointLoader(path, {"model": dst}).attach(engine)
+    with pytest.raises(ValueError) as err:
+        engine.run([0], max_epochs=1)
+    msg = str(err.value)
+    assert str(path) in msg and "Sequential" in msg
+    assert "'0.weight': checkpoint (8, 3) vs network (4, 3)" in msg
+    assert "different network_def" in msg
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
+
+
+def test_strict_false_and_strict_shape_false(tmp_path: Path) -> None:
+    big = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    torch.save({"model": big.state_dict()}, tmp_path / "big.pt")
+    small = nn.Sequential(nn.Linear(3, 4))
+    with pytest.raises(ValueError, match=r"2 unexpected key\(s\)"):
+        CheckedCheckpointLoader(tmp_path / "big.pt", {"model": small})(_engine())
+    CheckedCheckpointLoader(tmp_path / "big.pt", {"model": small}, strict=False)(_engine())
+    assert torch.equal(small[0].weight, big[0].weight)
+    # strict_shape=False is the parent's transfer-learning mode: layers that do not fit are skipped, no error
+    other = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 5))
+    CheckedCheckpointLoader(tmp_path / "big.pt", {"model": other}, strict_shape=False)(_engine())
+    assert torch.equal(other[0].weight, big[0].weight) and not torch.equal(other[1].bias[:2], big[1].bias)
+
+
+def test_missing_entry_named(tmp_path: Path) -> None:
+    torch.save({"model": _mlp().state_dict(), "optimizer": {}}, tmp_path / "ckpt.pt")
+    with pytest.raises(ValueError, match=r"no entry 'net'.*\['model', 'optimizer'\]"):
+        CheckedCheckpointLoader(tmp_path / "ckpt.pt", {"net": _mlp(), "other": _mlp()})(_engine())
+
+
+def test_missing_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "runs" / "last.pt"
+    with pytest.raises(FileNotFoundError, match="last.pt"):
+        CheckedCheckpointLoader(path, {"model": _mlp()})(_engine())
+    dst = _mlp(seed=1)
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    engine = _engine()
+    CheckedCheckpointLoader(path, {"model": dst}, name="ckpt_test", optional=True).attach(engine)
+    with caplog.at_level(logging.INFO, logger="ckpt_test"):
+        engine.run([0], max_epochs=1)  # resume-if-present: starts fresh
+    assert any("last.pt" in r.getMessage() for r in caplog.records)
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
+
+
+def test_corrupt_file(tmp_path: Path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt"):
+        CheckedCheckpointLoader(tmp_path / "bad.pt", {"model": _mlp()})(_engine())
+
+
+def test_ddp_prefixed_checkpoint_hint(tmp_path: Path) -> None:
+    torch.save({"model": {f"module.{k}": v for k, v in _mlp().state_dict().items()}}, tmp_path / "ddp.pt")
+    with pytest.raises(ValueError, match="'module.' prefix"):
+        CheckedCheckpointLoader(tmp_path / "ddp.pt", {"model": _mlp()})(_engine())

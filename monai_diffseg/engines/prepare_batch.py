@@ -47,7 +47,17 @@ def mask_to_diffusion(label: torch.Tensor, num_classes: int) -> torch.Tensor:
             )
     elif label.shape[1] == num_classes:
         onehot = label.float()
+        if not torch.all((onehot == 0) | (onehot == 1)):
+            raise ValueError(
+                f"one-hot label must contain only 0 and 1, found {torch.unique(onehot)[:8].tolist()}; "
+                "scale {0, 255} masks to {0, 1} in preprocessing (e.g. monai_diffseg.transforms.BinaryMaskd)."
+            )
     elif label.shape[1] == 1:
+        if label.is_floating_point() and not torch.equal(label, label.round()):
+            raise ValueError(
+                "class-index label must hold integer class indices, found fractional values "
+                f"{torch.unique(label[label != label.round()])[:8].tolist()} (resample labels with mode='nearest')."
+            )
         idx = label.long()
         if idx.min() < 0 or idx.max() >= num_classes:
             raise ValueError(

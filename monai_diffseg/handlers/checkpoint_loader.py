@@ -59,7 +59,8 @@ class CheckedCheckpointLoader(CheckpointLoader):
         name: logger name; ``None`` uses the engine's logger.
         map_location: ``torch.load``'s ``map_location``.
         strict: require the same key set (shapes are checked in any case).
-        strict_shape: ``False`` skips layers whose shapes differ (transfer learning); then no validation is made.
+        strict_shape: ``False`` loads only the network layers whose names and shapes match (transfer learning) and
+            skips the non-network objects; no validation is made then.
         optional: when ``load_path`` does not exist, log it and skip loading instead of raising (resume a training
             if a checkpoint exists, else start fresh).
     """
@@ -116,6 +117,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
         super().__call__(engine)
 
     def _entries(self) -> dict:
+        """The checkpoint as ``{load_dict key: state}``, checking that every network has an entry."""
         checkpoint = read_checkpoint(self.load_path, map_location=self.map_location, allow_unsafe_fallback=False)
         items = list(self.load_dict.items())
         if len(items) == 1 and isinstance(checkpoint, dict) and items[0][0] not in checkpoint:

@@ -38,7 +38,10 @@ def x0_to_probability(x0: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
     """
     prob = (x0.float().clamp(-1.0, 1.0) + 1.0) / 2.0
     if prob.shape[channel_dim] > 1:
-        prob = prob / prob.sum(dim=channel_dim, keepdim=True).clamp_min(1e-6)
+        total = prob.sum(dim=channel_dim, keepdim=True)
+        # every channel at -1 (no class claims the pixel): uniform rather than all-zero probabilities
+        uniform = torch.full_like(prob, 1.0 / prob.shape[channel_dim])
+        prob = torch.where(total > 1e-6, prob / total.clamp_min(1e-6), uniform)
     return prob
 
 

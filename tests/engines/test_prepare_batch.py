@@ -140,3 +140,10 @@ def test_timestep_range() -> None:
     for bad in [(5, 5), (-1, 10), (0, 101), (20, 10)]:
         with pytest.raises(ValueError, match="timestep_range"):
             MaskDiffusionPrepareBatch(scheduler, timestep_range=bad)
+
+
+def test_bad_one_hot_or_fractional_labels_rejected() -> None:
+    with pytest.raises(ValueError):  # {0, 255} one-hot would silently become x0 in {-1, 509}
+        mask_to_diffusion(torch.tensor([0.0, 255.0, 255.0, 0.0]).reshape(1, 2, 1, 2), num_classes=2)
+    with pytest.raises(ValueError):  # 1.5 would silently be truncated to class 1
+        mask_to_diffusion(torch.tensor([[[[0.0, 1.5]]]]), num_classes=3)

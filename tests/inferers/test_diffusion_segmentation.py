@@ -175,7 +175,6 @@ def test_x0_to_probability() -> None:
     assert torch.allclose(prob.sum(1), torch.ones(1, 2))
 
 
-@pytest.mark.xfail(strict=True, reason="x0_to_probability returns all-zero probabilities when every channel is <= -1")
 def test_x0_to_probability_all_background_channels() -> None:
     # every one-hot channel predicted at (or below) -1: the renormalisation divides 0 by the 1e-6 clamp
     prob = x0_to_probability(torch.full((1, 3, 2), -1.0))

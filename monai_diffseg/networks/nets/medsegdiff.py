@@ -55,9 +55,9 @@ class MedSegDiff(nn.Module):
     ======  ====================  ======================  ==============  ==========  ======================
     name    channels (denoiser)   cond_channels           num_res_blocks  parameters  denoiser (per step)
     ======  ====================  ======================  ==============  ==========  ======================
-    tiny    8, 16, 32, 64         16, 32, 64, 128         1               0.59 M      0.19 M
-    small   16, 32, 64, 128       32, 64, 128, 256        1               2.68 M      0.98 M
-    base    32, 64, 128, 256      32, 64, 128, 256        2               7.98 M      6.29 M
+    tiny    8, 16, 32, 64         16, 32, 64, 128         1               0.85 M      0.36 M
+    small   16, 32, 64, 128       32, 64, 128, 256        1               3.38 M      1.44 M
+    base    32, 64, 128, 256      64, 128, 256, 512       2               16.60 M     8.86 M
     ======  ====================  ======================  ==============  ==========  ======================
 
     (The public reference implementation uses about 100-130 M parameters, all of them run at every step.)
@@ -66,8 +66,9 @@ class MedSegDiff(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: image channels.
         out_channels: mask channels: 1 for binary segmentation, ``K`` for ``K``-class one-hot (with background).
-        channels: denoiser width per level, finest first; ``len(channels) - 1`` downsamplings, so every input
-            spatial size must be divisible by ``2 ** (len(channels) - 1)`` (see :attr:`size_divisor`).
+        channels: denoiser width per level, finest first; ``len(channels) - 1`` downsamplings after the stem, so
+            every input spatial size must be divisible by ``stem_stride * 2 ** (len(channels) - 1)`` (see
+            :attr:`size_divisor`).
         cond_channels: condition-branch width per level; same number of levels as ``channels``.
         num_res_blocks: denoiser resnet blocks per level.
         attention_levels: per level, whether the denoiser applies self-attention after its resnet blocks
@@ -77,6 +78,9 @@ class MedSegDiff(nn.Module):
         num_head_channels: channels per attention head.
         norm_num_groups: GroupNorm groups in the denoiser (must divide every entry of ``channels``).
         anchor_head: add the auxiliary mask head on the condition branch.
+        stem_stride: 1 or 2. With 2 (default) both branches start with a strided convolution and work at half
+            resolution; only a narrow input/output path runs at full resolution, which divides the per-step cost by
+            about ``2 ** spatial_dims``.
         dropout: dropout in the condition branch.
 
     Shapes:
@@ -213,7 +217,7 @@ class MedSegDiff(nn.Module):
             image: ``(N, in_channels, *S)``.
 
         Returns:
-            tuple of ``len(channels)`` tensors, level ``l``: ``(N, cond_channels[l], *S / 2**l)``.
+            tuple of ``len(channels)`` tensors, level ``l``: ``(N, cond_channels[l], *S / (stem_stride * 2**l))``.
         """
         if image.ndim != self.spatial_dims + 2 or image.shape[1] != self.in_channels:
             raise ValueError(

@@ -1,0 +1,218 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""The ISIC 2018 bundle through MONAI's ConfigWorkflow: properties, a short real train run, inference outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+from PIL import Image
+
+from monai_diffseg.data import make_synthetic_isic2018
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLE = ROOT / "bundles" / "medsegdiff_isic2018"
+CONFIGS = BUNDLE / "configs"
+SCHEMA = ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
+PH2 = ROOT.parent / "shared" / "data" / "ph2"
+
+# small and fast: 32x32 inputs and a tiny network, identical in train and inference
+TINY = {
+    "image_size": [32, 32],
+    "network_def#channels": [8, 16],
+    "network_def#cond_channels": [8, 16],
+    "network_def#norm_num_groups": 4,
+    "num_workers": 0,
+}
+
+
+def _workflow(config: str | list[str], workflow_type: str, **override) -> ConfigWorkflow:
+    files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        **override,
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = tmp_path_factory.mktemp("isic")
+    return make_synthetic_isic2018(str(root), num_train=12, num_val=4, num_test=3, image_size=(40, 56), seed=3)
+
+
+def test_bundle_files_exist() -> None:
+    for name in ("metadata.json", "train.json", "inference.json", "evaluate.json", "multi_gpu_train.json"):
+        json.loads((CONFIGS / name).read_text())  # valid JSON
+    assert (CONFIGS / "logging.conf").is_file()
+    assert (BUNDLE / "LICENSE").is_file() and (BUNDLE / "docs" / "README.md").is_file()
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared/schemas not available")
+def test_metadata_verifies_against_schema() -> None:
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_train_workflow_properties(dataset: str, tmp_path: Path) -> None:
+    wf = _workflow("train.json", "train", dataset_dir=dataset, bundle_root=str(tmp_path), **TINY)
+    wf.initialize()
+    assert wf.check_properties() in (None, [])
+    assert wf.train_dataset_data and wf.val_dataset_data
+
+
+def test_inference_workflow_properties(dataset: str, tmp_path: Path) -> None:
+    wf = _workflow("inference.json", "infer", dataset_dir=dataset, bundle_root=str(tmp_path), **TINY)
+    wf.initialize()
+    assert wf.check_properties() in (None, [])
+    assert len(wf.dataset_data) == 3
+
+
+def test_missing_dataset_dir_is_a_clear_error(tmp_path: Path) -> None:
+    wf = _workflow("train.json", "train", dataset_dir=str(tmp_path / "nope"), bundle_root=str(tmp_path), **TINY)
+    wf.initialize()
+    with pytest.raises(Exception) as err:
+        wf.train_dataset_data
+    assert "nope" in "".join(str(e) for e in _chain(err.value))
+
+
+def _chain(exc: BaseException | None):
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+@pytest.mark.slow
+def test_train_then_infer_and_evaluate(dataset: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train = _workflow(
+        "train.json",
+        "train",
+        dataset_dir=dataset,
+        bundle_root=str(out),
+        num_epochs=2,
+        val_interval=1,
+        batch_size=4,
+        val_num_inference_steps=2,
+        val_num_samples=2,
+        **TINY,
+    )
+    train.initialize()
+    train.run()
+    train.finalize()
+    models = out / "models"
+    assert (models / "model.pt").is_file() and (models / "checkpoint_last.pt").is_file()
+    last = torch.load(models / "checkpoint_last.pt", weights_only=False)
+    assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(last)
+    assert last["trainer"]["iteration"] == 2 * (12 // 4)  # 2 epochs of 3 batches
+
+    # resume: one more epoch continues from epoch 2 instead of starting over
+    resume = _workflow(
+        "train.json", "train", dataset_dir=dataset, bundle_root=str(out), num_epochs=3, val_interval=5, batch_size=4,
+        **TINY,
+    )
+    resume.initialize()
+    resume.run()
+    assert resume.trainer.state.epoch == 3 and resume.trainer.state.iteration == 3 * (12 // 4)
+    resume.finalize()
+
+    pred_dir = tmp_path / "pred"
+    infer = _workflow(
+        "inference.json",
+        "infer",
+        dataset_dir=dataset,
+        bundle_root=str(out),
+        output_dir=str(pred_dir),
+        num_samples=3,
+        num_inference_steps=3,
+        **TINY,
+    )
+    infer.initialize()
+    infer.run()
+    infer.finalize()
+    cases = sorted(p.stem for p in Path(dataset, "ISIC2018_Task1-2_Test_Input").glob("ISIC_*.jpg"))
+    for case in cases:
+        for kind in ("mask", "prob", "overlay"):
+            assert (pred_dir / f"{case}_{kind}.png").is_file(), f"{case}_{kind}.png"
+        mask = np.array(Image.open(pred_dir / f"{case}_mask.png"))
+        assert mask.shape == (40, 56) and set(np.unique(mask)) <= {0, 255}  # original size, binary
+    metrics = json.loads((pred_dir / "metrics.json").read_text())
+    assert metrics["num_cases"] == len(cases) == metrics["num_labelled"]
+    assert 0.0 <= metrics["mean_dice"] <= 1.0
+    assert [c["case"] for c in metrics["cases"]] == cases
+
+    eval_dir = tmp_path / "eval"
+    evaluate = _workflow(
+        ["inference.json", "evaluate.json"],
+        "eval",
+        dataset_dir=dataset,
+        bundle_root=str(out),
+        output_dir=str(eval_dir),
+        num_samples=2,
+        num_inference_steps=2,
+        **TINY,
+    )
+    evaluate.initialize()
+    evaluate.run()
+    evaluate.finalize()
+    state = evaluate.evaluator.state
+    assert {"test_mean_dice", "test_mean_iou", "test_hd95"} <= set(state.metrics)
+    assert os.path.isfile(eval_dir / "metrics.csv")
+
+
+def test_mismatched_checkpoint_is_a_clear_error(dataset: str, tmp_path: Path) -> None:
+    from monai_diffseg.networks.nets import MedSegDiff
+
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    other = MedSegDiff(2, 3, 1, channels=(8, 16), cond_channels=(16, 32), norm_num_groups=4)
+    torch.save({"model": other.state_dict()}, ckpt / "model.pt")
+    infer = _workflow(
+        "inference.json", "infer", dataset_dir=dataset, bundle_root=str(tmp_path), output_dir=str(tmp_path / "o"),
+        **TINY,
+    )
+    infer.initialize()
+    with pytest.raises(Exception) as err:
+        infer.run()
+    text = "".join(str(e) for e in _chain(err.value))
+    assert "model.pt" in text and "does not match" in text and "checkpoint (16" in text
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.skipif(not PH2.is_dir(), reason="../shared/data/ph2 not available")
+def test_short_training_on_ph2(tmp_path: Path) -> None:
+    """Optional: a few epochs on the real PH2 dermoscopy subset, rewritten in the ISIC 2018 layout."""
+    from monai_diffseg.data import image_folder_datalist
+
+    pairs = image_folder_datalist(str(PH2 / "images"), str(PH2 / "masks"))[:24]
+    root = tmp_path / "ph2_isic"
+    for split, part in (("Training", pairs[:20]), ("Validation", pairs[20:])):
+        img_dir = root / f"ISIC2018_Task1-2_{split}_Input"
+        gt_dir = root / f"ISIC2018_Task1_{split}_GroundTruth"
+        img_dir.mkdir(parents=True)
+        gt_dir.mkdir(parents=True)
+        for i, item in enumerate(part):
+            case = f"ISIC_{(0 if split == 'Training' else 100) + i:07d}"
+            Image.open(item["image"]).convert("RGB").save(img_dir / f"{case}.jpg", quality=95)
+            Image.open(item["label"]).convert("L").save(gt_dir / f"{case}_segmentation.png")
+    train = _workflow(
+        "train.json", "train", dataset_dir=str(root), bundle_root=str(tmp_path / "run"), num_epochs=4,
+        val_interval=4, batch_size=4, val_num_inference_steps=5, val_num_samples=2, image_size=[64, 64],
+        num_workers=0,
+    )
+    train.initialize()
+    train.run()
+    losses = train.trainer.state.output
+    assert np.isfinite(losses[0]["loss"]) if isinstance(losses, list) else True
+    dice = train.parser.get_parsed_content("validate#evaluator").state.best_metric
+    assert dice > 0.3, f"validation Dice after a short PH2 training: {dice}"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -65,8 +66,9 @@ class CaseMetricsWriter:
         label_key: key of the binary label.
         image_key: key whose metadata gives the case name.
         include_background: passed to MONAI's ``compute_dice``/``compute_iou`` (keep True for one-channel masks).
-        extra_keys: scalar per-case values already in the output dict (e.g. ``"sample_diversity"``) to copy into
-            the JSON.
+        extra_keys: scalar per-case values already in the output dict (e.g. ``"sample_diversity"``, ``"ged"``) to
+            copy into the JSON and CSV; their means are logged with the mean Dice.
+        csv_file: optional path of a CSV with one row per case (written atomically at ``COMPLETED``).
     """
 
     def __init__(
@@ -77,8 +79,10 @@ class CaseMetricsWriter:
         image_key: str = "image",
         include_background: bool = True,
         extra_keys: Sequence[str] = (),
+        csv_file: str | None = None,
     ) -> None:
         self.output_file = output_file
+        self.csv_file = csv_file
         self.pred_key = pred_key
         self.label_key = label_key
         self.image_key = image_key
@@ -137,9 +141,33 @@ class CaseMetricsWriter:
             payload[f"mean_{key}"] = mean(key)
         payload["cases"] = self.cases
         write_json_atomic(self.output_file, payload)
+        if self.csv_file:
+            self._write_csv()
+        extras = ", ".join(
+            f"mean {k} {payload[f'mean_{k}']:.4f}" for k in self.extra_keys if payload[f"mean_{k}"] is not None
+        )
         if payload["mean_dice"] is not None:
             self.logger.info(
-                f"mean Dice {payload['mean_dice']:.4f} over {payload['num_labelled']} labelled cases -> {self.output_file}"
+                f"mean Dice {payload['mean_dice']:.4f}, mean IoU {payload['mean_iou']:.4f} over "
+                f"{payload['num_labelled']} labelled cases{', ' + extras if extras else ''} -> {self.output_file}"
             )
         else:
-            self.logger.info(f"{len(self.cases)} cases, no labels -> {self.output_file}")
+            self.logger.info(f"{len(self.cases)} cases, no labels{', ' + extras if extras else ''} -> {self.output_file}")
+
+    def _write_csv(self) -> None:
+        assert self.csv_file is not None
+        columns = ["case", "dice", "iou", *self.extra_keys]
+        folder = os.path.dirname(os.path.abspath(self.csv_file))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
+        try:
+            with os.fdopen(fd, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+                writer.writeheader()
+                for case in self.cases:
+                    writer.writerow({c: ("" if case.get(c) is None else case.get(c)) for c in columns})
+            os.replace(tmp, self.csv_file)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise

@@ -275,6 +275,39 @@ def _reduce_per_image(f: torch.Tensor, reduction: MetricReduction | str) -> torc
     return out
 
 
+class _PerImageMetric(CumulativeIterationMetric):
+    """
+    Base of the cumulative metrics that buffer one value per image and reduce them with ``self.reduction``.
+
+    Subclasses set ``self.reduction`` in ``__init__`` and implement ``_compute_tensor`` returning ``(N,)`` values;
+    ``_call_hint`` names the inputs in the error raised when :py:meth:`aggregate` is called too early.
+    """
+
+    reduction: MetricReduction | str
+    _call_hint = "y_pred"
+
+    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
+        """
+        Reduce the buffered per-image values.
+
+        Args:
+            reduction: overrides the ``reduction`` given at construction.
+
+        Returns:
+            scalar for ``"mean"``/``"sum"``, per-image tensor ``(N_total,)`` for ``"none"``.
+
+        Raises:
+            ValueError: when nothing has been buffered yet.
+        """
+        data = self.get_buffer()
+        if not isinstance(data, torch.Tensor):
+            raise ValueError(
+                f"the data to aggregate must be a PyTorch Tensor, got {type(data).__name__} — call the metric on "
+                f"{self._call_hint} before aggregate()."
+            )
+        return _reduce_per_image(data, reduction if reduction is not None else self.reduction)
+
+
 class GeneralizedEnergyDistanceMetric(CumulativeIterationMetric):
     """
     Cumulative squared generalized energy distance between model samples and reference annotations.

@@ -20,13 +20,12 @@ import math
 import numpy as np
 import torch
 
-from monai.metrics import CumulativeIterationMetric
 from monai.utils import MetricReduction, look_up_option, optional_import
 
 from .generalized_energy_distance import (
     _check_ensemble,
     _check_matching_pair,
-    _reduce_per_image,
+    _PerImageMetric,
     _select_classes,
     compute_pairwise_iou,
 )
@@ -96,7 +95,7 @@ def compute_hungarian_matched_iou(
     return torch.from_numpy(out).to(samples.device)
 
 
-class HungarianMatchedIoUMetric(CumulativeIterationMetric):
+class HungarianMatchedIoUMetric(_PerImageMetric):
     """
     Cumulative Hungarian-matched IoU between model samples and reference annotations.
 
@@ -114,6 +113,8 @@ class HungarianMatchedIoUMetric(CumulativeIterationMetric):
     References:
         Kohl et al., arXiv:1905.13077, 2019.
     """
+
+    _call_hint = "(samples, references)"
 
     def __init__(
         self,
@@ -147,24 +148,3 @@ class HungarianMatchedIoUMetric(CumulativeIterationMetric):
         return compute_hungarian_matched_iou(
             y_pred, y, include_background=self.include_background, matching=self.matching
         )
-
-    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
-        """
-        Reduce the buffered per-image HM-IoU values.
-
-        Args:
-            reduction: overrides the ``reduction`` given at construction.
-
-        Returns:
-            scalar for ``"mean"``/``"sum"``, per-image tensor ``(N_total,)`` for ``"none"``.
-
-        Raises:
-            ValueError: when nothing has been buffered yet.
-        """
-        data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError(
-                f"the data to aggregate must be a PyTorch Tensor, got {type(data).__name__} — call the metric on "
-                "(samples, references) before aggregate()."
-            )
-        return _reduce_per_image(data, reduction if reduction is not None else self.reduction)

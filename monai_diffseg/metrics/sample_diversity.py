@@ -21,10 +21,9 @@ import math
 
 import torch
 
-from monai.metrics import CumulativeIterationMetric
 from monai.utils import MetricReduction, look_up_option
 
-from .generalized_energy_distance import _check_ensemble, _reduce_per_image, _select_classes, compute_pairwise_iou
+from .generalized_energy_distance import _check_ensemble, _PerImageMetric, _select_classes, compute_pairwise_iou
 
 __all__ = ["SampleDiversityMetric", "compute_sample_diversity"]
 
@@ -80,7 +79,7 @@ def compute_sample_diversity(
     return dist.reshape(n, c, e, e).mean(dim=(1, 2, 3))
 
 
-class SampleDiversityMetric(CumulativeIterationMetric):
+class SampleDiversityMetric(_PerImageMetric):
     """
     Cumulative sample diversity :math:`\\mathbb{E}[d(S, S')]` of segmentation ensembles.
 
@@ -94,6 +93,8 @@ class SampleDiversityMetric(CumulativeIterationMetric):
         reduction: MONAI reduction mode applied by :meth:`aggregate`, see
             :py:class:`monai.utils.enums.MetricReduction`; ``"mean"`` (default) or ``"none"`` (per-image values).
     """
+
+    _call_hint = "samples"
 
     def __init__(
         self,
@@ -120,24 +121,3 @@ class SampleDiversityMetric(CumulativeIterationMetric):
             tensor of shape ``(N,)``.
         """
         return compute_sample_diversity(y_pred, distance=self.distance, include_background=self.include_background)
-
-    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
-        """
-        Reduce the buffered per-image diversities.
-
-        Args:
-            reduction: overrides the ``reduction`` given at construction.
-
-        Returns:
-            scalar for ``"mean"``/``"sum"``, per-image tensor ``(N_total,)`` for ``"none"``.
-
-        Raises:
-            ValueError: when nothing has been buffered yet.
-        """
-        data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError(
-                f"the data to aggregate must be a PyTorch Tensor, got {type(data).__name__} — call the metric on "
-                "samples before aggregate()."
-            )
-        return _reduce_per_image(data, reduction if reduction is not None else self.reduction)

@@ -66,3 +66,4 @@ from .uncertainty import (
     binary_entropy,
     categorical_entropy,
 )
+from .ensemble_postprocess import ENSEMBLE_FUSIONS, EnsembleFusiond, EnsembleScoresd

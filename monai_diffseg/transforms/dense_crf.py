@@ -40,7 +40,7 @@ from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms.transform import Transform
 from monai.utils import OptionalImportError, TransformBackends, convert_to_tensor, optional_import
 
-from monai_diffseg.networks.blocks.torch_crf import TorchDenseCRF
+from monai_diffseg.networks.blocks.torch_crf import TorchDenseCRF, _per_axis, _store_crf_parameters
 from monai_diffseg.transforms.fusion import check_probability_map, look_up_named_option, to_output
 
 __all__ = ["GUIDE_SCALINGS", "scale_guide", "DenseCRF", "TorchDenseCRFFusion"]
@@ -119,7 +119,53 @@ def _binarize(q: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(q).scatter_(0, q.argmax(dim=0, keepdim=True), 1.0)
 
 
-class DenseCRF(Transform):
+class _GuidedCRF(Transform):
+    """
+    Base of the dense CRF transforms: input validation, guide scaling, binarisation and metadata.
+
+    Subclasses implement :py:meth:`_crf` on validated tensors, so that both implementations check and convert
+    their inputs and outputs in exactly the same way.
+
+    Args:
+        binarize: return the hard mask (``p >= 0.5`` for ``C == 1``, one-hot argmax otherwise).
+        guide_scaling: ``"auto"``, ``"minmax"`` or ``"none"``, see :py:func:`scale_guide`.
+    """
+
+    def __init__(self, binarize: bool, guide_scaling: str) -> None:
+        self.binarize = binarize
+        self.guide_scaling = look_up_named_option("guide_scaling", guide_scaling, GUIDE_SCALINGS)
+
+    def _crf(self, prob: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """
+        Refine ``prob`` ``(C, *S)`` (floating point, in ``[0, 1]``) with ``guide`` ``(Cg, *S)`` (float32, 0..255).
+
+        Returns:
+            the refined probability ``(C, *S)`` on ``prob``'s device, with ``prob``'s dtype.
+        """
+        raise NotImplementedError(f"subclass {self.__class__.__name__} must implement this method.")
+
+    def __call__(self, prob: NdarrayOrTensor, guide: NdarrayOrTensor, binarize: bool | None = None) -> torch.Tensor:
+        """
+        Args:
+            prob: fused probability ``(C, H, W[, D])`` in ``[0, 1]``; ``C == 1`` for a binary problem.
+            guide: channel-first image ``(Cg, H, W[, D])`` (``uint8`` or float), same spatial size as ``prob``.
+            binarize: overrides ``self.binarize`` for this call.
+
+        Returns:
+            refined probability (or hard mask) ``(C, H, W[, D])`` with ``prob``'s metadata.
+
+        Raises:
+            ValueError: wrong ``prob`` dimensions, NaN or out-of-range ``prob``, or ``guide`` whose spatial size
+                differs from ``prob``'s.
+        """
+        img, data = check_probability_map(prob, "prob")
+        out = self._crf(data, scale_guide(guide, data.shape[1:], self.guide_scaling))
+        if self.binarize if binarize is None else binarize:
+            out = _binarize(out)
+        return to_output(out, img)
+
+
+class DenseCRF(_GuidedCRF):
     """
     Fully connected CRF refinement with ``pydensecrf`` (Krähenbühl and Koltun 2011), as used by DiffSeg.
 
@@ -170,39 +216,19 @@ class DenseCRF(Transform):
         guide_scaling: str = "auto",
         eps: float = 1e-5,
     ) -> None:
-        if int(num_iterations) < 0:
-            raise ValueError(f"num_iterations must be >= 0, got num_iterations={num_iterations}.")
-        if float(bilateral_srgb) <= 0:
-            raise ValueError(f"bilateral_srgb must be > 0, got bilateral_srgb={bilateral_srgb}.")
-        if not 0.0 < float(eps) < 0.5:
-            raise ValueError(f"eps must be in (0, 0.5), got eps={eps}.")
+        _store_crf_parameters(
+            self, bilateral_sxy, bilateral_srgb, bilateral_weight, gaussian_sxy, gaussian_weight, num_iterations, eps
+        )
         _import_pydensecrf()
-        self.bilateral_sxy = bilateral_sxy
-        self.bilateral_srgb = float(bilateral_srgb)
-        self.bilateral_weight = float(bilateral_weight)
-        self.gaussian_sxy = gaussian_sxy
-        self.gaussian_weight = float(gaussian_weight)
-        self.num_iterations = int(num_iterations)
-        self.binarize = binarize
-        self.guide_scaling = look_up_named_option("guide_scaling", guide_scaling, GUIDE_SCALINGS)
-        self.eps = float(eps)
-
-    @staticmethod
-    def _per_axis(value: float | Sequence[float], spatial_dims: int, name: str) -> tuple[float, ...]:
-        values = tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),) * spatial_dims
-        if len(values) != spatial_dims or any(v <= 0 for v in values):
-            raise ValueError(
-                f"{name} must be > 0, scalar or one value per spatial axis ({spatial_dims}), got {name}={value}."
-            )
-        return values
+        super().__init__(binarize, guide_scaling)
 
     def _refine(self, labels: np.ndarray, guide: np.ndarray) -> np.ndarray:
         """Mean-field inference; ``labels`` ``(L, *S)`` float32, ``guide`` ``(Cg, *S)`` float32 in 0..255."""
         dcrf, utils = _import_pydensecrf()
         n_labels, spatial = labels.shape[0], labels.shape[1:]
         spatial_dims = len(spatial)
-        g_sxy = self._per_axis(self.gaussian_sxy, spatial_dims, "gaussian_sxy")
-        b_sxy = self._per_axis(self.bilateral_sxy, spatial_dims, "bilateral_sxy")
+        g_sxy = _per_axis(self.gaussian_sxy, spatial_dims, "gaussian_sxy")
+        b_sxy = _per_axis(self.bilateral_sxy, spatial_dims, "bilateral_sxy")
         unary = np.ascontiguousarray(utils.unary_from_softmax(labels, clip=None), dtype=np.float32)
         if spatial_dims == 2:
             height, width = spatial
@@ -226,31 +252,14 @@ class DenseCRF(Transform):
         q = np.array(crf.inference(self.num_iterations), dtype=np.float32)
         return q.reshape(n_labels, *spatial)
 
-    def __call__(self, prob: NdarrayOrTensor, guide: NdarrayOrTensor, binarize: bool | None = None) -> torch.Tensor:
-        """
-        Args:
-            prob: fused probability ``(C, H, W[, D])`` in ``[0, 1]``; ``C == 1`` for a binary problem.
-            guide: channel-first image ``(Cg, H, W[, D])`` (``uint8`` or float), same spatial size as ``prob``.
-            binarize: overrides ``self.binarize`` for this call.
-
-        Returns:
-            refined probability (or hard mask) ``(C, H, W[, D])`` with ``prob``'s metadata.
-
-        Raises:
-            ValueError: wrong ``prob`` dimensions, NaN or out-of-range ``prob``, or ``guide`` whose spatial size
-                differs from ``prob``'s.
-        """
-        img, data = check_probability_map(prob, "prob")
-        g = scale_guide(guide, data.shape[1:], self.guide_scaling)
-        labels = _crf_labels(data.detach().cpu().numpy().astype(np.float32), self.eps)
-        q = self._refine(labels, g.numpy().astype(np.float32))
-        out = torch.as_tensor(q[1:] if data.shape[0] == 1 else q, device=data.device).to(data.dtype)
-        if self.binarize if binarize is None else binarize:
-            out = _binarize(out)
-        return to_output(out, img)
+    def _crf(self, prob: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """pydensecrf runs on CPU numpy arrays: convert, refine, and keep the foreground label for ``C == 1``."""
+        labels = _crf_labels(prob.detach().cpu().numpy().astype(np.float32), self.eps)
+        q = self._refine(labels, guide.numpy().astype(np.float32))
+        return torch.as_tensor(q[1:] if prob.shape[0] == 1 else q, device=prob.device).to(prob.dtype)
 
 
-class TorchDenseCRFFusion(Transform):
+class TorchDenseCRFFusion(_GuidedCRF):
     """
     Dense CRF refinement in pure PyTorch (:py:class:`monai_diffseg.networks.blocks.torch_crf.TorchDenseCRF`).
 
@@ -304,27 +313,9 @@ class TorchDenseCRFFusion(Transform):
             dilation=dilation,
             eps=eps,
         )
-        self.binarize = binarize
-        self.guide_scaling = look_up_named_option("guide_scaling", guide_scaling, GUIDE_SCALINGS)
+        super().__init__(binarize, guide_scaling)
 
-    def __call__(self, prob: NdarrayOrTensor, guide: NdarrayOrTensor, binarize: bool | None = None) -> torch.Tensor:
-        """
-        Args:
-            prob: fused probability ``(C, H, W[, D])`` in ``[0, 1]``; ``C == 1`` for a binary problem.
-            guide: channel-first image ``(Cg, H, W[, D])`` (``uint8`` or float), same spatial size as ``prob``.
-            binarize: overrides ``self.binarize`` for this call.
-
-        Returns:
-            refined probability (or hard mask) ``(C, H, W[, D])`` with ``prob``'s metadata.
-
-        Raises:
-            ValueError: wrong ``prob`` dimensions, NaN or out-of-range ``prob``, or ``guide`` whose spatial size
-                differs from ``prob``'s.
-        """
-        img, data = check_probability_map(prob, "prob")
-        g = scale_guide(guide, data.shape[1:], self.guide_scaling).to(data.device)
+    def _crf(self, prob: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+        """Batch of one on ``prob``'s device; no gradients, as a transform (use :py:class:`TorchDenseCRF` to train)."""
         with torch.no_grad():
-            out = self.crf(data[None], g[None])[0]
-        if self.binarize if binarize is None else binarize:
-            out = _binarize(out)
-        return to_output(out, img)
+            return self.crf(prob[None], guide.to(prob.device)[None])[0]

@@ -71,7 +71,43 @@ def categorical_entropy(prob: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return -torch.xlogy(prob, prob).sum(dim=dim, keepdim=True)
 
 
-class EnsembleVariance(Transform):
+class _EnsembleMap(Transform):
+    """
+    Base of the uncertainty transforms: validate the samples, compute the map, keep the input's metadata.
+
+    Subclasses implement :py:meth:`_compute` on the validated ``(E, C, H, W[, D])`` tensor; validation and the
+    ``MetaTensor`` round trip live here so that every map handles its input the same way.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __call__(self, samples: SamplesLike) -> torch.Tensor:
+        """
+        Args:
+            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
+
+        Returns:
+            the map ``(C, H, W[, D])`` (``(1, H, W[, D])`` for the categorical ``multi_class`` variants) with the
+            metadata of ``samples``.
+        """
+        img, data = check_ensemble_samples(samples)
+        return to_output(self._compute(data), img)
+
+    def _compute(self, data: torch.Tensor) -> torch.Tensor:
+        """The map of the validated ensemble ``data`` ``(E, C, H, W[, D])``."""
+        raise NotImplementedError(f"subclass {self.__class__.__name__} must implement this method.")
+
+
+class _RegionMap(_EnsembleMap):
+    """Base of the region maps, which binarise every member at ``threshold`` (see :py:class:`ConsistentRegion`)."""
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got threshold={threshold}.")
+        self.threshold = float(threshold)
+
+
+class EnsembleVariance(_EnsembleMap):
     """
     Voxel-wise variance of the member probabilities: ``(E, C, ...) -> (C, ...)``.
 
@@ -84,28 +120,17 @@ class EnsembleVariance(Transform):
         var = EnsembleVariance()(samples)  # (E, C, H, W) -> (C, H, W)
     """
 
-    backend = [TransformBackends.TORCH]
-
     def __init__(self, unbiased: bool = False) -> None:
         self.unbiased = unbiased
 
-    def __call__(self, samples: SamplesLike) -> torch.Tensor:
-        """
-        Args:
-            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
-
-        Returns:
-            variance ``(C, H, W[, D])``.
-        """
-        img, data = check_ensemble_samples(samples)
+    def _compute(self, data: torch.Tensor) -> torch.Tensor:
+        """Variance ``(C, H, W[, D])``."""
         if self.unbiased and data.shape[0] < 2:
-            var = torch.zeros_like(data[0])
-        else:
-            var = data.var(dim=0, correction=1 if self.unbiased else 0)
-        return to_output(var, img)
+            return torch.zeros_like(data[0])
+        return data.var(dim=0, correction=1 if self.unbiased else 0)
 
 
-class PredictiveEntropy(Transform):
+class PredictiveEntropy(_EnsembleMap):
     """
     Entropy (nats) of the mean prediction ``p_mean = mean_e p_e``: total predictive uncertainty.
 
@@ -120,26 +145,16 @@ class PredictiveEntropy(Transform):
         ent = PredictiveEntropy()(samples)  # (E, C, H, W) -> (C, H, W)
     """
 
-    backend = [TransformBackends.TORCH]
-
     def __init__(self, multi_class: bool = False) -> None:
         self.multi_class = multi_class
 
-    def __call__(self, samples: SamplesLike) -> torch.Tensor:
-        """
-        Args:
-            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
-
-        Returns:
-            entropy ``(C, H, W[, D])``, or ``(1, H, W[, D])`` when ``multi_class``.
-        """
-        img, data = check_ensemble_samples(samples)
+    def _compute(self, data: torch.Tensor) -> torch.Tensor:
+        """Entropy ``(C, H, W[, D])``, or ``(1, H, W[, D])`` when ``multi_class``."""
         mean = data.mean(dim=0)
-        ent = categorical_entropy(mean, dim=0) if self.multi_class else binary_entropy(mean)
-        return to_output(ent, img)
+        return categorical_entropy(mean, dim=0) if self.multi_class else binary_entropy(mean)
 
 
-class MutualInformation(Transform):
+class MutualInformation(_EnsembleMap):
     """
     Mutual information between the prediction and the ensemble member (BALD), in nats.
 
@@ -156,30 +171,21 @@ class MutualInformation(Transform):
         mi = MutualInformation()(samples)  # (E, C, H, W) -> (C, H, W)
     """
 
-    backend = [TransformBackends.TORCH]
-
     def __init__(self, multi_class: bool = False) -> None:
         self.multi_class = multi_class
 
-    def __call__(self, samples: SamplesLike) -> torch.Tensor:
-        """
-        Args:
-            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
-
-        Returns:
-            mutual information ``(C, H, W[, D])``, or ``(1, H, W[, D])`` when ``multi_class``.
-        """
-        img, data = check_ensemble_samples(samples)
+    def _compute(self, data: torch.Tensor) -> torch.Tensor:
+        """Mutual information ``(C, H, W[, D])``, or ``(1, H, W[, D])`` when ``multi_class``."""
         if self.multi_class:
             total = categorical_entropy(data.mean(dim=0), dim=0)
             expected = categorical_entropy(data, dim=1).mean(dim=0)
         else:
             total = binary_entropy(data.mean(dim=0))
             expected = binary_entropy(data).mean(dim=0)
-        return to_output((total - expected).clamp_min(0.0), img)
+        return (total - expected).clamp_min(0.0)
 
 
-class ConsistentRegion(Transform):
+class ConsistentRegion(_RegionMap):
     """
     Voxels where all members predict foreground (``p_e >= threshold`` for every ``e``) -> ``1.``, else ``0.``.
 
@@ -193,26 +199,12 @@ class ConsistentRegion(Transform):
         consistent = ConsistentRegion()(samples)  # (E, C, H, W) -> (C, H, W) in {0, 1}
     """
 
-    backend = [TransformBackends.TORCH]
-
-    def __init__(self, threshold: float = 0.5) -> None:
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got threshold={threshold}.")
-        self.threshold = float(threshold)
-
-    def __call__(self, samples: SamplesLike) -> torch.Tensor:
-        """
-        Args:
-            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
-
-        Returns:
-            binary map ``(C, H, W[, D])`` (floating point).
-        """
-        img, data = check_ensemble_samples(samples)
-        return to_output((data >= self.threshold).all(dim=0).to(data.dtype), img)
+    def _compute(self, data: torch.Tensor) -> torch.Tensor:
+        """Binary map ``(C, H, W[, D])`` (floating point)."""
+        return (data >= self.threshold).all(dim=0).to(data.dtype)
 
 
-class AmbiguousRegion(Transform):
+class AmbiguousRegion(_RegionMap):
     """
     Voxels where the binarised members disagree (some foreground, some background) -> ``1.``, else ``0.``.
 
@@ -227,24 +219,10 @@ class AmbiguousRegion(Transform):
         ambiguous = AmbiguousRegion()(samples)  # (E, C, H, W) -> (C, H, W) in {0, 1}
     """
 
-    backend = [TransformBackends.TORCH]
-
-    def __init__(self, threshold: float = 0.5) -> None:
-        if not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got threshold={threshold}.")
-        self.threshold = float(threshold)
-
-    def __call__(self, samples: SamplesLike) -> torch.Tensor:
-        """
-        Args:
-            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
-
-        Returns:
-            binary map ``(C, H, W[, D])`` (floating point).
-        """
-        img, data = check_ensemble_samples(samples)
+    def _compute(self, data: torch.Tensor) -> torch.Tensor:
+        """Binary map ``(C, H, W[, D])`` (floating point)."""
         fg = data >= self.threshold
-        return to_output((fg.any(dim=0) & ~fg.all(dim=0)).to(data.dtype), img)
+        return (fg.any(dim=0) & ~fg.all(dim=0)).to(data.dtype)
 
 
 #: names accepted by :py:class:`monai_diffseg.transforms.ensemble_dict.EnsembleUncertaintyd` (``maps``).

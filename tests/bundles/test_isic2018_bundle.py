@@ -141,14 +141,20 @@ def test_train_then_infer_and_evaluate(dataset: str, tmp_path: Path) -> None:
     infer.finalize()
     cases = sorted(p.stem for p in Path(dataset, "ISIC2018_Task1-2_Test_Input").glob("ISIC_*.jpg"))
     for case in cases:
-        for kind in ("mask", "prob", "overlay"):
+        for kind in ("mask", "prob", "overlay", "variance", "entropy", "mutual_information", "consistent", "ambiguous"):
             assert (pred_dir / f"{case}_{kind}.png").is_file(), f"{case}_{kind}.png"
+        consistent = np.array(Image.open(pred_dir / f"{case}_consistent.png"))
+        assert consistent.shape == (40, 56) and set(np.unique(consistent)) <= {0, 255}
         mask = np.array(Image.open(pred_dir / f"{case}_mask.png"))
         assert mask.shape == (40, 56) and set(np.unique(mask)) <= {0, 255}  # original size, binary
     metrics = json.loads((pred_dir / "metrics.json").read_text())
     assert metrics["num_cases"] == len(cases) == metrics["num_labelled"]
     assert 0.0 <= metrics["mean_dice"] <= 1.0
     assert [c["case"] for c in metrics["cases"]] == cases
+    for case in metrics["cases"]:
+        assert 0.0 <= case["sample_diversity"] <= 1.0 and -1e-6 <= case["ged"] <= 2.0
+    rows = (pred_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "case,dice,iou,sample_diversity,sample_diversity_l2,ged" and len(rows) == len(cases) + 1
 
     eval_dir = tmp_path / "eval"
     evaluate = _workflow(
@@ -167,6 +173,24 @@ def test_train_then_infer_and_evaluate(dataset: str, tmp_path: Path) -> None:
     state = evaluate.evaluator.state
     assert {"test_mean_dice", "test_mean_iou", "test_hd95"} <= set(state.metrics)
     assert os.path.isfile(eval_dir / "metrics.csv")
+    assert json.loads((eval_dir / "metrics.json").read_text())["mean_ged"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["vote", "torch_crf"])
+def test_inference_fusion_choice(dataset: str, tmp_path: Path, fusion: str) -> None:
+    from monai_diffseg.networks.nets import MedSegDiff
+
+    (tmp_path / "models").mkdir()
+    net = MedSegDiff(2, 3, 1, channels=(8, 16), cond_channels=(8, 16), norm_num_groups=4)
+    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    infer = _workflow(
+        "inference.json", "infer", dataset_dir=dataset, bundle_root=str(tmp_path), output_dir=str(tmp_path / "o"),
+        fusion=fusion, num_samples=2, num_inference_steps=2, **TINY,
+    )
+    infer.initialize()
+    infer.run()
+    assert len(list((tmp_path / "o").glob("*_mask.png"))) == 3
 
 
 def test_mismatched_checkpoint_is_a_clear_error(dataset: str, tmp_path: Path) -> None:

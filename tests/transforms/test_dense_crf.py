@@ -4,12 +4,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
 
 from monai.data import MetaTensor
 from monai.utils import OptionalImportError, optional_import
@@ -21,49 +20,16 @@ from monai_diffseg.transforms.fusion import MeanEnsembleFusion
 
 _, has_crf = optional_import("pydensecrf.densecrf")
 requires_crf = pytest.mark.skipif(not has_crf, reason="pydensecrf not installed")
+# fixtures of conftest.py
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Small tensors: avoid OpenMP spin-waiting when the CPU cores are shared with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def blob_case(
-    shape: tuple[int, ...], seed: int = 0, members: int = 4, rgb: bool = True, guide_noise: float = 15.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Noisy ensemble of an ellipse/ellipsoid, and a guide image showing it in colour + noise.
-
-    Returns:
-        truth ``shape``, guide ``(3|1, *shape)`` uint8, members ``(E, 1, *shape)`` in [0, 1].
-    """
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    radius = min(shape) / 4
-    dist = sum(((g - s / 2) / (radius * (1.3 if i == 0 else 1.0))) ** 2 for i, (g, s) in enumerate(zip(grids, shape)))
-    truth = (dist <= 1).astype(np.float32)
-    nch = 3 if rgb else 1
-    fg = np.array([200, 60, 80][:nch], np.float32).reshape(-1, *[1] * len(shape))
-    bg = np.array([90, 150, 170][:nch], np.float32).reshape(-1, *[1] * len(shape))
-    guide = truth[None] * fg + (1 - truth[None]) * bg + rng.normal(0, guide_noise, (nch, *shape))
-    guide = np.clip(guide, 0, 255).astype(np.uint8)
-    noise = np.stack([gaussian_filter(rng.normal(0, 1, shape), 1.5) for _ in range(members)])
-    noise = noise / noise.std() * 0.5  # spatially correlated errors, strong enough to corrupt the mean
-    samples = np.clip(truth[None] * 0.7 + 0.15 + noise, 0, 1)[:, None].astype(np.float32)
-    return truth, guide, samples
-
-
-def dice(a: object, b: object) -> float:
-    x, y = np.asarray(a) > 0.5, np.asarray(b) > 0.5
-    return float(2 * (x & y).sum() / max(x.sum() + y.sum(), 1))
+BlobCase = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
+Dice = Callable[[object, object], float]
 
 
 @requires_crf
 @pytest.mark.parametrize("shape, rgb", [((48, 56), True), ((48, 56), False), ((20, 24, 18), False)])
-def test_crf_improves_noisy_fusion(shape: tuple[int, ...], rgb: bool) -> None:
+def test_crf_improves_noisy_fusion(shape: tuple[int, ...], rgb: bool, blob_case: BlobCase, dice: Dice) -> None:
     truth, guide, samples = blob_case(shape, rgb=rgb)
     mean = MeanEnsembleFusion()(samples)
     out = DenseCRF()(mean, guide)
@@ -78,7 +44,7 @@ def test_crf_improves_noisy_fusion(shape: tuple[int, ...], rgb: bool) -> None:
 
 
 @requires_crf
-def test_float_guide_in_unit_range_matches_uint8() -> None:
+def test_float_guide_in_unit_range_matches_uint8(blob_case: BlobCase) -> None:
     _, guide, samples = blob_case((32, 40), seed=1)
     mean = MeanEnsembleFusion()(samples)
     a = DenseCRF()(mean, guide)
@@ -87,7 +53,7 @@ def test_float_guide_in_unit_range_matches_uint8() -> None:
 
 
 @requires_crf
-def test_multiclass_and_metadata() -> None:
+def test_multiclass_and_metadata(blob_case: BlobCase, dice: Dice) -> None:
     truth, guide, samples = blob_case((32, 36), seed=2)
     fg = MeanEnsembleFusion()(samples)[0]
     probs = torch.stack([(1 - fg) * 0.9, fg * 0.9, torch.full_like(fg, 0.1)])  # 3 classes, sums to one
@@ -104,7 +70,7 @@ def test_multiclass_and_metadata() -> None:
 
 
 @requires_crf
-def test_dict_version() -> None:
+def test_dict_version(blob_case: BlobCase) -> None:
     _, guide, samples = blob_case((24, 28), seed=3)
     mean = MeanEnsembleFusion()(samples)
     d = DenseCRFd("pred", guide_key="image", output_postfix="crf")({"pred": mean, "image": guide})

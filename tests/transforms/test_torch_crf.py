@@ -4,12 +4,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
 
 from monai.data import MetaTensor
 from monai.utils import optional_import
@@ -21,44 +20,11 @@ from monai_diffseg.transforms.fusion import MeanEnsembleFusion, RandomSubsetFusi
 
 _, has_crf = optional_import("pydensecrf.densecrf")
 requires_crf = pytest.mark.skipif(not has_crf, reason="pydensecrf not installed")
+# fixtures of conftest.py
+pytestmark = pytest.mark.usefixtures("single_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    """Small tensors: avoid OpenMP spin-waiting when the CPU cores are shared with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def blob_case(
-    shape: tuple[int, ...], seed: int = 0, members: int = 4, rgb: bool = True, guide_noise: float = 15.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Noisy ensemble of an ellipse/ellipsoid, and a guide image showing it in colour + noise.
-
-    Returns:
-        truth ``shape``, guide ``(3|1, *shape)`` uint8, members ``(E, 1, *shape)`` in [0, 1].
-    """
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
-    radius = min(shape) / 4
-    dist = sum(((g - s / 2) / (radius * (1.3 if i == 0 else 1.0))) ** 2 for i, (g, s) in enumerate(zip(grids, shape)))
-    truth = (dist <= 1).astype(np.float32)
-    nch = 3 if rgb else 1
-    fg = np.array([200, 60, 80][:nch], np.float32).reshape(-1, *[1] * len(shape))
-    bg = np.array([90, 150, 170][:nch], np.float32).reshape(-1, *[1] * len(shape))
-    guide = truth[None] * fg + (1 - truth[None]) * bg + rng.normal(0, guide_noise, (nch, *shape))
-    guide = np.clip(guide, 0, 255).astype(np.uint8)
-    noise = np.stack([gaussian_filter(rng.normal(0, 1, shape), 1.5) for _ in range(members)])
-    noise = noise / noise.std() * 0.5  # spatially correlated errors, strong enough to corrupt the mean
-    samples = np.clip(truth[None] * 0.7 + 0.15 + noise, 0, 1)[:, None].astype(np.float32)
-    return truth, guide, samples
-
-
-def dice(a: object, b: object) -> float:
-    x, y = np.asarray(a) > 0.5, np.asarray(b) > 0.5
-    return float(2 * (x & y).sum() / max(x.sum() + y.sum(), 1))
+BlobCase = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
+Dice = Callable[[object, object], float]
 
 
 CASES = [
@@ -72,7 +38,7 @@ CASES = [
 
 @requires_crf
 @pytest.mark.parametrize("shape, rgb, seed", CASES)
-def test_agrees_with_pydensecrf(shape: tuple[int, ...], rgb: bool, seed: int) -> None:
+def test_agrees_with_pydensecrf(shape: tuple[int, ...], rgb: bool, seed: int, blob_case: BlobCase, dice: Dice) -> None:
     truth, guide, samples = blob_case(shape, seed=seed, rgb=rgb)
     mean = MeanEnsembleFusion()(samples)
     ref = DenseCRF(binarize=True)(mean, guide)
@@ -82,7 +48,9 @@ def test_agrees_with_pydensecrf(shape: tuple[int, ...], rgb: bool, seed: int) ->
 
 
 @pytest.mark.parametrize("shape, rgb, seed", CASES[::2])
-def test_improves_over_mean_fusion(shape: tuple[int, ...], rgb: bool, seed: int) -> None:
+def test_improves_over_mean_fusion(
+    shape: tuple[int, ...], rgb: bool, seed: int, blob_case: BlobCase, dice: Dice
+) -> None:
     truth, guide, samples = blob_case(shape, seed=seed, rgb=rgb)
     mean = MeanEnsembleFusion()(samples)
     out = TorchDenseCRFFusion()(mean, guide)
@@ -91,7 +59,7 @@ def test_improves_over_mean_fusion(shape: tuple[int, ...], rgb: bool, seed: int)
     assert d_crf > d_mean + 0.05
 
 
-def test_diffseg_random_subsets_refined_by_crf() -> None:
+def test_diffseg_random_subsets_refined_by_crf(blob_case: BlobCase, dice: Dice) -> None:
     """DiffSeg's fusion: random subsets, each averaged and refined by the CRF, then averaged."""
     truth, guide, samples = blob_case((40, 48), seed=9, members=6)
     mean, crf = MeanEnsembleFusion(), TorchDenseCRFFusion()
@@ -102,7 +70,7 @@ def test_diffseg_random_subsets_refined_by_crf() -> None:
     assert dice(out, truth[None]) > max(0.95, dice(mean(samples), truth[None]) + 0.05)
 
 
-def test_module_batched_matches_single() -> None:
+def test_module_batched_matches_single(blob_case: BlobCase) -> None:
     crf = TorchDenseCRF()
     cases = [blob_case((40, 44), seed=s) for s in (5, 6)]
     prob = torch.stack([MeanEnsembleFusion()(c[2]).as_tensor() for c in cases])  # (2, 1, 40, 44)
@@ -145,7 +113,7 @@ def test_module_is_differentiable() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
-def test_cuda_matches_cpu() -> None:
+def test_cuda_matches_cpu(blob_case: BlobCase) -> None:
     _, guide, samples = blob_case((32, 32), seed=7)
     mean = MeanEnsembleFusion()(samples)
     cpu = TorchDenseCRFFusion()(mean, guide)
@@ -154,7 +122,7 @@ def test_cuda_matches_cpu() -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-4, rtol=1e-4)
 
 
-def test_transform_metadata_and_dict() -> None:
+def test_transform_metadata_and_dict(blob_case: BlobCase) -> None:
     _, guide, samples = blob_case((24, 28), seed=8)
     mean = MeanEnsembleFusion()(MetaTensor(torch.as_tensor(samples), affine=torch.eye(4) * 0.5, meta={"id": 9}))
     out = TorchDenseCRFFusion()(mean, guide)

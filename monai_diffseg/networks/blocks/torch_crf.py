@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -47,6 +48,59 @@ import torch.nn.functional as F
 
 
 __all__ = ["TorchDenseCRF"]
+
+
+def _per_axis(value: float | Sequence[float], spatial_dims: int, name: str) -> tuple[float, ...]:
+    """
+    A scalar or per-axis standard deviation as one positive float per spatial axis.
+
+    Shared with :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF`, which learns the spatial size only when
+    called, like :py:class:`TorchDenseCRF`.
+
+    Raises:
+        ValueError: when ``value`` has a length other than ``spatial_dims`` or a value that is not positive.
+    """
+    values = tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),) * spatial_dims
+    if len(values) != spatial_dims or any(v <= 0 for v in values):
+        raise ValueError(
+            f"{name} must be > 0, a scalar or one value per spatial axis ({spatial_dims}), got {name}={value}."
+        )
+    return values
+
+
+def _store_crf_parameters(
+    crf: Any,
+    bilateral_sxy: float | Sequence[float],
+    bilateral_srgb: float,
+    bilateral_weight: float,
+    gaussian_sxy: float | Sequence[float],
+    gaussian_weight: float,
+    num_iterations: int,
+    eps: float,
+) -> None:
+    """
+    Validate the parameters that every dense CRF implementation shares and store them as attributes of ``crf``.
+
+    :py:class:`TorchDenseCRF` and :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF` both use it so that the
+    two implementations accept, reject and normalise the same values. The standard deviations are stored as given
+    (scalar or per axis): their number can only be checked against the input (see :py:func:`_per_axis`).
+
+    Raises:
+        ValueError: when ``bilateral_srgb <= 0``, ``num_iterations < 0`` or ``eps`` is not in ``(0, 0.5)``.
+    """
+    if float(bilateral_srgb) <= 0:
+        raise ValueError(f"bilateral_srgb must be > 0, got bilateral_srgb={bilateral_srgb}.")
+    if int(num_iterations) < 0:
+        raise ValueError(f"num_iterations must be >= 0, got num_iterations={num_iterations}.")
+    if not 0.0 < float(eps) < 0.5:
+        raise ValueError(f"eps must be in (0, 0.5), got eps={eps}.")
+    crf.bilateral_sxy = bilateral_sxy
+    crf.bilateral_srgb = float(bilateral_srgb)
+    crf.bilateral_weight = float(bilateral_weight)
+    crf.gaussian_sxy = gaussian_sxy
+    crf.gaussian_weight = float(gaussian_weight)
+    crf.num_iterations = int(num_iterations)
+    crf.eps = float(eps)
 
 
 class TorchDenseCRF(nn.Module):
@@ -96,47 +150,28 @@ class TorchDenseCRF(nn.Module):
         cache_limit: int = 2**25,
     ) -> None:
         super().__init__()
+        # the spatial size is unknown until forward: check the sign of the standard deviations now, their number later
         for name, value in (("bilateral_sxy", bilateral_sxy), ("gaussian_sxy", gaussian_sxy)):
             values = tuple(value) if isinstance(value, Sequence) else (value,)
             if len(values) == 0 or any(float(v) <= 0 for v in values):
                 raise ValueError(f"{name} must be > 0, got {name}={value}.")
-        if float(bilateral_srgb) <= 0:
-            raise ValueError(f"bilateral_srgb must be > 0, got bilateral_srgb={bilateral_srgb}.")
-        if int(num_iterations) < 0:
-            raise ValueError(f"num_iterations must be >= 0, got num_iterations={num_iterations}.")
         if window_size is not None and (int(window_size) < 1 or int(window_size) % 2 == 0):
             raise ValueError(f"window_size must be a positive odd integer, got window_size={window_size}.")
         if dilation is not None and int(dilation) < 1:
             raise ValueError(f"dilation must be >= 1, got dilation={dilation}.")
-        if not 0.0 < float(eps) < 0.5:
-            raise ValueError(f"eps must be in (0, 0.5), got eps={eps}.")
-        self.bilateral_sxy = bilateral_sxy
-        self.bilateral_srgb = float(bilateral_srgb)
-        self.bilateral_weight = float(bilateral_weight)
-        self.gaussian_sxy = gaussian_sxy
-        self.gaussian_weight = float(gaussian_weight)
-        self.num_iterations = int(num_iterations)
+        _store_crf_parameters(
+            self, bilateral_sxy, bilateral_srgb, bilateral_weight, gaussian_sxy, gaussian_weight, num_iterations, eps
+        )
         self.window_size = window_size
         self.dilation = dilation
         self.gaussian_truncate = float(gaussian_truncate)
-        self.eps = float(eps)
         self.cache_limit = int(cache_limit)
 
     # ------------------------------------------------------------------ kernels
-    @staticmethod
-    def _per_axis(value: float | Sequence[float], spatial_dims: int, name: str) -> tuple[float, ...]:
-        """A scalar or per-axis parameter as one float per spatial axis."""
-        values = tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),) * spatial_dims
-        if len(values) != spatial_dims:
-            raise ValueError(
-                f"{name} must be a scalar or have {spatial_dims} values (one per spatial axis), got {name}={value}."
-            )
-        return values
-
     def _gaussian_kernels(self, spatial_dims: int) -> list[list[float]]:
         """1D Gaussian taps ``exp(-x^2 / (2 s^2))`` (not normalised, like pydensecrf's kernel) per spatial axis."""
         kernels = []
-        for sigma in self._per_axis(self.gaussian_sxy, spatial_dims, "gaussian_sxy"):
+        for sigma in _per_axis(self.gaussian_sxy, spatial_dims, "gaussian_sxy"):
             radius = max(1, int(math.ceil(self.gaussian_truncate * float(sigma))))
             kernels.append([math.exp(-0.5 * (x / float(sigma)) ** 2) for x in range(-radius, radius + 1)])
         return kernels
@@ -189,7 +224,7 @@ class TorchDenseCRF(nn.Module):
             ``(N, 1, *S)`` tensors, one per offset.
         """
         spatial_dims, spatial = feats.ndim - 2, feats.shape[2:]
-        sxy = self._per_axis(self.bilateral_sxy, spatial_dims, "bilateral_sxy")
+        sxy = _per_axis(self.bilateral_sxy, spatial_dims, "bilateral_sxy")
         reach = (window // 2) * dilation
         padded = F.pad(feats, [reach, reach] * spatial_dims)
         for offset in self._offsets(spatial_dims, window, dilation):

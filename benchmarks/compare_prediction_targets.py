@@ -19,22 +19,10 @@ import torch
 from monai.engines import SupervisedTrainer
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
+from monai_diffseg.data.disks import synthetic_disks
 from monai_diffseg.engines import MaskDiffusionLoss, MaskDiffusionPrepareBatch
 from monai_diffseg.inferers import DiffusionSegmentationInferer, DiffusionSegmentationTrainInferer
 from monai_diffseg.networks.nets import MEDSEGDIFF_CONFIGS, MedSegDiff
-
-
-def disks(n: int, size: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy RGB images of one bright disk each, and the disk masks: (n, 3, S, S), (n, 1, S, S)."""
-    yy, xx = np.mgrid[:size, :size]
-    images, labels = [], []
-    for _ in range(n):
-        cx, cy = rng.uniform(size / 4, 3 * size / 4, 2)
-        r = rng.uniform(size / 10, size / 3.5)
-        mask = ((xx - cx) ** 2 + (yy - cy) ** 2 < r * r).astype(np.float32)
-        images.append(np.stack([mask * 0.6 + 0.2 + rng.normal(0, 0.1, mask.shape) for _ in range(3)]))
-        labels.append(mask[None])
-    return torch.tensor(np.array(images)).float(), torch.tensor(np.array(labels)).float()
 
 
 def dice(pred: torch.Tensor, label: torch.Tensor) -> float:
@@ -49,8 +37,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
-    x_train, y_train = disks(256, args.size, rng)
-    x_test, y_test = disks(16, args.size, rng)
+    x_train, y_train = synthetic_disks(256, args.size, rng, min_radius_frac=1 / 10)
+    x_test, y_test = synthetic_disks(16, args.size, rng, min_radius_frac=1 / 10)
     batches = [{"image": x_train[i : i + 16], "label": y_train[i : i + 16]} for i in range(0, 256, 16)]
     print(f"{'target':<14}{'train s':>9}{'Dice@10':>9}{'Dice@50':>9}{'anchor':>8}")
     for target in ("epsilon", "v_prediction", "sample"):

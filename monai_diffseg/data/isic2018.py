@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, Union
 
 import numpy as np
@@ -66,6 +66,29 @@ def _format_names(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
     more = f", ... ({len(names)} in total)" if len(names) > _MAX_LISTED else f" ({len(names)} in total)"
     return shown + more
+
+
+def _index_by_case(folder: str, case_of: Callable[[str], str | None], what: str, kind: str) -> dict[str, str]:
+    """Map case id -> path for the files in ``folder`` that ``case_of`` names; one case with two files is an error.
+
+    Args:
+        folder: folder to list (sorted, so results are deterministic).
+        case_of: file name -> case id, or ``None`` to ignore the file.
+        what: how the error names a case (``"Case"``, ``"Image id"``).
+        kind: how the error names the files (``"image"``, ``"mask"``).
+    """
+    index: dict[str, str] = {}
+    for name in sorted(os.listdir(folder)):
+        case = case_of(name)
+        if case is None or not os.path.isfile(os.path.join(folder, name)):
+            continue
+        if case in index:
+            raise ValueError(
+                f"{what} '{case}' has more than one {kind} in '{folder}': "
+                f"'{os.path.basename(index[case])}' and '{name}'; keep exactly one."
+            )
+        index[case] = os.path.join(folder, name)
+    return index
 
 
 def _raise_missing_masks(missing: Sequence[tuple[str, str]], mask_dir: str) -> None:
@@ -138,18 +161,11 @@ def isic2018_datalist(
             f"'{root}' contains: {present if present else 'nothing'}."
         )
 
-    images: dict[str, str] = {}
-    for name in sorted(os.listdir(input_dir)):
+    def isic_case(name: str) -> str | None:
         match = _ISIC_IMAGE_RE.match(name)
-        if match is None or not os.path.isfile(os.path.join(input_dir, name)):
-            continue
-        case = match.group(1)
-        if case in images:
-            raise ValueError(
-                f"Case '{case}' has more than one image in '{input_dir}': "
-                f"'{os.path.basename(images[case])}' and '{name}'; keep exactly one."
-            )
-        images[case] = os.path.join(input_dir, name)
+        return match.group(1) if match else None
+
+    images = _index_by_case(input_dir, isic_case, "Case", "image")
     if not images:
         raise ValueError(
             f"No ISIC images (ISIC_<id>.jpg/.jpeg/.png) found in '{input_dir}' for split '{split}'."
@@ -326,37 +342,24 @@ def image_folder_datalist(
     image_ext_set = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in image_exts}
     mask_ext_set = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in mask_exts}
 
-    images: dict[str, str] = {}
-    for name in sorted(os.listdir(image_root)):
+    def image_case(name: str) -> str | None:
         stem, ext = os.path.splitext(name)
-        if name.startswith(".") or ext.lower() not in image_ext_set:
-            continue
-        if not os.path.isfile(os.path.join(image_root, name)):
-            continue
-        if stem in images:
-            raise ValueError(
-                f"Image id '{stem}' has more than one file in '{image_root}': "
-                f"'{os.path.basename(images[stem])}' and '{name}'; keep exactly one."
-            )
-        images[stem] = os.path.join(image_root, name)
+        return None if name.startswith(".") or ext.lower() not in image_ext_set else stem
+
+    images = _index_by_case(image_root, image_case, "Image id", "file")
     if not images:
         raise ValueError(f"No images with extensions {sorted(image_ext_set)} found in '{image_root}'.")
     if mask_dir is None or not labels:
         return [{"image": images[case], "case": case} for case in sorted(images)]
 
     mask_root = _check_dir(mask_dir, "Mask folder")
-    masks: dict[str, str] = {}
-    for name in sorted(os.listdir(mask_root)):
+    def mask_case(name: str) -> str | None:
         stem, ext = os.path.splitext(name)
         if name.startswith(".") or ext.lower() not in mask_ext_set or not stem.endswith(mask_suffix):
-            continue
-        case = stem[: len(stem) - len(mask_suffix)] if mask_suffix else stem
-        if case in masks:
-            raise ValueError(
-                f"Image id '{case}' has more than one mask in '{mask_root}': "
-                f"'{os.path.basename(masks[case])}' and '{name}'; keep exactly one."
-            )
-        masks[case] = os.path.join(mask_root, name)
+            return None
+        return stem[: len(stem) - len(mask_suffix)] if mask_suffix else stem
+
+    masks = _index_by_case(mask_root, mask_case, "Image id", "mask")
 
     datalist: list[dict[str, str]] = []
     missing: list[tuple[str, str]] = []

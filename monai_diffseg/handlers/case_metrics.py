@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,8 @@ import torch
 from monai.data import MetaTensor
 from monai.metrics import compute_dice, compute_iou
 from monai.utils import IgniteInfo, min_version, optional_import
+
+from monai_diffseg.utils import atomic_write
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -29,17 +30,8 @@ __all__ = ["CaseMetricsWriter", "write_json_atomic"]
 
 def write_json_atomic(path: str, payload: Any) -> None:
     """Write ``payload`` as JSON to ``path`` through a temporary file and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        json.dump(payload, f, indent=2)
 
 
 def _case_name(item: dict, image_key: str) -> str:
@@ -157,17 +149,8 @@ class CaseMetricsWriter:
     def _write_csv(self) -> None:
         assert self.csv_file is not None
         columns = ["case", "dice", "iou", *self.extra_keys]
-        folder = os.path.dirname(os.path.abspath(self.csv_file))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-                writer.writeheader()
-                for case in self.cases:
-                    writer.writerow({c: ("" if case.get(c) is None else case.get(c)) for c in columns})
-            os.replace(tmp, self.csv_file)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_write(self.csv_file, newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for case in self.cases:
+                writer.writerow({c: ("" if case.get(c) is None else case.get(c)) for c in columns})

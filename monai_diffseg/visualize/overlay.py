@@ -9,7 +9,6 @@ and :class:`SaveOverlayd` does so inside a MONAI post-processing chain, on the o
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any, Union
@@ -22,6 +21,8 @@ from monai.utils import convert_to_numpy
 from PIL import Image
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
+
+from monai_diffseg.utils import atomic_write
 
 __all__ = ["SaveOverlayd", "overlay_mask", "save_overlay"]
 
@@ -178,17 +179,8 @@ def save_overlay(
     if not path.lower().endswith(".png"):
         raise ValueError(f"Overlay path must end with '.png', got '{path}'.")
     rgb = overlay_mask(image, mask, label=label, prob=prob, alpha=alpha)
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(rgb).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        Image.fromarray(rgb).save(f, format="PNG")
     return path
 
 

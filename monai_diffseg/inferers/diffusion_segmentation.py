@@ -200,8 +200,17 @@ class DiffusionSegmentationInferer(Inferer):
         x = torch.cat([torch.randn(shape, generator=g, device=device) for g in gens], dim=0)
 
         encode = getattr(module, "encode_condition", None)
-        condition = encode(image) if callable(encode) else None
         chunk = members if self.member_batch_size is None else min(self.member_batch_size, members)
+
+        def tile(c: torch.Tensor) -> torch.Tensor:
+            return c.repeat(chunk, *([1] * (c.ndim - 1)))
+
+        # condition (or image) tiled to one chunk of members once per call, not at every step; a smaller last
+        # chunk takes a leading slice (member-major layout)
+        if callable(encode):
+            cond_name, cond_tiled = "condition", tuple(tile(c) for c in encode(image))
+        else:
+            cond_name, cond_tiled = "image", tile(image)
         stochastic = self._stochastic(scheduler)
 
         timesteps: Sequence[torch.Tensor] = scheduler.timesteps
@@ -213,11 +222,9 @@ class DiffusionSegmentationInferer(Inferer):
             for start in range(0, members, chunk):
                 xs = x[start * n : (start + chunk) * n]
                 tt = torch.full((xs.shape[0],), int(t), device=device, dtype=torch.long)
-                if condition is not None:
-                    pred = network(xs, tt, *args, condition=condition, **kwargs)
-                else:
-                    img = image.repeat(xs.shape[0] // n, *([1] * (image.ndim - 1)))
-                    pred = network(xs, tt, *args, image=img, **kwargs)
+                rows = xs.shape[0]
+                cond = tuple(c[:rows] for c in cond_tiled) if cond_name == "condition" else cond_tiled[:rows]
+                pred = network(xs, tt, *args, **{cond_name: cond}, **kwargs)
                 outputs.append(pred.float())
             model_output = torch.cat(outputs, dim=0)
             if stochastic:

@@ -3,4 +3,10 @@
 
 from __future__ import annotations
 
-from .diffusion_segmentation import DiffusionSegmentationInferer, DiffusionSegmentationTrainInferer, x0_to_probability
+from .diffusion_segmentation import (
+    DiffusionSegmentationInferer,
+    DiffusionSegmentationTrainInferer,
+    DiffusionSlidingWindowInferer,
+    memory_aware_member_chunk,
+    x0_to_probability,
+)

@@ -295,7 +295,9 @@ class SaveOverlayd(MapTransform):
         label = None
         if self.label_key is not None:
             if self.label_key in d:
-                label = self._to_hw(d[self.label_key], self.label_key, size_hw)
+                # None = an unlabelled case (SupervisedEvaluator sets the label key to None): no contour
+                if d[self.label_key] is not None:
+                    label = self._to_hw(d[self.label_key], self.label_key, size_hw)
             elif not self.allow_missing_keys:
                 raise ValueError(f"SaveOverlayd: label key '{self.label_key}' not in data (keys: {list(d)}).")
         base = os.path.splitext(os.path.basename(filename))[0]

@@ -167,3 +167,16 @@ def test_save_overlayd_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="decollate"):
         saver({"image": MetaTensor(torch.zeros(3, W, H), meta={"filename_or_obj": ["a.png", "b.png"]}),
                "pred": torch.zeros(1, W, H)})  # fmt: skip
+
+
+def test_save_overlayd_label_none_draws_no_contour(tmp_path: Path) -> None:
+    image_path, _, img = _write_case(tmp_path)
+    d = Compose([LoadImaged(keys="image", reader="PILReader"), EnsureChannelFirstd(keys="image")])(
+        {"image": image_path}
+    )
+    d["pred"] = MetaTensor(torch.as_tensor(_mask().T[None].copy()))
+    d["label"] = None  # what SupervisedEvaluator passes for unlabelled cases
+    SaveOverlayd(keys="pred", output_dir=tmp_path / "out", label_key="label")(d)
+    saved = np.asarray(Image.open(tmp_path / "out" / "ISIC_0000001_overlay.png"))
+    assert not np.any(np.all(saved == GREEN, axis=-1))  # no ground-truth contour drawn
+    assert np.any(saved != img)  # the prediction is drawn

@@ -3,6 +3,13 @@
 
 from __future__ import annotations
 
+from .diffusion_difference import (
+    DIFFSEG_FIXED_THRESHOLD,
+    DIFFSEG_TIMESTEPS,
+    DiffusionDifferenceInferer,
+    grayscale,
+    otsu_threshold,
+)
 from .diffusion_segmentation import (
     DiffusionSegmentationInferer,
     DiffusionSegmentationTrainInferer,

@@ -67,3 +67,14 @@ from .uncertainty import (
     categorical_entropy,
 )
 from .ensemble_postprocess import ENSEMBLE_FUSIONS, EnsembleFusiond, EnsembleScoresd
+from .healthy_patches import (
+    BorderFill,
+    BorderFillD,
+    BorderFilld,
+    BorderFillDict,
+    RandBorderPatchD,
+    RandBorderPatchd,
+    RandBorderPatchDict,
+    border_band,
+    border_patch_starts,
+)

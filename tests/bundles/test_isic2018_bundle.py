@@ -19,7 +19,6 @@ from monai_diffseg.data import make_synthetic_isic2018
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "medsegdiff_isic2018"
 CONFIGS = BUNDLE / "configs"
-SCHEMA = ROOT.parent / "shared" / "schemas" / "meta_schema_20240725.json"
 PH2 = ROOT.parent / "shared" / "data" / "ph2"
 
 # small and fast: 32x32 inputs and a tiny network, identical in train and inference
@@ -47,20 +46,6 @@ def _workflow(config: str | list[str], workflow_type: str, **override) -> Config
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("isic")
     return make_synthetic_isic2018(str(root), num_train=12, num_val=4, num_test=3, image_size=(40, 56), seed=3)
-
-
-def test_bundle_files_exist() -> None:
-    for name in ("metadata.json", "train.json", "inference.json", "evaluate.json", "multi_gpu_train.json"):
-        json.loads((CONFIGS / name).read_text())  # valid JSON
-    assert (CONFIGS / "logging.conf").is_file()
-    assert (BUNDLE / "LICENSE").is_file() and (BUNDLE / "docs" / "README.md").is_file()
-
-
-@pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared/schemas not available")
-def test_metadata_verifies_against_schema() -> None:
-    from monai.bundle import verify_metadata
-
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
 
 
 def test_train_workflow_properties(dataset: str, tmp_path: Path) -> None:

@@ -4,3 +4,4 @@
 from __future__ import annotations
 
 from .medsegdiff import MEDSEGDIFF_CONFIGS, MedSegDiff
+from .diffseg import DIFFSEG_CONFIGS, DiffSegDenoiser, DiffSegPair

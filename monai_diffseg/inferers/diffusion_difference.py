@@ -1,0 +1,356 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""DiffSeg's diffusion-difference inferer: lesion maps from the difference of two image diffusion models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.inferers import Inferer
+from monai.networks.schedulers import Scheduler
+from monai.utils import convert_to_tensor
+
+from monai_diffseg.engines.image_diffusion import image_to_diffusion
+from monai_diffseg.transforms.fusion import look_up_named_option
+
+__all__ = [
+    "DiffusionDifferenceInferer",
+    "DIFFSEG_TIMESTEPS",
+    "DIFFSEG_FIXED_THRESHOLD",
+    "THRESHOLD_METHODS",
+    "NORMALIZATIONS",
+    "grayscale",
+    "otsu_threshold",
+]
+
+#: DiffSeg's noise steps: 60, 70, ..., 150.
+DIFFSEG_TIMESTEPS: tuple[int, ...] = tuple(range(60, 151, 10))
+#: the reference code's fixed threshold expressed on the lesion score ``1 - D_norm``: it keeps
+#: ``clip(1.2 * 255 * D_norm, 0, 255) < 180``, i.e. ``D_norm < 180 / 306``, i.e. ``score > 1 - 180 / 306``.
+DIFFSEG_FIXED_THRESHOLD: float = 1.0 - 180.0 / (1.2 * 255.0)
+THRESHOLD_METHODS = ("fixed", "otsu")
+NORMALIZATIONS = ("minmax", "percentile")
+POLARITIES = ("dark", "bright")
+OUTPUTS = ("mask", "score")
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """
+    Grayscale ``G`` of a channel-first batch: ITU-R 601 luma for 3 channels (the weights the reference code uses),
+    the identity for 1 channel, the channel mean otherwise.
+
+    Args:
+        x: ``(B, C, *S)``.
+
+    Returns:
+        ``(B, 1, *S)``.
+    """
+    if x.shape[1] == 1:
+        return x
+    if x.shape[1] == 3:
+        w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).reshape(1, 3, *([1] * (x.ndim - 2)))
+        return (x * w).sum(dim=1, keepdim=True)
+    return x.mean(dim=1, keepdim=True)
+
+
+def otsu_threshold(maps: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """
+    Otsu's threshold of every map of a batch (maximum between-class variance over a ``bins``-bin histogram).
+
+    Args:
+        maps: ``(B, ...)`` values in ``[0, 1]``.
+        bins: histogram bins.
+
+    Returns:
+        ``(B,)`` thresholds in ``[0, 1]``; foreground is ``maps > threshold``.
+    """
+    flat = maps.reshape(maps.shape[0], -1).float().clamp(0.0, 1.0)
+    idx = (flat * (bins - 1)).round().long()
+    hist = torch.zeros(flat.shape[0], bins, device=flat.device).scatter_add_(1, idx, torch.ones_like(flat))
+    prob = hist / flat.shape[1]
+    centers = torch.linspace(0.0, 1.0, bins, device=flat.device)
+    w0 = prob.cumsum(1)
+    mu = (prob * centers).cumsum(1)
+    mu_t = mu[:, -1:]
+    denom = (w0 * (1.0 - w0)).clamp_min(1e-12)
+    between = (mu_t * w0 - mu) ** 2 / denom
+    between = torch.where((w0 > 0) & (w0 < 1), between, torch.zeros_like(between))
+    k = between.argmax(dim=1)
+    return centers[k] + 0.5 / (bins - 1)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(B, 1, *S)`` maps (reflect padding)."""
+    radius = max(1, int(round(3.0 * sigma)))
+    coords = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    kernel = kernel / kernel.sum()
+    spatial = x.ndim - 2
+    conv = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
+    out = x
+    for axis in range(spatial):
+        shape = [1, 1] + [1] * spatial
+        shape[2 + axis] = kernel.numel()
+        pad = [0, 0] * spatial
+        pad[2 * (spatial - 1 - axis)] = pad[2 * (spatial - 1 - axis) + 1] = radius
+        mode = "reflect" if min(out.shape[2:]) > radius else "replicate"
+        out = conv(F.pad(out, pad, mode=mode), kernel.reshape(shape))
+    return out
+
+
+def _unwrap(network: Any) -> Any:
+    return getattr(network, "module", network)
+
+
+class DiffusionDifferenceInferer(Inferer):
+    """
+    DiffSeg inference (Shuai et al., "DiffSeg: A Segmentation Model for Skin Lesions Based on Diffusion Difference",
+    2024, arXiv:2404.16474): a lesion map from the difference between two image diffusion models, one trained on
+    lesion images, one toward healthy-skin semantics, swept over several noise steps.
+
+    For every ``t`` in ``timesteps`` and every image ``x`` (mapped to ``x_0`` in ``[-1, 1]``):
+
+    1. ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps_t``, **the same** ``x_t`` (same noise ``eps_t``) for both models;
+       ``eps_t`` is drawn from a generator seeded ``seed + k`` for the ``k``-th step;
+    2. noise maps ``n = x_t - model(x_t, t)`` for the lesion and the healthy model (the models predict ``x_0``;
+       ``epsilon``/``v_prediction`` schedulers are converted to ``x_0`` first);
+    3. grayscale difference ``D = G(n_healthy) - lesion_weight * G(n_lesion)`` (``G``: :func:`grayscale`,
+       ``lesion_weight`` = lambda = 1.5 by default, as in the paper); optionally Gaussian-smoothed
+       (``smooth_sigma``);
+    4. per image and step, normalised to ``D_norm`` in ``[0, 1]`` (``"minmax"`` as the reference code, or
+       ``"percentile"``: 1st-99th percentiles, clipped). The healthy model turns a dark lesion into lighter skin, so
+       ``n_healthy - n_lesion = x0_lesion - x0_healthy`` is **negative** on the lesion: the lesion score is
+       ``1 - D_norm`` (``polarity="dark"``, the reference's ``gray < threshold``) or ``D_norm`` (``"bright"``);
+    5. thresholded: ``"fixed"`` (``score >= threshold``; the default :data:`DIFFSEG_FIXED_THRESHOLD` = 0.412 is the
+       reference code's ``clip(1.2 * 255 * D_norm) < 180``) or ``"otsu"`` (per map).
+
+    The ``T`` per-step outputs come back stacked like ensemble members, ``(N, T, 1, *S)``, so the fusion and
+    uncertainty transforms of :mod:`monai_diffseg.transforms` apply directly: mean over steps = the consistent
+    region's support, variance/ambiguous region = DiffSeg's uncertainty, :class:`~monai_diffseg.metrics`
+    sample diversity (DiffSeg's "GED" is the ``l2`` form) and GED against a ground truth, and DiffSeg's DenseCRF
+    fusion of K random subsets of H outputs (:class:`~monai_diffseg.transforms.RandomSubsetFusiond`).
+
+    The two models: ``inferer(inputs, network)`` with ``network`` a
+    :class:`~monai_diffseg.networks.nets.DiffSegPair` (its ``forward`` returns both predictions; what a bundle's
+    ``SupervisedEvaluator`` passes), or ``network`` the lesion model and ``healthy_network`` given here.
+
+    Args:
+        scheduler: MONAI scheduler with ``alphas_cumprod`` and ``num_train_timesteps`` (e.g. ``DDPMScheduler``
+            with the training schedule); its ``prediction_type`` says what the networks predict.
+        timesteps: the noise steps (default 60, 70, ..., 150); each in ``[0, num_train_timesteps - 1]``.
+        lesion_weight: lambda in ``D = G(n_healthy) - lambda * G(n_lesion)``.
+        threshold_method: ``"fixed"`` or ``"otsu"``.
+        threshold: score threshold of ``"fixed"``, in ``[0, 1]``.
+        normalization: ``"minmax"`` or ``"percentile"``.
+        polarity: ``"dark"`` (lesions darker than skin, dermoscopy) or ``"bright"``.
+        smooth_sigma: Gaussian smoothing (pixels) of ``D`` before normalisation; 0 disables it.
+        output: ``"mask"`` (binary per-step masks) or ``"score"`` (per-step lesion scores in ``[0, 1]``).
+        healthy_network: the healthy model when ``network`` is the lesion model alone.
+        seed: base seed of the per-step noise.
+        value_range: input intensities mapped to ``[-1, 1]`` (as in training).
+        step_batch_size: at most this many steps per network call (``None``: all steps at once).
+
+    Shapes:
+        inputs ``(N, C, *S)`` (or a list of ``(C, *S)`` images of one size) -> ``(N, T, 1, *S)``.
+
+    Raises:
+        ValueError: empty ``timesteps`` or a step beyond the schedule, unknown options, an input whose channels differ
+            from the network's, images of mixed sizes.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        timesteps: Sequence[int] = DIFFSEG_TIMESTEPS,
+        lesion_weight: float = 1.5,
+        threshold_method: str = "fixed",
+        threshold: float = DIFFSEG_FIXED_THRESHOLD,
+        normalization: str = "minmax",
+        polarity: str = "dark",
+        smooth_sigma: float = 0.0,
+        output: str = "mask",
+        healthy_network: nn.Module | None = None,
+        seed: int = 0,
+        value_range: Sequence[float] = (0.0, 1.0),
+        step_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        num_t = int(scheduler.num_train_timesteps)
+        steps = [int(t) for t in timesteps]
+        if len(steps) == 0:
+            raise ValueError(
+                f"timesteps must hold at least one noise step in [0, {num_t - 1}] (e.g. DiffSeg's 60, 70, ..., 150), "
+                "got an empty set."
+            )
+        bad = [t for t in steps if not 0 <= t < num_t]
+        if bad:
+            raise ValueError(
+                f"timesteps {bad} are outside the scheduler's range [0, {num_t - 1}] (num_train_timesteps={num_t})."
+            )
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1] (a normalised lesion score), got {threshold}.")
+        if smooth_sigma < 0:
+            raise ValueError(f"smooth_sigma must be >= 0, got {smooth_sigma}.")
+        if step_batch_size is not None and step_batch_size < 1:
+            raise ValueError(f"step_batch_size must be >= 1 or None, got {step_batch_size}.")
+        self.scheduler = scheduler
+        self.timesteps = tuple(steps)
+        self.lesion_weight = float(lesion_weight)
+        self.threshold_method = look_up_named_option("threshold_method", threshold_method, THRESHOLD_METHODS)
+        self.threshold = float(threshold)
+        self.normalization = look_up_named_option("normalization", normalization, NORMALIZATIONS)
+        self.polarity = look_up_named_option("polarity", polarity, POLARITIES)
+        self.output = look_up_named_option("output", output, OUTPUTS)
+        self.smooth_sigma = float(smooth_sigma)
+        self.healthy_network = healthy_network
+        self.seed = int(seed)
+        self.value_range = tuple(float(v) for v in value_range)
+        self.step_batch_size = step_batch_size
+        self.prediction_type = getattr(scheduler, "prediction_type", "sample")
+
+    def __call__(  # type: ignore[override]
+        self, inputs: torch.Tensor | Sequence[torch.Tensor], network: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """
+        Args:
+            inputs: images ``(N, C, *S)`` in ``value_range``.
+            network: a :class:`~monai_diffseg.networks.nets.DiffSegPair` or the lesion model (with
+                ``healthy_network`` set).
+
+        Returns:
+            per-step masks (``output="mask"``) or lesion scores (``"score"``), ``(N, T, 1, *S)``.
+        """
+        return self.compute(inputs, network, *args, **kwargs)[self.output]
+
+    def _check_inputs(self, inputs: torch.Tensor | Sequence[torch.Tensor], module: Any) -> torch.Tensor:
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) == 0:
+                raise ValueError("inputs must hold at least one image, got an empty sequence.")
+            shapes = sorted({tuple(convert_to_tensor(i).shape) for i in inputs})
+            if len(shapes) > 1:
+                raise ValueError(
+                    f"images of mixed sizes cannot be inferred as one batch, got shapes {shapes}; resize them to one "
+                    "size first (monai.transforms.Resized with the training image_size)."
+                )
+            inputs = torch.stack([convert_to_tensor(i, track_meta=False) for i in inputs])
+        image = convert_to_tensor(inputs, track_meta=False)
+        spatial_dims = int(getattr(module, "spatial_dims", image.ndim - 2))
+        if image.ndim != spatial_dims + 2:
+            raise ValueError(
+                f"inputs must have shape (N, C, {', '.join('HWD'[:spatial_dims])}), got {tuple(image.shape)}."
+            )
+        expected = getattr(module, "in_channels", None)
+        if expected is not None and image.shape[1] != int(expected):
+            kind = {1: "grayscale", 3: "RGB"}
+            raise ValueError(
+                f"inputs have {image.shape[1]} channel(s) ({kind.get(image.shape[1], 'multi-channel')}) but the "
+                f"network was built for in_channels={expected} ({kind.get(int(expected), 'multi-channel')}); allowed: "
+                f"{expected}. Convert the images (e.g. monai.transforms.RepeatChanneld for grayscale -> RGB) or use a "
+                f"model trained with in_channels={image.shape[1]}."
+            )
+        divisor = int(getattr(module, "size_divisor", 1))
+        if any(s % divisor for s in image.shape[2:]):
+            raise ValueError(
+                f"image size {tuple(image.shape[2:])} must be divisible by the network's size_divisor={divisor}; "
+                "resize or pad first."
+            )
+        return image
+
+    def _predict_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output as ``x_0`` (identity for x0-prediction)."""
+        if self.prediction_type == "sample":
+            return out
+        a = self.scheduler.alphas_cumprod.to(x_t.device)[t].float().reshape(-1, *([1] * (x_t.ndim - 1)))
+        if self.prediction_type == "epsilon":
+            return (x_t - (1 - a).sqrt() * out) / a.sqrt()
+        return a.sqrt() * x_t - (1 - a).sqrt() * out  # v_prediction
+
+    def _both(
+        self, network: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        module = _unwrap(network)
+        if hasattr(module, "lesion") and hasattr(module, "healthy"):
+            out = network(x_t, t, *args, **kwargs)
+            if not (isinstance(out, (tuple, list)) and len(out) == 2):
+                raise ValueError("a DiffSegPair-like network must return (lesion x0, healthy x0).")
+            return out[0], out[1]
+        if self.healthy_network is None:
+            raise ValueError(
+                "DiffusionDifferenceInferer needs two models: pass a monai_diffseg.networks.nets.DiffSegPair as "
+                "network, or the lesion model as network and healthy_network=... at construction."
+            )
+        return network(x_t, t, *args, **kwargs), self.healthy_network(x_t, t, *args, **kwargs)
+
+    @torch.no_grad()
+    def compute(
+        self, inputs: torch.Tensor | Sequence[torch.Tensor], network: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> dict[str, torch.Tensor]:
+        """
+        Run the diffusion difference and return every intermediate.
+
+        Args:
+            inputs: images ``(N, C, *S)`` in ``value_range``.
+            network: see :meth:`__call__`.
+            args, kwargs: extra arguments passed to every network call.
+
+        Returns:
+            dict with ``"difference"`` (raw ``D``, ``(N, T, 1, *S)``), ``"score"`` (normalised lesion score in
+            ``[0, 1]``, ``(N, T, 1, *S)``), ``"mask"`` (``{0, 1}``, ``(N, T, 1, *S)``) and ``"threshold"``
+            (the score threshold of every map, ``(N, T)``).
+        """
+        module = _unwrap(network)
+        image = self._check_inputs(inputs, module)
+        device = image.device
+        n, spatial = image.shape[0], image.shape[2:]
+        x0 = image_to_diffusion(image, self.value_range)
+        num_steps = len(self.timesteps)
+        chunk = num_steps if self.step_batch_size is None else min(self.step_batch_size, num_steps)
+        alphas = self.scheduler.alphas_cumprod
+        diffs = []
+        for start in range(0, num_steps, chunk):
+            steps = self.timesteps[start : start + chunk]
+            noise = torch.cat(
+                [
+                    torch.randn(x0.shape, generator=torch.Generator(device="cpu").manual_seed(self.seed + start + k))
+                    for k in range(len(steps))
+                ]
+            ).to(device)
+            t = torch.tensor(steps, device=device, dtype=torch.long).repeat_interleave(n)  # step-major rows
+            xs = x0.repeat(len(steps), *([1] * (x0.ndim - 1)))
+            a = alphas.to(device)[t].float().reshape(-1, *([1] * (x0.ndim - 1)))
+            x_t = a.sqrt() * xs + (1 - a).sqrt() * noise
+            lesion_out, healthy_out = self._both(network, x_t, t, *args, **kwargs)
+            n_lesion = x_t - self._predict_x0(lesion_out.float(), x_t, t)
+            n_healthy = x_t - self._predict_x0(healthy_out.float(), x_t, t)
+            diffs.append(grayscale(n_healthy) - self.lesion_weight * grayscale(n_lesion))
+        diff = torch.cat(diffs)  # (T * N, 1, *S), step-major
+        smoothed = _gaussian_blur(diff, self.smooth_sigma) if self.smooth_sigma > 0 else diff
+        flat = smoothed.reshape(smoothed.shape[0], -1)
+        if self.normalization == "minmax":
+            lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+        else:
+            q = torch.quantile(flat, torch.tensor([0.01, 0.99], device=device), dim=1).T
+            lo, hi = q[:, :1], q[:, 1:]
+        norm = ((flat - lo) / (hi - lo).clamp_min(1e-8)).clamp(0.0, 1.0)
+        score = 1.0 - norm if self.polarity == "dark" else norm
+        if self.threshold_method == "fixed":
+            thr = torch.full((score.shape[0],), self.threshold, device=device)
+            mask = (score >= thr[:, None]).float()
+        else:
+            thr = otsu_threshold(score)
+            mask = (score > thr[:, None]).float()
+
+        def stack(x: torch.Tensor) -> torch.Tensor:  # (T * N, ...) step-major -> (N, T, 1, *S)
+            return x.reshape(num_steps, n, 1, *spatial).transpose(0, 1).contiguous()
+
+        return {
+            "difference": stack(diff),
+            "score": stack(score),
+            "mask": stack(mask),
+            "threshold": thr.reshape(num_steps, n).T.contiguous(),
+        }

@@ -1,0 +1,274 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""
+Weak supervision without masks for DiffSeg's healthy model, from the borders of the lesion images.
+
+DiffSeg (Shuai et al. 2024, arXiv:2404.16474) needs a diffusion model of *healthy skin*. When no folder of healthy
+images is available, two mask-free fallbacks use the border band of the lesion images themselves: dermoscopy images
+are framed on the lesion, so their borders show skin (and the dermatoscope's vignetting) almost always. The
+supervision both use is exactly one assumption, no annotation: *the outer ``border_fraction`` of every image is
+lesion-free*. Images whose lesion reaches the border violate it; that noise is accepted, not filtered with masks.
+
+- :class:`BorderFilld` (bundle default, ``healthy_source="border_fill"``): a pseudo-healthy version of every image,
+  the border band kept and the interior filled by normalised Gaussian convolution of the band (a smooth skin
+  estimate that follows vignetting and colour gradients). The healthy model is then trained on pairs
+  *noised lesion image -> pseudo-healthy image*, the paired scheme of the reference code (which used
+  lesion-free target images) with targets computed instead of collected.
+- :class:`RandBorderPatchd` (``healthy_source="border_patches"``): patches sampled inside the border band, an
+  unpaired healthy-skin training set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Randomizable, Transform
+from monai.utils import TransformBackends, convert_to_tensor, ensure_tuple, ensure_tuple_rep
+
+__all__ = [
+    "BorderFill",
+    "BorderFilld",
+    "BorderFillD",
+    "BorderFillDict",
+    "RandBorderPatchd",
+    "RandBorderPatchD",
+    "RandBorderPatchDict",
+    "border_band",
+    "border_patch_starts",
+]
+
+
+def border_band(spatial_shape: Sequence[int], border_fraction: float) -> torch.Tensor:
+    """
+    ``(1, *S)`` float mask of the border band: 1 within ``max(1, round(border_fraction * size))`` voxels of any
+    image edge, 0 inside.
+    """
+    shape = tuple(int(s) for s in spatial_shape)
+    band = torch.zeros(1, *shape)
+    for axis, size in enumerate(shape):
+        width = max(1, int(round(border_fraction * size)))
+        index: list[Any] = [slice(None)] * (len(shape) + 1)
+        index[axis + 1] = slice(0, width)
+        band[tuple(index)] = 1.0
+        index[axis + 1] = slice(size - width, size)
+        band[tuple(index)] = 1.0
+    return band
+
+
+class BorderFill(Transform):
+    """
+    Pseudo-healthy image from the border band: ``band * image + (1 - band) * fill`` where
+    ``fill = blur(image * band) / blur(band)`` is a normalised Gaussian convolution (standard deviation
+    ``sigma_fraction * min(spatial size)``) that spreads the border's skin colour, vignetting included, into the
+    interior. No mask is used; see the module docstring for the assumption.
+
+    Args:
+        border_fraction: band width as a fraction of each image side, in ``(0, 0.5)``.
+        sigma_fraction: smoothing of the fill, as a fraction of the smallest image side (> 0).
+
+    Shapes:
+        ``(C, *S)`` -> ``(C, *S)``.
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(self, border_fraction: float = 0.15, sigma_fraction: float = 0.25) -> None:
+        if not 0.0 < float(border_fraction) < 0.5:
+            raise ValueError(f"border_fraction must be in (0, 0.5), got {border_fraction}.")
+        if not float(sigma_fraction) > 0:
+            raise ValueError(f"sigma_fraction must be > 0, got {sigma_fraction}.")
+        self.border_fraction = float(border_fraction)
+        self.sigma_fraction = float(sigma_fraction)
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        """
+        Args:
+            img: channel-first image ``(C, *S)``.
+
+        Returns:
+            the pseudo-healthy image ``(C, *S)`` (a plain tensor, float).
+        """
+        from monai_diffseg.inferers.diffusion_difference import _gaussian_blur
+
+        x = convert_to_tensor(img, track_meta=False).float()
+        if x.ndim < 3:
+            raise ValueError(f"BorderFill expects a channel-first image (C, H, W[, D]), got shape {tuple(x.shape)}.")
+        band = border_band(x.shape[1:], self.border_fraction).to(x.device)
+        sigma = self.sigma_fraction * min(x.shape[1:])
+        num = _gaussian_blur((x * band)[:, None], sigma)[:, 0]
+        den = _gaussian_blur(band[None], sigma)[0]
+        fill = num / den.clamp_min(1e-6)
+        return band * x + (1.0 - band) * fill
+
+
+class BorderFilld(MapTransform):
+    """
+    Dictionary wrapper of :class:`BorderFill`: stores the pseudo-healthy image of ``keys`` at ``output_keys``
+    (default ``"healthy"``), the training target of DiffSeg's healthy model
+    (``ImageDiffusionPrepareBatch(target_key="healthy")``).
+
+    Args:
+        keys: keys of the images.
+        output_keys: where to store the pseudo-healthy images (one per key); default ``"healthy"`` for one key,
+            ``f"{key}_healthy"`` otherwise.
+        border_fraction: see :class:`BorderFill`.
+        sigma_fraction: see :class:`BorderFill`.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    backend = BorderFill.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_keys: KeysCollection | None = None,
+        border_fraction: float = 0.15,
+        sigma_fraction: float = 0.25,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if output_keys is None:
+            outs = ["healthy"] if len(self.keys) == 1 else [f"{k}_healthy" for k in self.keys]
+        else:
+            outs = list(ensure_tuple(output_keys))
+        if len(outs) != len(self.keys):
+            raise ValueError(f"output_keys {outs} must match keys {list(self.keys)} one to one.")
+        self.output_keys = outs
+        self.fill = BorderFill(border_fraction, sigma_fraction)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key, out in self.key_iterator(d, self.output_keys):
+            d[out] = self.fill(d[key])
+        return d
+
+
+def border_patch_starts(
+    spatial_shape: Sequence[int],
+    patch_size: Sequence[int],
+    border_fraction: float,
+    num_samples: int,
+    rng: np.random.RandomState,
+) -> list[tuple[int, ...]]:
+    """
+    Random start corners of patches that lie entirely inside the border band of an image.
+
+    The band along axis ``a`` is ``max(patch_size[a], round(border_fraction * spatial_shape[a]))`` voxels wide at
+    both ends. For each patch an axis and a side (low/high) are drawn, with probability proportional to the band's
+    area, the start along that axis is drawn inside the band and the start along the other axes anywhere in the image.
+
+    Args:
+        spatial_shape: image size ``(H, W[, D])``.
+        patch_size: patch size, one entry per spatial axis, each at most the image size.
+        border_fraction: band width as a fraction of the image size, in ``(0, 0.5]``.
+        num_samples: number of patches.
+        rng: random state.
+
+    Returns:
+        ``num_samples`` start corners.
+
+    Raises:
+        ValueError: a patch larger than the image.
+    """
+    shape = tuple(int(s) for s in spatial_shape)
+    size = tuple(int(p) for p in patch_size)
+    if len(size) != len(shape) or any(p > s or p < 1 for p, s in zip(size, shape)):
+        raise ValueError(
+            f"patch_size {size} must have one entry per spatial axis, each in [1, image size], for an image of "
+            f"spatial shape {shape}."
+        )
+    bands = [min(s, max(p, int(round(border_fraction * s)))) for s, p in zip(shape, size)]
+    # area of the band strips along each axis (both sides), used to pick axes fairly
+    weights = np.array([b * np.prod([s for j, s in enumerate(shape) if j != a]) for a, b in enumerate(bands)], float)
+    weights /= weights.sum()
+    starts = []
+    for _ in range(num_samples):
+        axis = int(rng.choice(len(shape), p=weights))
+        start = [int(rng.randint(0, s - p + 1)) for s, p in zip(shape, size)]
+        low = int(rng.randint(0, bands[axis] - size[axis] + 1))
+        start[axis] = low if rng.rand() < 0.5 else shape[axis] - size[axis] - low
+        starts.append(tuple(start))
+    return starts
+
+
+class RandBorderPatchd(Randomizable, MapTransform):
+    """
+    Sample ``num_samples`` patches from the border band of channel-first images (the same locations for every key):
+    DiffSeg's mask-free source of healthy-skin training data (see the module docstring for the assumption it makes).
+
+    Returns a list of ``num_samples`` dicts like :class:`monai.transforms.RandSpatialCropSamplesd`, so a MONAI
+    ``DataLoader`` flattens them into the batch.
+
+    Args:
+        keys: keys of the images ``(C, H, W[, D])``.
+        patch_size: patch size (int for every axis, or one per axis); a multiple of the denoiser's ``size_divisor``.
+        num_samples: patches per image.
+        border_fraction: band width as a fraction of the image size, in ``(0, 0.5]`` (at least the patch size).
+        allow_missing_keys: don't raise if a key is missing.
+
+    Example::
+
+        patches = RandBorderPatchd("image", patch_size=16, num_samples=4)(
+            {"image": torch.rand(3, 64, 64)}
+        )  # 4 dicts with (3, 16, 16) border patches
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        patch_size: int | Sequence[int],
+        num_samples: int = 4,
+        border_fraction: float = 0.2,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        if not 0.0 < float(border_fraction) <= 0.5:
+            raise ValueError(f"border_fraction must be in (0, 0.5], got {border_fraction}.")
+        self.patch_size = patch_size
+        self.num_samples = int(num_samples)
+        self.border_fraction = float(border_fraction)
+        self._starts: list[tuple[int, ...]] = []
+
+    def randomize(self, data: Sequence[int]) -> None:
+        """Draw the patch corners for an image of spatial shape ``data``."""
+        size = ensure_tuple_rep(self.patch_size, len(data))
+        self._starts = border_patch_starts(data, size, self.border_fraction, self.num_samples, self.R)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        """
+        Args:
+            data: dict with channel-first images at ``keys`` (same spatial shape).
+
+        Returns:
+            ``num_samples`` dicts with the patches at ``keys`` and the other entries copied.
+        """
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return [dict(d) for _ in range(self.num_samples)]
+        shapes = {tuple(d[k].shape[1:]) for k in keys}
+        if len(shapes) > 1:
+            raise ValueError(f"images at keys {keys} must share one spatial shape, got {sorted(shapes)}.")
+        spatial = shapes.pop()
+        self.randomize(spatial)
+        size = ensure_tuple_rep(self.patch_size, len(spatial))
+        out = []
+        for start in self._starts:
+            item = dict(d)
+            region = tuple(slice(s, s + p) for s, p in zip(start, size))
+            for key in keys:
+                img = convert_to_tensor(d[key], track_meta=False)  # patch positions carry no useful metadata
+                item[key] = img[(slice(None), *region)].clone()
+            item["patch_start"] = torch.as_tensor(start)
+            out.append(item)
+        return out
+
+
+RandBorderPatchD = RandBorderPatchDict = RandBorderPatchd
+BorderFillD = BorderFillDict = BorderFilld

@@ -420,19 +420,21 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
     non-windowed inferer and the fusion / uncertainty transforms apply unchanged.
 
     Window batch ``w`` (numbered over all windows of all images of the call) draws its members' noise from
-    generators seeded ``seed + w * E + e``: runs are reproducible and windows are independent. Each window is a complete chain, so member ``e`` of two neighbouring windows is not
-    the same sample; in overlaps their probabilities are blended, which is what the fused mask needs.
+    generators seeded ``seed + w * E + e``: runs are reproducible and windows are independent. Each window is a
+    complete chain, so member ``e`` of two neighbouring windows is not the same sample; in overlaps their probabilities are blended, which is what the fused mask needs.
 
     Args:
-        scheduler, num_inference_steps, num_samples, return_samples, seed, eta, member_batch_size, progress,
-            autocast, channels_last, compile, compile_kwargs, cuda_graphs: as in
-            :class:`DiffusionSegmentationInferer`.
+        scheduler: as in :class:`DiffusionSegmentationInferer`.
         roi_size: window size, e.g. ``(96, 96, 96)``; must suit the network (divisible by its ``size_divisor``).
         sw_batch_size: windows sampled together (each brings ``E`` members).
         overlap: window overlap fraction.
         mode: blending, ``"gaussian"`` or ``"constant"``.
         sw_device: device of the windows (``None``: the input's).
         device: device of the stitched output (``None``: the input's); ``"cpu"`` keeps large volumes off the GPU.
+        progress: a progress bar over the windows.
+        kwargs: the sampling options of :class:`DiffusionSegmentationInferer` (``num_inference_steps``,
+            ``num_samples``, ``return_samples``, ``seed``, ``eta``, ``member_batch_size``, ``autocast``,
+            ``channels_last``, ``compile``, ``compile_kwargs``, ``cuda_graphs``).
 
     Shapes:
         inputs ``(N, C_in, *S)`` with any ``S`` -> ``(N, C, *S)`` or ``(N, E, C, *S)``.
@@ -442,39 +444,16 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
         self,
         scheduler: Scheduler,
         roi_size: Sequence[int] | int,
-        num_inference_steps: int = 20,
-        num_samples: int = 5,
-        return_samples: bool = False,
-        seed: int | None = None,
-        eta: float = 0.0,
-        member_batch_size: int | str | None = None,
-        progress: bool = False,
-        autocast: str | None = None,
-        channels_last: bool = False,
-        compile: bool = False,
-        compile_kwargs: dict[str, Any] | None = None,
-        cuda_graphs: bool = False,
         sw_batch_size: int = 1,
         overlap: float = 0.25,
         mode: str = "gaussian",
         sw_device: torch.device | str | None = None,
         device: torch.device | str | None = None,
+        progress: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            scheduler,
-            num_inference_steps=num_inference_steps,
-            num_samples=num_samples,
-            return_samples=return_samples,
-            seed=seed,
-            eta=eta,
-            member_batch_size=member_batch_size,
-            progress=False,
-            autocast=autocast,
-            channels_last=channels_last,
-            compile=compile,
-            compile_kwargs=compile_kwargs,
-            cuda_graphs=cuda_graphs,
-        )
+        # the per-step progress bar of the parent would restart in every window: show one over windows instead
+        super().__init__(scheduler, progress=False, **kwargs)
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
         if not 0 <= overlap < 1:

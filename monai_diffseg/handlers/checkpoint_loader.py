@@ -13,7 +13,7 @@ from monai.handlers import CheckpointLoader
 from monai.networks.utils import copy_model_state
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_diffseg.networks.utils import check_state_dict, read_checkpoint
+from monai_diffseg.networks.utils import _unwrap, check_state_dict, read_checkpoint
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -22,13 +22,6 @@ else:
 Checkpoint, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Checkpoint")
 
 __all__ = ["CheckedCheckpointLoader"]
-
-
-def _unwrap(obj: nn.Module) -> nn.Module:
-    """What ignite's ``Checkpoint.load_objects`` loads into: the module behind a (Distributed)DataParallel."""
-    if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return obj.module
-    return obj
 
 
 class CheckedCheckpointLoader(CheckpointLoader):

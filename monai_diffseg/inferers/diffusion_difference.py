@@ -15,6 +15,7 @@ from monai.networks.schedulers import Scheduler
 from monai.utils import convert_to_tensor
 
 from monai_diffseg.engines.image_diffusion import image_to_diffusion
+from monai_diffseg.inferers.diffusion_segmentation import _unwrap
 from monai_diffseg.transforms.fusion import look_up_named_option
 
 __all__ = [
@@ -101,10 +102,6 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         mode = "reflect" if min(out.shape[2:]) > radius else "replicate"
         out = conv(F.pad(out, pad, mode=mode), kernel.reshape(shape))
     return out
-
-
-def _unwrap(network: Any) -> Any:
-    return getattr(network, "module", network)
 
 
 class DiffusionDifferenceInferer(Inferer):

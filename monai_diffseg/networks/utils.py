@@ -195,6 +195,7 @@ def check_state_dict(network: nn.Module, state_dict: Mapping[str, Any], source: 
 
 
 def _unwrap(network: nn.Module) -> nn.Module:
+    """The module behind a (Distributed)DataParallel wrapper (what ignite's ``Checkpoint.load_objects`` loads into)."""
     if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         return network.module
     return network

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.size_3d:
         rows += bench_size(args, device, 3, args.size_3d, members_3d, samplers_3d, args.steps)
 
-    table = [dict(r, s_per_image=r["s_per_image"], flag="*" if r["extrapolated"] else "") for r in rows]
+    table = [dict(r, flag="*" if r["extrapolated"] else "") for r in rows]
     print_table(table, [
         ("size", "size", ""), ("sampler", "sampler", ""), ("members", "E", "d"), ("steps", "steps", "d"),
         ("s_per_image", "s/image", ".3f"), ("flag", "", ""), ("images_per_s", "images/s", ".3g"),

@@ -111,7 +111,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     def _entries(self) -> dict:
         """The checkpoint as ``{load_dict key: state}``, checking that every network has an entry."""
-        checkpoint = read_checkpoint(self.load_path, map_location=self.map_location, allow_unsafe_fallback=False)
+        checkpoint = read_checkpoint(self.load_path, map_location=self.map_location)
         items = list(self.load_dict.items())
         if len(items) == 1 and isinstance(checkpoint, dict) and items[0][0] not in checkpoint:
             checkpoint = {items[0][0]: checkpoint}  # single object saved as a raw state dict, as the parent handles

@@ -26,23 +26,27 @@ _DDP_PREFIX = "module."
 _SHOW = 5
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", allow_unsafe_fallback: bool = True) -> Any:
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted: bool = False) -> Any:
     """
     ``torch.load`` a checkpoint file with ``weights_only=True``, turning failures into clear errors.
+
+    A file that stores Python objects other than tensors and containers (a pickled ``argparse.Namespace``, a whole
+    network ...) is refused by default: full unpickling (``weights_only=False``) can run arbitrary code hidden in the
+    file. Pass ``trusted=True`` only for a file from a source you trust; a warning is issued before it is unpickled.
 
     Args:
         path: checkpoint file.
         map_location: passed to ``torch.load``.
-        allow_unsafe_fallback: when the safe (``weights_only=True``) load fails with an unpickling error (the file
-            stores Python objects other than tensors and containers), retry with ``weights_only=False`` and warn.
-            Only do this for checkpoints from a trusted source: full unpickling can run arbitrary code.
+        trusted: when the safe (``weights_only=True``) load fails with an unpickling error, warn and retry with
+            ``weights_only=False``. Default ``False``: raise instead.
 
     Returns:
         the loaded object.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file cannot be read as a PyTorch checkpoint (naming the path).
+        ValueError: the file cannot be read as a PyTorch checkpoint, or it needs full unpickling and ``trusted`` is
+            ``False`` (naming the path and the fix).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -50,22 +54,23 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", allow_un
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as safe_err:
-        if not allow_unsafe_fallback:
+        if not trusted:
             raise ValueError(
-                f"checkpoint '{path}' cannot be loaded with torch.load(weights_only=True): it is corrupt or stores "
-                f"Python objects other than tensors ({str(safe_err).splitlines()[0]})."
+                f"checkpoint '{path}' was refused by torch.load(weights_only=True): it is corrupt or stores Python "
+                f"objects other than tensors and containers ({str(safe_err).strip().splitlines()[0]}). Loading it "
+                "fully would unpickle those objects, which can run arbitrary code. If you trust the file's source, "
+                "pass trusted=True (e.g. load_network_weights(net, path, trusted=True)); better, re-save only the "
+                "state dict once: torch.save(network.state_dict(), 'weights.pt')."
             ) from safe_err
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as err:
-            raise ValueError(_corrupt_message(path, err)) from err
         warnings.warn(
-            f"checkpoint '{path}' could not be loaded with weights_only=True and was loaded with weights_only=False "
-            "(full unpickling, which can run arbitrary code); only do this for checkpoints you trust, and re-save "
-            "the state dict alone to avoid it.",
+            f"checkpoint '{path}': loading with torch.load(weights_only=False) because trusted=True; full unpickling "
+            "can run arbitrary code stored in the file. Re-save the state dict alone to avoid it.",
             stacklevel=2,
         )
-        return obj
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as err:
+            raise ValueError(_corrupt_message(path, err)) from err
     except Exception as err:  # zip/stream errors, EOFError ... from a truncated or non-PyTorch file
         raise ValueError(_corrupt_message(path, err)) from err
 
@@ -207,6 +212,7 @@ def load_network_weights(
     map_location: Any = "cpu",
     key: str | None = "model",
     strict: bool = True,
+    trusted: bool = False,
 ) -> nn.Module:
     """
     Load a checkpoint's weights into ``network``, checking keys and shapes first.
@@ -216,8 +222,8 @@ def load_network_weights(
         net = MedSegDiff(**MEDSEGDIFF_CONFIGS["small"])
         load_network_weights(net, "runs/model_final.pt")
 
-    The file is read with ``torch.load(weights_only=True)`` (falling back, with a warning, to
-    ``weights_only=False`` when that fails with an unpickling error). The state dict may be stored raw or under
+    The file is read with ``torch.load(weights_only=True)``; a file that needs full unpickling is refused unless
+    ``trusted=True`` (see :func:`read_checkpoint`). The state dict may be stored raw or under
     ``key`` (MONAI ``CheckpointSaver`` writes both forms); a ``module.`` prefix left by ``DataParallel`` /
     ``DistributedDataParallel`` is stripped. Before ``load_state_dict`` the keys and shapes are compared with the
     network's, and any mismatch raises one ``ValueError`` listing missing keys, unexpected keys and shape
@@ -229,16 +235,19 @@ def load_network_weights(
         map_location: ``torch.load``'s ``map_location``.
         key: entry of the checkpoint dict holding the state dict; ``None`` for a raw state dict only.
         strict: require exactly the network's keys (shapes must match in any case).
+        trusted: allow ``torch.load(weights_only=False)``, with a warning, for a file that stores Python objects
+            other than tensors. Only for files from a trusted source: unpickling can run arbitrary code.
 
     Returns:
         ``network``, with the weights loaded.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: corrupt file, no state dict in it, or a key/shape mismatch (naming the path and network class).
+        ValueError: corrupt file, a file that needs full unpickling without ``trusted=True``, no state dict in it, or
+            a key/shape mismatch (naming the path and network class).
     """
     source = os.fspath(path)
-    checkpoint = read_checkpoint(source, map_location=map_location)
+    checkpoint = read_checkpoint(source, map_location=map_location, trusted=trusted)
     target = _unwrap(network)
     state_dict = extract_state_dict(checkpoint, key=key, source=source)
     state_dict = strip_ddp_prefix(state_dict, network_keys=target.state_dict().keys())

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,12 @@ import torch
 import torch.nn as nn
 
 from monai_diffseg.networks.nets.medsegdiff import MedSegDiff
-from monai_diffseg.networks.utils import check_state_dict, load_network_weights, state_dict_mismatch_message
+from monai_diffseg.networks.utils import (
+    check_state_dict,
+    load_network_weights,
+    read_checkpoint,
+    state_dict_mismatch_message,
+)
 
 
 def _mlp(hidden: int = 4, seed: int = 0) -> nn.Module:
@@ -147,11 +153,47 @@ def test_not_a_state_dict(tmp_path: Path) -> None:
         load_network_weights(_mlp(), tmp_path / "list.pt")
 
 
-def test_unsafe_fallback_warns(tmp_path: Path) -> None:
-    src = _mlp(seed=0)
-    torch.save({"model": src.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "args.pt")
-    dst = _mlp(seed=1)
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        load_network_weights(dst, tmp_path / "args.pt")
-    assert _same(src, dst)
+class _Payload:
+    """Unpickling this runs ``_touch(marker)``: what a malicious checkpoint can do."""
 
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (_touch, (self.marker,))
+
+
+_PAYLOAD_LOG: dict[str, list] = {"caught": [], "warned_before": []}
+
+
+def _touch(marker: str) -> str:
+    warned = any("weights_only=False" in str(w.message) for w in _PAYLOAD_LOG["caught"])
+    _PAYLOAD_LOG["warned_before"].append(warned)
+    Path(marker).write_text("payload ran")
+    return marker
+
+
+def test_pickle_payload_refused_by_default(tmp_path: Path) -> None:
+    marker = tmp_path / "payload_ran"
+    torch.save({"model": _mlp().state_dict(), "extra": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError) as err:
+        load_network_weights(_mlp(), tmp_path / "evil.pt")
+    assert "evil.pt" in str(err.value) and "trusted=True" in str(err.value)
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="trusted=True"):
+        read_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_trusted_warns_before_unpickling(tmp_path: Path) -> None:
+    marker = tmp_path / "payload_ran"
+    src = _mlp(seed=0)
+    torch.save({"model": src.state_dict(), "args": argparse.Namespace(lr=0.1), "x": _Payload(marker)}, tmp_path / "a.pt")
+    dst = _mlp(seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _PAYLOAD_LOG.update(caught=caught, warned_before=[])  # the payload looks at the warnings recorded so far
+        load_network_weights(dst, tmp_path / "a.pt", trusted=True)
+    assert marker.exists() and _PAYLOAD_LOG["warned_before"] == [True]
+    assert any("trusted=True" in str(w.message) for w in caught)
+    assert _same(src, dst)

@@ -15,10 +15,12 @@ from .isic2018 import (
     isic2018_train_val_datalists,
     split_datalist,
 )
+from .skip_failed_loader import SkipFailedDataLoader
 
 __all__ = [
     "ISIC2018_SPLIT_FOLDERS",
     "ISIC2018_SPLITS",
+    "SkipFailedDataLoader",
     "image_folder_datalist",
     "isic2018_datalist",
     "isic2018_train_val_datalists",

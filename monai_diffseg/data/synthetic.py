@@ -231,6 +231,15 @@ def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+_ASPECTS = (0.75, 1.0, 4.0 / 3.0, 1.5)
+
+
+def _case_shape(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[int, int]:
+    """A realistic per-case (H, W): height 0.7-1.6x ``shape[0]``, aspect ratio W/H from ``_ASPECTS``."""
+    height = max(_MIN_SIZE, int(round(shape[0] * rng.uniform(0.7, 1.6))))
+    return height, max(_MIN_SIZE, int(round(height * _ASPECTS[rng.integers(len(_ASPECTS))])))
+
+
 def make_synthetic_isic2018(
     root: PathLike,
     num_train: int = 48,
@@ -239,6 +248,7 @@ def make_synthetic_isic2018(
     image_size: Sequence[int] = (96, 128),
     seed: int = 0,
     overwrite: bool = False,
+    mixed_sizes: bool = False,
 ) -> str:
     """Write a synthetic dataset in the exact ISIC 2018 Task 1 folder layout.
 
@@ -261,6 +271,9 @@ def make_synthetic_isic2018(
         seed: random seed.
         overwrite: replace the ISIC folders if they already exist. Without it, an existing dataset
             written with the same arguments is reused as is.
+        mixed_sizes: draw each case's size as the real archive has them (ISIC 2018 ranges from 540x722 to
+            6688x4439): a scale of 0.7-1.6 times ``image_size[0]`` for the height and an aspect ratio W/H from
+            {3/4, 1, 4/3, 3/2}, so images (and their masks) of one split differ in size and shape.
 
     Returns:
         Absolute path of ``root``.
@@ -278,7 +291,7 @@ def make_synthetic_isic2018(
             raise ValueError(f"Number of {split} cases must be an integer >= {least}, got {n!r}.")
     root = os.path.abspath(os.fspath(root))
     params = {"num_train": int(num_train), "num_val": int(num_val), "num_test": int(num_test),
-              "image_size": list(shape), "seed": int(seed)}  # fmt: skip
+              "image_size": list(shape), "seed": int(seed), "mixed_sizes": bool(mixed_sizes)}  # fmt: skip
     folders = [os.path.join(root, name) for pair in ISIC2018_SPLIT_FOLDERS.values() for name in pair]
     existing = [f for f in folders if os.path.exists(f)]
     marker = os.path.join(root, _MARKER)
@@ -307,7 +320,8 @@ def make_synthetic_isic2018(
                 with open(os.path.join(folder, stub), "w", encoding="utf-8") as f:
                     f.write(_LICENSE_STUB)
         for _ in range(int(n)):
-            image, mask = synthetic_lesion_sample(np.random.default_rng([int(seed), index]), shape)
+            rng = np.random.default_rng([int(seed), index])
+            image, mask = synthetic_lesion_sample(rng, _case_shape(rng, shape) if mixed_sizes else shape)
             case = f"ISIC_{index:07d}"
             Image.fromarray(image).save(os.path.join(input_dir, f"{case}.jpg"), quality=95)
             Image.fromarray(mask * np.uint8(255)).save(os.path.join(gt_dir, f"{case}_segmentation.png"))
@@ -335,9 +349,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--image_size", type=int, nargs=2, default=(96, 128), metavar=("H", "W"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--mixed_sizes", action="store_true", help="vary size and aspect ratio per case")
     args = parser.parse_args(argv)
     path = make_synthetic_isic2018(
-        args.output_dir, args.num_train, args.num_val, args.num_test, tuple(args.image_size), args.seed, args.overwrite
+        args.output_dir, args.num_train, args.num_val, args.num_test, tuple(args.image_size), args.seed, args.overwrite,
+        args.mixed_sizes,
     )
     print(path)
     return path

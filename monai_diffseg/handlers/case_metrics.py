@@ -47,6 +47,9 @@ class CaseMetricsWriter:
     """
     Collect Dice and IoU per case during an evaluator run and write ``{"cases": [...], "mean_dice": ...}`` JSON.
 
+    Cases that a :class:`monai_diffseg.data.SkipFailedDataLoader` could not read are listed under ``"failed"``
+    (case, files, reason) with their count ``"num_failed"``.
+
     Works with bundles whose labels may be absent (inference on an unlabelled split): cases without a label get
     ``null`` scores and the means are computed over labelled cases only. Expects the evaluator's decollated output
     (a list of per-case dicts after postprocessing) with a binary ``pred_key`` ``(C, *S)`` and, when available, a
@@ -132,6 +135,10 @@ class CaseMetricsWriter:
         for key in self.extra_keys:
             payload[f"mean_{key}"] = mean(key)
         payload["cases"] = self.cases
+        # cases that SkipFailedDataLoader could not read: reported beside the scored ones, never silently dropped
+        failed = list(getattr(engine.data_loader, "failed", None) or [])
+        payload["num_failed"] = len(failed)
+        payload["failed"] = failed
         write_json_atomic(self.output_file, payload)
         if self.csv_file:
             self._write_csv()
@@ -145,6 +152,11 @@ class CaseMetricsWriter:
             )
         else:
             self.logger.info(f"{len(self.cases)} cases, no labels{', ' + extras if extras else ''} -> {self.output_file}")
+        if failed:
+            self.logger.warning(
+                f"{len(failed)} case(s) could not be read and were skipped (listed under 'failed' in "
+                f"{self.output_file}): {', '.join(c['case'] for c in failed[:5])}{' ...' if len(failed) > 5 else ''}"
+            )
 
     def _write_csv(self) -> None:
         assert self.csv_file is not None

@@ -1,0 +1,171 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Loading 2D images (PNG, JPEG, BMP, GIF, TIFF) the way real archives need it.
+
+Public archives mix colour modes (grayscale, palette, RGBA, 16-bit grayscale) inside one "RGB" set, ship the odd
+truncated or empty file, and now and then a mask whose size differs from its image. MONAI's ``LoadImaged`` with
+``PILReader`` reads each as it is stored, so the first such file surfaces later as a collate error
+(``[1, H, W]`` vs ``[3, H, W]``) or as PIL's ``image file is truncated`` without a file name. The transforms here
+convert the colour mode (logging each conversion), force the full decode while the file name is known, and check
+that the keys of one case (image and mask) have the same size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, PathLike
+from monai.data import PILReader
+from monai.transforms import LoadImage, MapTransform, Transform
+from monai.utils import ensure_tuple_rep, look_up_option
+from PIL import Image
+
+from monai_diffseg.utils import describe_error
+
+__all__ = ["IMAGE_MODES", "PILModeConverter", "LoadImage2D", "LoadImage2Dd", "LoadImage2DD", "LoadImage2DDict"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_MODES: tuple[str, ...] = ("RGB", "L", "as_stored")
+"""``mode`` options: convert to 3-channel RGB, to 1-channel grayscale, or keep as stored (masks, label maps)."""
+
+# PIL modes that hold more than 8 bits per sample; scaled to 8 bits so that one intensity range fits a whole set
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grayscale -> 8-bit ``"L"``: values above 255 are read as 16-bit (x 255 / 65535)."""
+    arr = np.asarray(img, dtype=np.float64)
+    if arr.size and np.nanmax(arr) > 255:
+        arr = arr * (255.0 / 65535.0)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+class PILModeConverter:
+    """
+    ``converter`` for :class:`monai.data.PILReader`: decode the whole file now and convert its colour mode.
+
+    Decoding inside ``read`` (instead of lazily when MONAI takes the pixel array) turns a truncated file into an error
+    raised while the file name is still at hand. Conversions to ``"RGB"``: grayscale (``L``, ``1``, ``P``, ``LA``)
+    is replicated to three channels, the alpha channel of ``RGBA``/``LA`` is dropped, ``CMYK``/``YCbCr`` are
+    converted by PIL; 16-bit grayscale (``I;16``, ``I``) is first scaled to 8 bits (x 255 / 65535) so it fits the
+    same 0-255 intensity range as the rest of the set. Each conversion is logged at INFO level with the file name.
+
+    Args:
+        mode: ``"RGB"``, ``"L"`` (grayscale) or ``"as_stored"`` (decode only: masks and label maps, whose values must
+            not be changed; a palette ``P`` mask keeps its indices).
+    """
+
+    def __init__(self, mode: str = "RGB") -> None:
+        self.mode = look_up_option(mode, IMAGE_MODES)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        img.load()  # raises OSError for truncated data, with the file still known to the caller
+        if self.mode == "as_stored" or img.mode == self.mode:
+            return img
+        stored, name = img.mode, getattr(img, "filename", "") or "<image>"
+        if img.mode in _WIDE_MODES:
+            img = _to_8bit(img)
+        elif img.mode == "P":
+            img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        if img.mode != self.mode:
+            img = img.convert(self.mode)
+        logger.info("converted '%s' from %s to %s", name, stored, self.mode)
+        return img
+
+
+class LoadImage2D(Transform):
+    """
+    Load one 2D image file as a channel-first :class:`monai.data.MetaTensor` ``(C, W, H)`` (MONAI's ``PILReader``
+    axis order) with its colour mode converted (:class:`PILModeConverter`).
+
+    Any failure (missing, empty, truncated or non-image file) raises one ``ValueError`` naming the file and the cause.
+
+    Args:
+        mode: ``"RGB"`` (``C = 3``), ``"L"`` (``C = 1``) or ``"as_stored"``.
+        dtype: data type of the returned tensor.
+    """
+
+    def __init__(self, mode: str = "RGB", dtype: Any = np.float32) -> None:
+        self.mode = look_up_option(mode, IMAGE_MODES)
+        self.reader = PILReader(converter=PILModeConverter(self.mode))
+        self.loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=dtype)
+
+    def __call__(self, filename: PathLike) -> torch.Tensor:
+        if not os.path.isfile(filename):
+            raise ValueError(f"image file '{filename}' does not exist.")
+        if os.path.getsize(filename) == 0:
+            raise ValueError(f"image file '{filename}' is empty (0 bytes); replace or remove it.")
+        try:
+            # the reader passed at call time is the only one tried: no fallback through ITK/nibabel/numpy readers
+            return self.loader(filename, reader=self.reader)
+        except Exception as err:
+            raise ValueError(
+                f"cannot read image file '{filename}': {describe_error(err)}. Replace or remove the file "
+                "(or list it out of the data list)."
+            ) from err
+
+
+def _spatial(img: Any) -> tuple[int, ...]:
+    return tuple(int(s) for s in img.shape[1:])
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    # PILReader's axis order is (W, H)
+    return f"{shape[0]}x{shape[1]} (WxH)" if len(shape) == 2 else "x".join(map(str, shape))
+
+
+class LoadImage2Dd(MapTransform):
+    """
+    Dictionary version of :class:`LoadImage2D` that also checks that the loaded keys of one case have the same
+    spatial size, e.g. an image and its mask.
+
+    Args:
+        keys: keys holding file paths, e.g. ``["image", "label"]``.
+        modes: one mode per key (or one for all): ``"RGB"`` for colour images, ``"L"`` for grayscale (ultrasound),
+            ``"as_stored"`` for masks and label maps.
+        check_same_size: raise when the loaded keys of a case differ in spatial size; a mask of another size than
+            its image would otherwise be stretched onto it silently.
+        dtype: data type of the loaded tensors.
+        allow_missing_keys: skip keys that are absent (unlabelled cases).
+
+    Raises:
+        ValueError: a file cannot be read (naming it), or sizes differ (naming both files and sizes).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        modes: Sequence[str] | str = "RGB",
+        check_same_size: bool = True,
+        dtype: Any = np.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loaders = [LoadImage2D(m, dtype=dtype) for m in ensure_tuple_rep(modes, len(self.keys))]
+        self.check_same_size = check_same_size
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        first: tuple[Hashable, Any, tuple[int, ...]] | None = None
+        for key, loader in self.key_iterator(d, self.loaders):
+            path = d[key]
+            d[key] = loader(path)
+            shape = _spatial(d[key])
+            if first is None:
+                first = (key, path, shape)
+            elif self.check_same_size and shape != first[2]:
+                raise ValueError(
+                    f"'{key}' file '{path}' is {_describe(shape)} but '{first[0]}' file '{first[1]}' is "
+                    f"{_describe(first[2])}; the files of one case must have the same size (a mask is not stretched "
+                    "onto its image). Fix or remove this case."
+                )
+        return d
+
+
+LoadImage2DD = LoadImage2DDict = LoadImage2Dd

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "describe_error"]
 
 
 @contextmanager
@@ -37,3 +37,190 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def describe_error(err: BaseException) -> str:
+    """``"Type: message"`` of the outermost exception of a chain that is not a MONAI ``applying transform ...``
+    wrapper: what went wrong (with the file name where our loaders add it) rather than where MONAI caught it."""
+    best = err
+    while str(best).startswith("applying transform") and best.__cause__ is not None:
+        best = best.__cause__
+    return f"{type(best).__name__}: {best}"
+
+
+# --- input checks at the API boundary (networks, inferers) ------------------------------------------------------------
+# Cheap on the fast path (one reduction and one host sync per tensor); the failing items are located only when a check
+# fails. Data-dependent checks are skipped while tracing, compiling or exporting (torch.jit.trace, torch.compile,
+# torch.export), where a Python branch on tensor values would be frozen into the graph or break it.
+
+from collections.abc import Callable, Sequence  # noqa: E402
+
+import torch  # noqa: E402
+
+__all__ += ["batch_item_names", "check_finite", "check_floating", "check_timesteps", "data_checks_enabled"]
+
+_MAX_LISTED = 10
+
+
+def data_checks_enabled() -> bool:
+    """``False`` while ``torch.jit`` traces or ``torch.compile`` / ``torch.export`` capture a graph, else ``True``."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
+def _listed(values: Any) -> str:
+    """``[a, b, c]`` with at most ``_MAX_LISTED`` entries, then ``and K more``."""
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:_MAX_LISTED])
+    more = f" and {len(values) - _MAX_LISTED} more" if len(values) > _MAX_LISTED else ""
+    return f"[{shown}]{more}"
+
+
+def batch_item_names(x: Any) -> list[str] | None:
+    """
+    The source file of every batch item of a collated ``MetaTensor`` (``meta["filename_or_obj"]``), or ``None``.
+
+    Args:
+        x: a batch ``(N, ...)``; names come back only for a batched ``MetaTensor`` holding ``N`` names.
+    """
+    meta = getattr(x, "meta", None)
+    names = meta.get("filename_or_obj") if isinstance(meta, dict) else None
+    if isinstance(names, (list, tuple)) and len(names) == int(x.shape[0]):
+        return [str(n) for n in names]
+    return None
+
+
+def check_finite(
+    x: torch.Tensor,
+    name: str,
+    owner: str = "",
+    item_names: Sequence[str] | Callable[[int], str] | None = None,
+    hint: str = "",
+) -> None:
+    """
+    Raise a ``ValueError`` naming ``name`` and the batch items (dim 0) of ``x`` that hold NaN or infinite values.
+
+    One ``torch.isfinite(x).all()`` on the fast path; integer and bool tensors are always finite. Skipped while
+    tracing/compiling/exporting (:func:`data_checks_enabled`).
+
+    Args:
+        x: ``(B, ...)`` tensor.
+        name: the argument name, e.g. ``"image"``.
+        owner: prefix of the message, e.g. ``"MedSegDiff.forward"``.
+        item_names: a label per batch item (e.g. file names from :func:`batch_item_names`), or a callable mapping an
+            index to its label; shown beside the indices.
+        hint: the likely cause and fix; a generic one when empty.
+
+    Raises:
+        ValueError: ``x`` holds NaN/Inf.
+    """
+    if not (torch.is_floating_point(x) or torch.is_complex(x)) or x.numel() == 0 or not data_checks_enabled():
+        return
+    if bool(torch.isfinite(x).all()):
+        return
+    flat = x.detach().reshape(x.shape[0], -1) if x.ndim > 0 else x.detach().reshape(1, 1)
+    bad = (~torch.isfinite(flat)).any(dim=1).nonzero().flatten().tolist()
+    num_nan, num_inf = int(torch.isnan(flat).sum()), int(torch.isinf(flat).sum())
+    items = _listed(bad)
+    if item_names is not None:
+        label = item_names if callable(item_names) else (lambda i: str(item_names[i]))  # type: ignore[index]
+        items += " (" + _listed(label(i) for i in bad)[1:-1] + ")"
+    prefix = f"{owner}: " if owner else ""
+    hint = hint or (
+        "one NaN/Inf value turns the whole prediction NaN. Find the source (a damaged file, an intensity scaling that "
+        "divides by zero on a constant image) or replace the values, e.g. torch.nan_to_num."
+    )
+    raise ValueError(
+        f"{prefix}{name} (shape {tuple(x.shape)}, dtype {x.dtype}) holds non-finite values ({num_nan} NaN, {num_inf} "
+        f"Inf) in batch item(s) {items} of {x.shape[0] if x.ndim else 1}; {hint}"
+    )
+
+
+def check_floating(
+    x: torch.Tensor, name: str, owner: str = "", dtype: torch.dtype | None = None, value_hint: str = ""
+) -> torch.Tensor:
+    """
+    The dtype rule of the networks and inferers: floating inputs are cast to ``dtype`` (e.g. float64 -> the network's
+    float32), integer/bool inputs raise, because an integer image (uint8 0-255) fed to a model trained on scaled
+    intensities (0-1) is a silent error; scaling is the preprocessing's job.
+
+    Args:
+        x: input tensor.
+        name: the argument name, e.g. ``"image"``.
+        owner: prefix of the message, e.g. ``"MedSegDiff.encode_condition"``.
+        dtype: floating dtype to cast floating inputs to; ``None`` keeps them.
+        value_hint: what intensities the model expects (default: ``"intensities scaled as in training, e.g. [0, 1]"``).
+
+    Returns:
+        ``x``, cast to ``dtype`` when given and different.
+
+    Raises:
+        TypeError: ``x`` is an integer, bool or complex tensor.
+    """
+    if torch.is_floating_point(x):
+        return x if dtype is None or x.dtype == dtype else x.to(dtype)
+    prefix = f"{owner}: " if owner else ""
+    expected = value_hint or "intensities scaled as in training, e.g. [0, 1]"
+    raise TypeError(
+        f"{prefix}{name} has dtype {x.dtype}; expected a floating point tensor ({dtype or torch.float32}) of "
+        f"{expected}. Integer images (e.g. uint8 0-255 read from PNG/JPEG) are not cast silently: scale and convert "
+        "them in preprocessing, e.g. monai.transforms.ScaleIntensityd(keys='image') (or ScaleIntensityRanged(a_min=0, "
+        "a_max=255, b_min=0, b_max=1)) followed by EnsureTyped(keys='image', dtype=torch.float32)."
+    )
+
+
+def check_timesteps(
+    timesteps: torch.Tensor,
+    batch_size: int | None = None,
+    num_train_timesteps: int | None = None,
+    name: str = "timesteps",
+    owner: str = "",
+) -> None:
+    """
+    Check diffusion steps: a scalar or ``(B,)`` (or ``(1,)``) tensor of finite values in ``[0, T - 1]``.
+
+    Without ``num_train_timesteps`` only the lower bound is checked (a network does not know ``T``; the upper bound
+    is checked where ``T`` is known: the scheduler side, the prepare-batch, the inferers). The shape check always
+    runs; the value check is skipped while tracing/compiling/exporting (:func:`data_checks_enabled`).
+
+    Args:
+        timesteps: ``()`` or ``(B,)``.
+        batch_size: ``B``, the batch of the tensor the steps belong to (``None``: any length).
+        num_train_timesteps: ``T``; ``None`` checks ``>= 0`` only.
+        name: the argument name.
+        owner: prefix of the message.
+
+    Raises:
+        TypeError: ``timesteps`` is not a tensor.
+        ValueError: wrong shape, or a step that is negative, non-finite or ``> T - 1``.
+    """
+    prefix = f"{owner}: " if owner else ""
+    if not isinstance(timesteps, torch.Tensor):
+        raise TypeError(
+            f"{prefix}{name} must be a torch.Tensor of shape (B,) or a scalar tensor, got {type(timesteps).__name__} "
+            f"({timesteps!r}); e.g. torch.full((B,), t, dtype=torch.long)."
+        )
+    if timesteps.ndim > 1 or (
+        timesteps.ndim == 1 and batch_size is not None and timesteps.shape[0] not in (1, int(batch_size))
+    ):
+        raise ValueError(
+            f"{prefix}{name} must be a scalar tensor or have shape ({batch_size if batch_size is not None else 'B'},) "
+            f"(one step per batch item), got shape {tuple(timesteps.shape)}."
+        )
+    if timesteps.numel() == 0 or not data_checks_enabled():
+        return
+    t = timesteps.detach().reshape(-1)
+    ok = t >= 0  # False for NaN too
+    if num_train_timesteps is not None:
+        ok = ok & (t <= int(num_train_timesteps) - 1)
+    if bool(ok.all()):
+        return
+    bad = (~ok).nonzero().flatten().tolist()
+    values = [t[i].item() for i in bad]
+    if num_train_timesteps is not None:
+        allowed = f"in [0, {int(num_train_timesteps) - 1}] (num_train_timesteps={int(num_train_timesteps)})"
+    else:
+        allowed = (
+            ">= 0 and finite (diffusion steps 0 .. T - 1; the upper bound is checked where T is known: the scheduler, "
+            "the prepare-batch, the inferers)"
+        )
+    raise ValueError(f"{prefix}{name} must be {allowed}, got {_listed(values)} at batch item(s) {_listed(bad)}.")

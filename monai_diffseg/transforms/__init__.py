@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from .binary_mask import BinaryMask, BinaryMaskd, BinaryMaskD, BinaryMaskDict
+from .collate_padding import UnpadCollated, UnpadCollateD, UnpadCollateDict
 from .dense_crf import GUIDE_SCALINGS, DenseCRF, TorchDenseCRFFusion, scale_guide
 from .ensemble_dict import (
     AmbiguousRegionD,
@@ -55,6 +56,7 @@ from .fusion import (
     check_ensemble_samples,
     check_probability_map,
 )
+from .io import IMAGE_MODES, LoadImage2D, LoadImage2Dd, LoadImage2DD, LoadImage2DDict, PILModeConverter
 from .staple import STAPLEFusion
 from .uncertainty import (
     UNCERTAINTY_MAPS,

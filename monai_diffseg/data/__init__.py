@@ -15,9 +15,11 @@ from .isic2018 import (
     isic2018_train_val_datalists,
     split_datalist,
 )
+from .checked_cache_dataset import CheckedCacheDataset
 from .skip_failed_loader import SkipFailedDataLoader
 
 __all__ = [
+    "CheckedCacheDataset",
     "ISIC2018_SPLIT_FOLDERS",
     "ISIC2018_SPLITS",
     "SkipFailedDataLoader",

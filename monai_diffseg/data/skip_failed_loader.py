@@ -5,8 +5,7 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,8 @@ from monai.data.utils import no_collation
 from torch.utils.data import Dataset as TorchDataset
 
 from monai_diffseg.utils import describe_error
+
+from .utils import describe_case
 
 __all__ = ["SkipFailedDataLoader"]
 
@@ -34,17 +35,6 @@ class _Failure:
         return {"case": self.case, "files": self.files, "reason": self.reason}
 
 
-def _describe_case(item: Any, index: int) -> tuple[str, list[str]]:
-    """A case name and the file paths of one data-list item, for the failure report."""
-    if not isinstance(item, Mapping):
-        return f"item {index}", []
-    files = [str(v) for k, v in item.items() if k != "case" and isinstance(v, (str, os.PathLike))]
-    case = item.get("case")
-    if case is None:
-        case = os.path.splitext(os.path.basename(files[0]))[0] if files else f"item {index}"
-    return str(case), files
-
-
 class _CatchFailures(TorchDataset):
     """Return a :class:`_Failure` instead of raising, so one bad case does not stop the loader's workers."""
 
@@ -59,7 +49,7 @@ class _CatchFailures(TorchDataset):
             return self.dataset[index]
         except Exception as err:
             data = getattr(self.dataset, "data", None)
-            case, files = _describe_case(data[index] if data is not None else None, index)
+            case, files = describe_case(data[index] if data is not None else None, index)
             return _Failure(index, case, files, describe_error(err))
 
 

@@ -11,6 +11,8 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution, UpSample
 from monai.networks.nets import DiffusionModelUNet
 
+from monai_diffseg.utils import batch_item_names, check_finite, check_floating, check_timesteps
+
 __all__ = ["DiffSegDenoiser", "DiffSegPair", "DIFFSEG_CONFIGS"]
 
 #: Named configurations (parameters for 2D RGB, ``stem_stride=2``).
@@ -124,6 +126,14 @@ class DiffSegDenoiser(nn.Module):
 
         Returns:
             the predicted clean image ``x_0`` ``(N, in_channels, *S)``.
+
+        Raises:
+            ValueError: wrong shape or size; NaN/Inf in ``x`` (the message names the batch items); a negative or
+                non-finite timestep (the upper bound ``T - 1`` is checked where ``T`` is known:
+                ``ImageDiffusionPrepareBatch`` and ``DiffusionDifferenceInferer``).
+            TypeError: an integer ``x``; floating inputs are cast to the parameters' dtype (float64 -> float32).
+
+        The value checks cost one reduction each and are skipped while tracing, compiling or exporting.
         """
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
@@ -137,6 +147,9 @@ class DiffSegDenoiser(nn.Module):
                 f"(stem_stride * 2 ** (levels - 1)), got {tuple(x.shape[2:])}; resize or pad first "
                 "(monai.transforms.Resized / DivisiblePadd)."
             )
+        x = check_floating(x, "x", "DiffSegDenoiser.forward", self.unet.conv_in.conv.weight.dtype, "a noised image x_t")
+        check_timesteps(timesteps, x.shape[0], owner="DiffSegDenoiser.forward")
+        check_finite(x, "x", "DiffSegDenoiser.forward", batch_item_names(x))
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         h = self.unet(self.stem(x), timesteps)

@@ -19,6 +19,7 @@ from monai.utils import ensure_tuple_rep
 from monai_diffseg.networks.blocks.condition_encoder import AnchorHead, ConditionEncoder
 from monai_diffseg.networks.blocks.condition_fusion import ConditionFusion
 from monai_diffseg.networks.blocks.ff_parser import FFParser
+from monai_diffseg.utils import batch_item_names, check_finite, check_floating, check_timesteps
 
 __all__ = ["MedSegDiff", "MEDSEGDIFF_CONFIGS"]
 
@@ -218,6 +219,12 @@ class MedSegDiff(nn.Module):
 
         Returns:
             tuple of ``len(channels)`` tensors, level ``l``: ``(N, cond_channels[l], *S / (stem_stride * 2**l))``.
+
+        Raises:
+            ValueError: wrong shape, or NaN/Inf in ``image`` (the message names the batch items, and their files
+                for a collated ``MetaTensor``).
+            TypeError: an integer image (scale it in preprocessing); floating images are cast to the parameters'
+                dtype (float64 -> float32).
         """
         if image.ndim != self.spatial_dims + 2 or image.shape[1] != self.in_channels:
             raise ValueError(
@@ -225,6 +232,8 @@ class MedSegDiff(nn.Module):
                 f"got {tuple(image.shape)}."
             )
         self.check_input_size(image.shape[2:], "image")
+        image = check_floating(image, "image", "MedSegDiff.encode_condition", self.time_embed[0].weight.dtype)
+        check_finite(image, "image", "MedSegDiff.encode_condition", batch_item_names(image))
         return self.condition_encoder(image)
 
     def anchor(self, condition: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -254,12 +263,24 @@ class MedSegDiff(nn.Module):
 
         Returns:
             ``(B, out_channels, *S)``, or ``(prediction, anchor_logits)`` when ``return_anchor``.
+
+        Raises:
+            ValueError: wrong shapes; NaN/Inf in ``x_t`` or ``image`` (the message names the batch items); a
+                negative or non-finite timestep. The network does not know the schedule length ``T``, so
+                ``timesteps <= T - 1`` is checked where ``T`` is known: ``MaskDiffusionPrepareBatch``
+                (``timestep_range``), the inferers and the schedulers.
+            TypeError: an integer ``x_t``/``image``; floating inputs are cast to the parameters' dtype.
+
+        The value checks (NaN/Inf, timesteps) cost one reduction each and are skipped while tracing, compiling or
+        exporting (``torch.jit.trace``, ``torch.compile``, ``torch.export``).
         """
         if x_t.ndim != self.spatial_dims + 2 or x_t.shape[1] != self.out_channels:
             raise ValueError(
                 f"MedSegDiff: x_t must have shape (B, {self.out_channels}, {', '.join('*' * self.spatial_dims)}), "
                 f"got {tuple(x_t.shape)}."
             )
+        x_t = check_floating(x_t, "x_t", "MedSegDiff.forward", self.time_embed[0].weight.dtype, "a noisy mask")
+        check_timesteps(timesteps, x_t.shape[0], owner="MedSegDiff.forward")
         if condition is None:
             if image is None:
                 raise ValueError("MedSegDiff.forward needs either `image` or a precomputed `condition`.")
@@ -273,6 +294,14 @@ class MedSegDiff(nn.Module):
                 "the condition must come from an image of the same spatial shape and x_t's batch must be a multiple of the image batch."
             )
         members = x_t.shape[0] // n_cond
+        check_finite(
+            x_t,
+            "x_t",
+            "MedSegDiff.forward",
+            (lambda r: f"member {r // n_cond} of image {r % n_cond}") if members > 1 else None,
+            "x_t is the noisy mask: inside a sampler this means the previous network call returned NaN/Inf (e.g. an "
+            "overflow under fp16 autocast: use bf16 or float32) or the initial noise was not finite.",
+        )
         cond = [c.repeat(members, *([1] * (c.ndim - 1))) for c in condition] if members > 1 else list(condition)
 
         if timesteps.ndim == 0:

@@ -5,4 +5,5 @@ from __future__ import annotations
 
 from .checkpoint_loader import CheckedCheckpointLoader
 from .case_metrics import CaseMetricsWriter, write_json_atomic
-from .checkpoint_saver import AtomicCheckpointSaver
+from .checkpoint_saver import AtomicCheckpointSaver, remove_stale_temp_files
+from .random_state import RandomStateHandler

@@ -41,6 +41,13 @@ class CheckedCheckpointLoader(CheckpointLoader):
     whole checkpoint instead of ``checkpoint[key]``, so it silently loads nothing (MONAI issue #2506). Only the
     networks of ``load_dict`` are loaded in that mode (as in the parent), and ``load_dict`` is not modified.
 
+    The checkpoint is read once, with ``weights_only=True`` (:func:`monai_diffseg.networks.utils.read_checkpoint`).
+
+    Resuming a trainer (the engine itself is in ``load_dict``): when the checkpoint is already at the engine's
+    ``max_epochs`` the run has nothing left to do; this is logged as a warning that says how to train further
+    (``--<epochs_key> N``) or start over (``--resume false``), instead of an empty run that exits silently. A
+    checkpoint beyond ``max_epochs`` raises a ``ValueError`` saying the same.
+
     Usage (bundle ``train#handlers``)::
 
         {"_target_": "monai_diffseg.handlers.CheckedCheckpointLoader", "load_path": "$@ckpt_dir + '/last.pt'",
@@ -56,6 +63,8 @@ class CheckedCheckpointLoader(CheckpointLoader):
             skips the non-network objects; no validation is made then.
         optional: when ``load_path`` does not exist, log it and skip loading instead of raising (resume a training
             if a checkpoint exists, else start fresh).
+        epochs_key: the bundle config key that sets the trainer's ``max_epochs``, named in the messages about a
+            finished run (``--num_epochs N``).
     """
 
     def __init__(
@@ -67,6 +76,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
         strict: bool = True,
         strict_shape: bool = True,
         optional: bool = False,
+        epochs_key: str = "num_epochs",
     ) -> None:
         super().__init__(
             load_path=os.fspath(load_path) if load_path is not None else load_path,  # type: ignore[arg-type]
@@ -77,19 +87,27 @@ class CheckedCheckpointLoader(CheckpointLoader):
             strict_shape=strict_shape,
         )
         self.optional = optional
+        self.epochs_key = epochs_key
 
-    def validate(self) -> None:
+    def validate(self, checkpoint: dict | None = None) -> dict:
         """
         Check every ``torch.nn.Module`` of ``load_dict`` against the checkpoint.
+
+        Args:
+            checkpoint: the checkpoint already read (as ``{load_dict key: state}``); ``None`` reads ``load_path``.
+
+        Returns:
+            the checkpoint as ``{load_dict key: state}``.
 
         Raises:
             FileNotFoundError: the checkpoint does not exist.
             ValueError: unreadable checkpoint, no entry for a network, or a key/shape mismatch.
         """
-        checkpoint = self._entries()
+        checkpoint = self._entries() if checkpoint is None else checkpoint
         for k, obj in self.load_dict.items():
             if isinstance(obj, nn.Module):
                 check_state_dict(_unwrap(obj), checkpoint[k], self.load_path, strict=self.strict)
+        return checkpoint
 
     def __call__(self, engine: Engine) -> None:
         """
@@ -106,8 +124,27 @@ class CheckedCheckpointLoader(CheckpointLoader):
         if not self.strict_shape:  # deliberately loads what fits: nothing to validate
             self._load_matching_layers()
             return
-        self.validate()
-        super().__call__(engine)
+        checkpoint = self.validate()
+        # as the parent's __call__, on the checkpoint read (and checked) once: keep this run's max_epochs
+        prior_max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=self.strict)
+        resumed = engine.state.epoch
+        engine.state.max_epochs = prior_max_epochs
+        if prior_max_epochs is not None and resumed > prior_max_epochs:
+            raise ValueError(
+                f"checkpoint '{self.load_path}' is at epoch {resumed}, beyond max_epochs={prior_max_epochs} of this "
+                f"run. To train further, set max_epochs above {resumed} (bundle: --{self.epochs_key} N); to start "
+                "over, do not resume (bundle: --resume false) or delete the checkpoint."
+            )
+        self.logger.info(f"Restored all variables from {self.load_path}")
+        is_trainer = any(obj is engine for obj in self.load_dict.values())
+        if is_trainer and prior_max_epochs is not None and resumed == prior_max_epochs:
+            self.logger.warning(
+                f"Training is already complete: checkpoint '{self.load_path}' is at epoch {resumed} of "
+                f"max_epochs={prior_max_epochs}, so this run trains nothing. To train further, raise the number of "
+                f"epochs (bundle: --{self.epochs_key} N with N > {resumed}); to start over, do not resume (bundle: "
+                "--resume false) or delete the checkpoint."
+            )
 
     def _entries(self) -> dict:
         """The checkpoint as ``{load_dict key: state}``, checking that every network has an entry."""
@@ -126,6 +163,13 @@ class CheckedCheckpointLoader(CheckpointLoader):
                     f"its entries are {list(checkpoint.keys())[:10]}. The load_dict keys must match the save_dict "
                     "keys used by CheckpointSaver."
                 )
+        missing = [k for k, obj in items if not isinstance(obj, nn.Module) and k not in checkpoint]
+        if missing and self.strict and self.strict_shape:
+            raise ValueError(
+                f"checkpoint '{self.load_path}' has no entries {missing} for objects of load_dict (its entries are "
+                f"{list(checkpoint.keys())[:10]}): was it written by an older version or another configuration? "
+                "To start over, do not resume (bundle: --resume false) or delete the checkpoint."
+            )
         return checkpoint
 
     def _load_matching_layers(self) -> None:

@@ -1,38 +1,156 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Checkpoint saving with atomic writes (no truncated checkpoint after a crash or a kill mid-write)."""
+"""Checkpoint saving with atomic writes (no truncated checkpoint after a crash or a kill mid-write), resumable."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from monai.handlers import CheckpointSaver
+from monai.utils import IgniteInfo, min_version, optional_import
 
-__all__ = ["AtomicCheckpointSaver"]
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+else:
+    Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
+idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
+
+__all__ = ["AtomicCheckpointSaver", "remove_stale_temp_files"]
+
+# ignite's atomic DiskSaver writes to tempfile.NamedTemporaryFile(dir=save_dir): "tmp" + 8 of [a-z0-9_]
+_TEMP_NAME = re.compile(r"tmp[a-z0-9_]{8}")
+
+
+def remove_stale_temp_files(save_dir: str | os.PathLike, logger: logging.Logger | None = None) -> list[str]:
+    """
+    Delete the temporary files that an atomic checkpoint write leaves in ``save_dir`` when the process is killed
+    mid-write (ignite's ``DiskSaver(atomic=True)`` writes ``save_dir/tmpXXXXXXXX`` then renames it).
+
+    Only regular files directly in ``save_dir`` whose whole name matches that pattern are removed. Call it when no
+    checkpoint is being written into ``save_dir``.
+
+    Args:
+        save_dir: the checkpoint folder; a missing folder is not an error.
+        logger: where to report the removed files (a warning); ``None`` logs to this module's logger.
+
+    Returns:
+        the paths removed.
+    """
+    save_dir = os.fspath(save_dir)
+    if not os.path.isdir(save_dir):
+        return []
+    removed = []
+    for entry in sorted(os.scandir(save_dir), key=lambda e: e.name):
+        if _TEMP_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            os.remove(entry.path)
+            removed.append(entry.path)
+    if removed:
+        (logger or logging.getLogger(__name__)).warning(
+            f"removed {len(removed)} stale temporary checkpoint file(s) left by an interrupted save: {removed}"
+        )
+    return removed
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
     """
     MONAI ``CheckpointSaver`` whose files are written to a temporary file in the same folder and then moved into
-    place with ``os.replace``, so a checkpoint on disk is always complete.
+    place with ``os.replace``, so a checkpoint on disk is always complete; and whose best-metric record survives a
+    restart.
 
     MONAI turns ignite's atomic mode off because older ignite versions made atomic files private to their owner;
     current ignite (>= 0.4.11) restores group/others read permission after the move, so the reason is gone.
 
+    Resuming:
+
+    - A file with a fixed name (``interval_filename``, ``key_metric_filename``, ``final_filename``) is overwritten in
+      place by the atomic replace instead of delete-then-write, so there is never a moment without it.
+    - ignite's ``Checkpoint`` keeps the best key-metric score in memory only, so after a restart the first
+      validation would replace the best model (``model.pt``) even with a worse one. :meth:`state_dict` /
+      :meth:`load_state_dict` carry that record (and the attached engine's ``best_metric`` /
+      ``best_metric_epoch``): put this saver into the ``save_dict`` of the trainer's interval saver and the
+      ``load_dict`` of the resume loader.
+    - Temporary files left by a process killed mid-save are deleted when the saver is created
+      (:func:`remove_stale_temp_files`, rank 0 only).
+
     Args:
         args: positional arguments of :class:`monai.handlers.CheckpointSaver`.
         interval_filename: fixed file name for the interval checkpoint (e.g. ``"checkpoint_last.pt"``) so that a
-            resume step can find it; it is overwritten in place (atomically) instead of delete-then-write, so there
-            is never a moment without a complete checkpoint.
+            resume step can find it.
+        remove_stale_temp: delete stale ``tmpXXXXXXXX`` files in ``save_dir`` at creation.
         kwargs: keyword arguments of :class:`monai.handlers.CheckpointSaver`.
     """
 
-    def __init__(self, *args: Any, interval_filename: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, interval_filename: str | None = None, remove_stale_temp: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
-            if checkpoint is not None:
-                checkpoint.save_handler._atomic = True  # ignite DiskSaver's switch for tmp-file + os.replace
+        self._engine: Engine | None = None
         if interval_filename is not None and self._interval_checkpoint is not None:
-            handler = self._interval_checkpoint.save_handler
-            handler.filename = interval_filename
-            handler.remove = lambda filename: None  # the atomic replace already drops the previous file
+            self._interval_checkpoint.save_handler.filename = interval_filename
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is None:
+                continue
+            handler = checkpoint.save_handler
+            handler._atomic = True  # ignite DiskSaver's switch for tmp-file + os.replace
+            if getattr(handler, "filename", None) is not None:
+                handler.remove = lambda filename: None  # the atomic replace already drops the previous file
+        if remove_stale_temp and idist.get_rank() == 0:
+            remove_stale_temp_files(self.save_dir, self.logger)
+
+    def attach(self, engine: Engine) -> None:
+        """
+        Args:
+            engine: Ignite Engine, it can be a trainer, validator or evaluator.
+        """
+        super().attach(engine)
+        self._engine = engine
+
+    def state_dict(self) -> dict[str, Any]:
+        """
+        The best-metric record: ``{"_saved": [(score, filename), ...], "best_metric": ..., "best_metric_epoch": ...}``
+        (``_saved`` is ignite's ``Checkpoint`` state, empty without ``save_key_metric``; the best metric and its epoch
+        are the attached engine's, ``-1`` when unknown). Numbers are python floats/ints so that the checkpoint loads
+        with ``weights_only=True``.
+        """
+        saved = [] if self._key_metric_checkpoint is None else self._key_metric_checkpoint._saved
+        state = getattr(self._engine, "state", None)
+        return {
+            "_saved": [(float(p), str(f)) for p, f in saved],
+            "best_metric": float(getattr(state, "best_metric", -1)),
+            "best_metric_epoch": int(getattr(state, "best_metric_epoch", -1)),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """
+        Restore :meth:`state_dict`'s record, so the key-metric file is replaced only by a better model. A recorded
+        file that no longer exists in ``save_dir`` is dropped from the record (the next model is then saved).
+
+        Args:
+            state_dict: :meth:`state_dict`'s output (or the ``checkpointer`` entry MONAI's ``key_metric_save_state``
+                writes).
+        """
+        if self._key_metric_checkpoint is None:
+            warnings.warn("AtomicCheckpointSaver.load_state_dict: no key metric saver (save_key_metric=False).")
+            return
+        fixed = getattr(self._key_metric_checkpoint.save_handler, "filename", None)  # the name on disk, if fixed
+
+        def on_disk(filename: str) -> bool:
+            return os.path.isfile(os.path.join(self.save_dir, fixed or filename))
+
+        kept = [(p, f) for p, f in state_dict["_saved"] if on_disk(f)]
+        gone = [fixed or f for _, f in state_dict["_saved"] if not on_disk(f)]
+        if gone:
+            warnings.warn(
+                f"best-model record: {gone} no longer exist(s) in '{self.save_dir}'; the next validation result "
+                "will be saved whatever its score."
+            )
+        super().load_state_dict({"_saved": kept})
+        state = getattr(self._engine, "state", None)
+        if state is not None and kept and "best_metric" in state_dict:
+            state.best_metric = state_dict["best_metric"]
+            state.best_metric_epoch = state_dict["best_metric_epoch"]

@@ -1,0 +1,191 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Random number generator states as a checkpointable object: a resumed training equals one that never stopped."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from monai.transforms import Randomizable, Transform
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = ["RandomStateHandler"]
+
+# objects whose attributes are searched for generators (lists, tuples and dicts are searched too)
+_SEARCHED = (DataLoader, Dataset, Sampler, Transform, Randomizable)
+_SHOW = 5
+
+
+def _numpy_state(legacy: tuple) -> dict[str, Any]:
+    """``RandomState.get_state()``'s tuple as tensors and numbers (``weights_only=True`` loading refuses arrays)."""
+    name, keys, pos, has_gauss, gauss = legacy
+    if name != "MT19937":
+        raise ValueError(f"unsupported numpy bit generator '{name}' (expected MT19937).")
+    keys = torch.from_numpy(keys.astype(np.int64))
+    return {"keys": keys, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _numpy_tuple(state: Mapping[str, Any]) -> tuple:
+    """The inverse of :func:`_numpy_state`: the tuple ``RandomState.set_state`` takes."""
+    keys = state["keys"].cpu().numpy().astype(np.uint32)
+    return ("MT19937", keys, int(state["pos"]), int(state["has_gauss"]), float(state["gauss"]))
+
+
+def _find_generators(obj: Any, path: str, found: dict[str, Any], seen: set[int]) -> None:
+    """Collect every ``np.random.RandomState`` and ``torch.Generator`` reachable from ``obj`` by attribute path."""
+    if id(obj) in seen:
+        return
+    if isinstance(obj, (np.random.RandomState, torch.Generator)):
+        seen.add(id(obj))
+        found[path] = obj
+    elif isinstance(obj, Mapping):
+        seen.add(id(obj))
+        for k, v in obj.items():
+            _find_generators(v, f"{path}.{k}", found, seen)
+    elif isinstance(obj, (list, tuple)):
+        seen.add(id(obj))
+        for i, v in enumerate(obj):
+            _find_generators(v, f"{path}.{i}", found, seen)
+    elif isinstance(obj, _SEARCHED):
+        seen.add(id(obj))
+        for k, v in vars(obj).items():
+            if not k.startswith("__"):
+                _find_generators(v, f"{path}.{k}", found, seen)
+
+
+class RandomStateHandler:
+    """
+    The random number generator states of a training run as one object with ``state_dict()`` /
+    ``load_state_dict()``: put it in the ``save_dict`` of the interval :class:`AtomicCheckpointSaver` and in the
+    ``load_dict`` of :class:`CheckedCheckpointLoader`, and a resumed run draws the same random numbers as a run that
+    never stopped (bit-identical weights on CPU).
+
+    Saved and restored:
+
+    - torch's CPU generator (noise and timesteps drawn by the prepare-batch step, the train ``DataLoader``'s
+      shuffling: its ``RandomSampler`` and worker seeds draw from it at the start of every epoch), the CUDA
+      generators when CUDA is in use, numpy's and python ``random``'s global generators;
+    - every ``np.random.RandomState`` and ``torch.Generator`` reachable from ``sources``: a ``DataLoader``'s
+      ``generator`` and its sampler's, and the ``R`` of every MONAI ``Randomizable`` transform in its dataset's
+      transform chain. With ``num_workers=0`` the random augmentations run in the main process and draw from these
+      states (seeded once, when MONAI's ``DataLoader`` is built), so they must be saved for the augmentation
+      sequence to continue; with workers they are re-seeded from torch's generator every epoch (saved anyway).
+
+    Generators are found again at every save and load (MONAI's ``set_random_state`` replaces the ``R`` objects) and
+    matched by attribute path, e.g. ``sources.0.dataset.transform.transforms.5.R``; a path present on one side only
+    (the transform chain changed between runs) is reported with a warning and keeps its fresh state.
+
+    With ``torch.distributed`` initialised, ``state_dict`` gathers the states of every rank (a collective: ignite's
+    ``Checkpoint`` calls it on every rank and writes on rank 0) and ``load_state_dict`` restores each rank's own.
+
+    Usage (bundle ``train.json``)::
+
+        "random_states": {"_target_": "monai_diffseg.handlers.RandomStateHandler", "sources": ["@train#dataloader"]}
+        ... "save_dict": {"model": "@network", ..., "random_states": "@random_states"}
+
+    The states are stored as tensors and numbers, so the checkpoint loads with ``torch.load(weights_only=True)``.
+
+    Args:
+        sources: objects (or a list of them) whose own generators are saved too: ``DataLoader``, ``Dataset``,
+            samplers, transforms. ``None``: global generators only.
+    """
+
+    def __init__(self, sources: Any = None) -> None:
+        self.sources = [] if sources is None else list(sources) if isinstance(sources, (list, tuple)) else [sources]
+
+    def generators(self) -> dict[str, np.random.RandomState | torch.Generator]:
+        """The generators reachable from ``sources``, keyed by attribute path (``sources.<i>.<attr>...``)."""
+        found: dict[str, Any] = {}
+        _find_generators(self.sources, "sources", found, set())
+        return found
+
+    def _local_state(self) -> dict[str, Any]:
+        gens = {}
+        for path, g in self.generators().items():
+            gens[path] = {"torch": g.get_state()} if isinstance(g, torch.Generator) else _numpy_state(g.get_state())
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": cuda,
+            "numpy": _numpy_state(np.random.get_state()),
+            "python": random.getstate(),
+            "generators": gens,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """
+        The states of all generators: ``{"ranks": [state of rank 0, state of rank 1, ...]}`` (one entry without
+        ``torch.distributed``), each state holding ``torch``, ``cuda``, ``numpy``, ``python`` and ``generators``.
+        """
+        local = self._local_state()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ranks: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, local)
+            return {"ranks": ranks}
+        return {"ranks": [local]}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """
+        Restore the generators from :meth:`state_dict`'s output (this process's rank's entry).
+
+        Raises:
+            ValueError: ``state_dict`` is not in :meth:`state_dict`'s format.
+        """
+        if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get("ranks"), (list, tuple)):
+            got = f"keys {list(state_dict)[:5]}" if isinstance(state_dict, Mapping) else type(state_dict).__name__
+            raise ValueError(
+                f"RandomStateHandler.load_state_dict expects {{'ranks': [...]}} as written by state_dict(), got {got}."
+            )
+        ranks = state_dict["ranks"]
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        if len(ranks) != world:
+            warnings.warn(
+                f"the checkpoint holds the random states of {len(ranks)} process(es) but this run has {world}: "
+                f"rank {rank} restores those of rank {rank % len(ranks)}, so the resumed run will not repeat an "
+                "uninterrupted run exactly."
+            )
+        state = ranks[rank % len(ranks)]
+        torch.set_rng_state(state["torch"].cpu())
+        if state["cuda"] and torch.cuda.is_available():
+            cuda = [s.cpu() for s in state["cuda"]]
+            n = torch.cuda.device_count()
+            if len(cuda) != n:
+                warnings.warn(f"the checkpoint holds {len(cuda)} CUDA generator states, this machine has {n} GPUs.")
+            for i, s in enumerate(cuda[:n]):
+                torch.cuda.set_rng_state(s, device=i)
+        np.random.set_state(_numpy_tuple(state["numpy"]))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+        self._load_generators(state["generators"])
+
+    def _load_generators(self, saved: Mapping[str, Any]) -> None:
+        current = self.generators()
+        for path, g in current.items():
+            if path not in saved:
+                continue
+            s = saved[path]
+            if isinstance(g, torch.Generator) != ("torch" in s):
+                raise ValueError(
+                    f"random state '{path}': the checkpoint holds a {'torch' if 'torch' in s else 'numpy'} generator "
+                    f"state, the object now has a {type(g).__name__}."
+                )
+            if isinstance(g, torch.Generator):
+                g.set_state(s["torch"].cpu())
+            else:
+                g.set_state(_numpy_tuple(s))
+        missing = [p for p in current if p not in saved]
+        unused = [p for p in saved if p not in current]
+        if missing or unused:
+            warnings.warn(
+                "the random generators of the data pipeline differ from the checkpoint's (did the transforms or the "
+                f"data loader change?): {len(missing)} not in the checkpoint (kept as seeded) {missing[:_SHOW]}, "
+                f"{len(unused)} in the checkpoint only (ignored) {unused[:_SHOW]}. The resumed run will not repeat an "
+                "uninterrupted run exactly."
+            )

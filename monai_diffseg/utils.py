@@ -223,4 +223,5 @@ def check_timesteps(
             ">= 0 and finite (diffusion steps 0 .. T - 1; the upper bound is checked where T is known: the scheduler, "
             "the prepare-batch, the inferers)"
         )
-    raise ValueError(f"{prefix}{name} must be {allowed}, got {_listed(values)} at batch item(s) {_listed(bad)}.")
+    where = "batch item(s)" if batch_size is not None else "index(es)"
+    raise ValueError(f"{prefix}{name} must be {allowed}, got {_listed(values)} at {where} {_listed(bad)}.")

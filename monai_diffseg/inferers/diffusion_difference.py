@@ -17,6 +17,7 @@ from monai.utils import convert_to_tensor
 from monai_diffseg.engines.image_diffusion import image_to_diffusion
 from monai_diffseg.inferers.diffusion_segmentation import _unwrap
 from monai_diffseg.transforms.fusion import look_up_named_option
+from monai_diffseg.utils import batch_item_names, check_finite
 
 __all__ = [
     "DiffusionDifferenceInferer",
@@ -155,9 +156,15 @@ class DiffusionDifferenceInferer(Inferer):
     Shapes:
         inputs ``(N, C, *S)`` (or a list of ``(C, *S)`` images of one size) -> ``(N, T, 1, *S)``.
 
+    Input rules (checked at every call): floating images are computed in float32; an integer image (e.g. uint8
+    0-255) is accepted only when its values lie in ``value_range`` (then ``value_range`` maps it like a float image,
+    e.g. ``value_range=(0, 255)`` for raw uint8), otherwise it raises a ``TypeError`` that says how to convert it;
+    NaN/Inf in an image raise a ``ValueError`` naming the batch item (and its file for a collated ``MetaTensor``).
+
     Raises:
         ValueError: empty ``timesteps`` or a step beyond the schedule, unknown options, an input whose channels differ
-            from the network's, images of mixed sizes.
+            from the network's, images of mixed sizes, NaN/Inf in the images or in the networks' outputs.
+        TypeError: an integer image whose values exceed ``value_range``.
     """
 
     def __init__(
@@ -225,9 +232,13 @@ class DiffusionDifferenceInferer(Inferer):
         return self.compute(inputs, network, *args, **kwargs)[self.output]
 
     def _check_inputs(self, inputs: torch.Tensor | Sequence[torch.Tensor], module: Any) -> torch.Tensor:
+        names = batch_item_names(inputs)
         if isinstance(inputs, (list, tuple)):
             if len(inputs) == 0:
                 raise ValueError("inputs must hold at least one image, got an empty sequence.")
+            metas = [getattr(i, "meta", None) for i in inputs]
+            if all(isinstance(m, dict) and "filename_or_obj" in m for m in metas):
+                names = [str(m["filename_or_obj"]) for m in metas]  # type: ignore[index]
             shapes = sorted({tuple(convert_to_tensor(i).shape) for i in inputs})
             if len(shapes) > 1:
                 raise ValueError(
@@ -256,6 +267,27 @@ class DiffusionDifferenceInferer(Inferer):
                 f"image size {tuple(image.shape[2:])} must be divisible by the network's size_divisor={divisor}; "
                 "resize or pad first."
             )
+        return self._checked_values(image, names)
+
+    def _checked_values(self, image: torch.Tensor, names: Sequence[str] | None) -> torch.Tensor:
+        """The dtype rule and the NaN/Inf check of the class docstring; returns a float32 image."""
+        owner = type(self).__name__
+        if image.is_complex():
+            raise TypeError(f"{owner}: inputs must be real-valued images, got dtype {image.dtype}.")
+        if not image.is_floating_point():
+            low, high = self.value_range
+            lo, hi = (float(image.min()), float(image.max())) if image.numel() else (low, high)
+            if lo < low or hi > high:
+                raise TypeError(
+                    f"{owner}: inputs have dtype {image.dtype} with values in [{lo:g}, {hi:g}] but value_range="
+                    f"{self.value_range} (the intensities mapped to [-1, 1], as in training); an integer image is "
+                    "used only when its values lie in value_range. Scale and convert it in preprocessing (e.g. "
+                    "monai.transforms.ScaleIntensityRanged(a_min=0, a_max=255, b_min=0, b_max=1) and "
+                    "EnsureTyped(dtype=torch.float32)), or set value_range to the range the model was trained on "
+                    "(e.g. (0, 255) for raw uint8 images)."
+                )
+        image = image.float()
+        check_finite(image, "inputs", owner, names)
         return image
 
     def _predict_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -326,6 +358,12 @@ class DiffusionDifferenceInferer(Inferer):
             n_healthy = x_t - self._predict_x0(healthy_out.float(), x_t, t)
             diffs.append(grayscale(n_healthy) - self.lesion_weight * grayscale(n_lesion))
         diff = torch.cat(diffs)  # (T * N, 1, *S), step-major
+        check_finite(
+            diff.reshape(num_steps, n, -1).transpose(0, 1),
+            "the difference maps",
+            type(self).__name__,
+            hint="the images were finite, so a network returned NaN/Inf (damaged weights: check the checkpoints).",
+        )
         smoothed = _gaussian_blur(diff, self.smooth_sigma) if self.smooth_sigma > 0 else diff
         flat = smoothed.reshape(smoothed.shape[0], -1)
         if self.normalization == "minmax":

@@ -18,6 +18,8 @@ from monai.inferers import Inferer, sliding_window_inference
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
 from monai.utils import convert_to_tensor, look_up_option, optional_import
 
+from monai_diffseg.utils import batch_item_names, check_finite, check_floating, check_timesteps
+
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 __all__ = [
@@ -35,6 +37,15 @@ AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch
 def _unwrap(network: nn.Module) -> nn.Module:
     """The module behind DataParallel / DistributedDataParallel wrappers (for its helper methods)."""
     return getattr(network, "module", network)
+
+
+def _parameter_dtype(module: Any) -> torch.dtype | None:
+    """The floating dtype of a module's first floating parameter (``None`` without one)."""
+    if isinstance(module, nn.Module):
+        for p in module.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
 
 
 def memory_aware_member_chunk(
@@ -225,6 +236,30 @@ class DiffusionSegmentationInferer(Inferer):
             out = meta_out
         return out
 
+    def _members(self, num_samples: int | None) -> int:
+        """The call's ensemble size: ``num_samples``, else the inferer's; ``< 1`` raises."""
+        if num_samples is None:
+            return int(self.num_samples)
+        if int(num_samples) < 1:
+            raise ValueError(
+                f"{type(self).__name__}.sample: num_samples must be >= 1, got {num_samples}; pass None to use the "
+                f"inferer's num_samples={self.num_samples}."
+            )
+        return int(num_samples)
+
+    def _checked_image(self, inputs: Any, network: Any) -> torch.Tensor:
+        """
+        ``inputs`` as a plain floating tensor in the network's parameter dtype, checked for NaN/Inf (the message names
+        the batch items and, for a collated ``MetaTensor``, their files). Integer images raise (see
+        :func:`monai_diffseg.utils.check_floating`).
+        """
+        owner = f"{type(self).__name__}"
+        names = batch_item_names(inputs)
+        image = convert_to_tensor(inputs, track_meta=False)
+        image = check_floating(image, "inputs", owner, _parameter_dtype(_unwrap(network)))
+        check_finite(image, "inputs", owner, names)
+        return image
+
     def _base_seed(self, seed: int | None) -> int:
         """The call's base seed: ``seed``, else the inferer's, else one drawn from torch's global RNG."""
         base_seed = seed if seed is not None else self.seed
@@ -313,10 +348,17 @@ class DiffusionSegmentationInferer(Inferer):
 
         Returns:
             ``(N, E, C, *S)`` per-member foreground probabilities.
+
+        Raises:
+            ValueError: ``num_samples < 1``; NaN/Inf in ``inputs`` (the message names the batch items and, for a
+                collated ``MetaTensor``, their files) or in the sampled masks; scheduler timesteps outside
+                ``[0, num_train_timesteps - 1]``.
+            TypeError: an integer image (e.g. uint8 0-255): scale it in preprocessing. Floating images are cast to
+                the network's parameter dtype (float64 -> float32).
         """
-        image = convert_to_tensor(inputs, track_meta=False)
+        members = self._members(num_samples)
+        image = self._checked_image(inputs, network)
         n = image.shape[0]
-        members = int(num_samples or self.num_samples)
         base_seed = self._base_seed(seed)
         module = _unwrap(network)  # type: ignore[arg-type]
         out_channels = int(getattr(module, "out_channels", 1))
@@ -331,6 +373,13 @@ class DiffusionSegmentationInferer(Inferer):
 
         scheduler = copy.deepcopy(self.scheduler)
         scheduler.set_timesteps(self.num_inference_steps, device=device)
+        num_train = getattr(scheduler, "num_train_timesteps", None)
+        check_timesteps(
+            scheduler.timesteps,
+            num_train_timesteps=None if num_train is None else int(num_train),
+            name=f"{type(scheduler).__name__}.timesteps (num_inference_steps={self.num_inference_steps})",
+            owner=type(self).__name__,
+        )
         if hasattr(scheduler, "alphas_cumprod"):
             scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
 
@@ -387,8 +436,15 @@ class DiffusionSegmentationInferer(Inferer):
             else:
                 x, pred_x0 = self._step(scheduler, model_output, t, x, None)
                 x0 = pred_x0 if pred_x0 is not None else x
-        prob = x0_to_probability(x0)
-        return prob.reshape(members, n, *prob.shape[1:]).transpose(0, 1).contiguous()
+        per_image = x0.reshape(members, n, *x0.shape[1:]).transpose(0, 1)  # (N, E, C, *S)
+        check_finite(
+            per_image,
+            "the sampled masks",
+            type(self).__name__,
+            hint="the inputs were finite, so the network returned NaN/Inf while sampling: an overflow under fp16 "
+            "autocast (use autocast='bf16' or None) or damaged weights (check the checkpoint).",
+        )
+        return x0_to_probability(per_image, channel_dim=2).contiguous()
 
     def _step(
         self,
@@ -481,8 +537,8 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
         Returns:
             ``(N, E, C, *S)`` per-member foreground probabilities.
         """
-        image = convert_to_tensor(inputs, track_meta=False)
-        members = int(num_samples or self.num_samples)
+        members = self._members(num_samples)
+        image = self._checked_image(inputs, network)
         base_seed = self._base_seed(seed)
         window = [0]
         parent_sample = super().sample

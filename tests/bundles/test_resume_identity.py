@@ -47,9 +47,13 @@ def _kill_in_validation(epoch: int) -> str:
     )
 
 
-def _run(bundle: str, settings: dict, out: Path, kill: str | None = None, index: int = -1) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` of ``bundle``'s train.json with ``settings``; ``kill`` goes into its ``run`` list
-    before item ``index``."""
+def _run(
+    bundle: str, settings: dict, out: Path, kill: str | None = None, index: int = -1
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of ``bundle``'s train.json with ``settings`` in ``out``.
+
+    ``kill`` (an expression that SIGKILLs the process) goes into the bundle's ``run`` list before item ``index``.
+    """
     configs = ROOT / "bundles" / bundle / "configs"
     extra = dict(settings)
     if kill is not None:
@@ -97,6 +101,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_synthetic_isic2018(str(root), num_train=12, num_val=4, num_test=0, image_size=(40, 56), seed=7)
 
 
+@pytest.mark.slow
 def test_medsegdiff_kill_and_resume_equals_uninterrupted(dataset: str, tmp_path: Path) -> None:
     # 3 iterations per epoch (12 cases, batch 4), 4 epochs, validation (which writes model.pt) every epoch
     settings = {
@@ -142,3 +147,35 @@ def test_medsegdiff_kill_and_resume_equals_uninterrupted(dataset: str, tmp_path:
     log = finished.stdout + finished.stderr
     assert "Training is already complete" in log and "--num_epochs" in log and "--resume false" in log
     assert _max_abs_diff(got["model"], _load(cut / "models" / "checkpoint_last.pt")["model"]) == 0.0
+
+
+@pytest.mark.slow
+def test_diffseg_two_stage_kill_and_resume_equals_uninterrupted(dataset: str, tmp_path: Path) -> None:
+    # two trainers in one run: lesion model (2 epochs) then healthy model (2 epochs), 3 iterations per epoch
+    settings = {
+        "dataset_dir": dataset,
+        "image_size": [32, 32],
+        "channels": [8, 16],
+        "num_workers": 0,
+        "batch_size": 4,
+        "lesion_num_epochs": 2,
+        "healthy_num_epochs": 2,
+    }
+    run = json.loads((ROOT / "bundles" / "diffseg_isic2018" / "configs" / "train.json").read_text())["run"]
+    lesion_run, healthy_run = run.index("$@train#trainer.run()"), run.index("$@healthy#trainer.run()")
+    ref, cut = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    _run("diffseg_isic2018", {**settings, "bundle_root": str(ref)}, ref)
+
+    resumed = {**settings, "bundle_root": str(cut)}
+    _run("diffseg_isic2018", resumed, cut, _kill_at_iteration("train#trainer", 4), lesion_run)  # lesion epoch 2
+    _run("diffseg_isic2018", resumed, cut, _kill_after_checkpoint("healthy#trainer", 1), healthy_run)
+    _run("diffseg_isic2018", resumed, cut, _kill_at_iteration("healthy#trainer", 5), healthy_run)  # healthy epoch 2
+    assert _load(cut / "models" / "healthy_checkpoint_last.pt")["trainer"]["iteration"] == 3  # epoch 1
+    finished = _run("diffseg_isic2018", resumed, cut)
+    log = finished.stdout + finished.stderr
+    assert "Training is already complete" in log and "--lesion_num_epochs" in log  # the lesion stage was done
+
+    for name in ("model_lesion.pt", "model_healthy.pt"):
+        diff = _max_abs_diff(_load(ref / "models" / name)["model"], _load(cut / "models" / name)["model"])
+        print(f"DiffSeg {name}: kill-and-resume vs uninterrupted max abs weight difference {diff}")
+        assert diff == 0.0

@@ -13,7 +13,7 @@ import torch.nn as nn
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
-from monai_diffseg.handlers import CheckedCheckpointLoader
+from monai_diffseg.handlers import CheckedCheckpointLoader, RandomStateHandler
 
 
 def _mlp(hidden: int = 4, seed: int = 0) -> nn.Module:
@@ -126,3 +126,73 @@ def test_ddp_prefixed_checkpoint_hint(tmp_path: Path) -> None:
     torch.save({"model": {f"module.{k}": v for k, v in _mlp().state_dict().items()}}, tmp_path / "ddp.pt")
     with pytest.raises(ValueError, match="'module.' prefix"):
         CheckedCheckpointLoader(tmp_path / "ddp.pt", {"model": _mlp()})(_engine())
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what a malicious checkpoint can do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickle_payload_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "payload_ran"
+    torch.save({"model": _mlp().state_dict(), "x": _Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt.*weights_only=True"):
+        CheckedCheckpointLoader(tmp_path / "evil.pt", {"model": _mlp()})(_engine())
+    assert not marker.exists()
+
+
+def _trainer(max_epochs: int, iterations: list[int]) -> Engine:
+    engine = Engine(lambda engine, batch: iterations.append(engine.state.iteration))
+    engine.state.max_epochs = max_epochs  # as a MONAI trainer: known before run() loads the checkpoint
+    return engine
+
+
+def _trained_checkpoint(path: Path, epochs: int) -> None:
+    engine = Engine(lambda engine, batch: None)
+    engine.run([0, 1], max_epochs=epochs)
+    torch.save({"model": _mlp().state_dict(), "trainer": engine.state_dict()}, path)
+
+
+def test_finished_run_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _trained_checkpoint(tmp_path / "last.pt", epochs=2)
+    iterations: list[int] = []
+    engine = _trainer(2, iterations)
+    loader = CheckedCheckpointLoader(tmp_path / "last.pt", {"model": _mlp(), "trainer": engine}, name="resume_test")
+    loader.attach(engine)
+    with caplog.at_level(logging.INFO, logger="resume_test"):
+        engine.run([0, 1], max_epochs=2)
+    assert iterations == []
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1 and "already complete" in warning[0] and "last.pt" in warning[0]
+    assert "--num_epochs N with N > 2" in warning[0] and "--resume false" in warning[0]
+
+    # extending the run trains the missing epoch, without the warning
+    caplog.clear()
+    engine = _trainer(3, iterations)
+    CheckedCheckpointLoader(
+        tmp_path / "last.pt", {"model": _mlp(), "trainer": engine}, name="resume_test", epochs_key="lesion_num_epochs"
+    ).attach(engine)
+    with caplog.at_level(logging.INFO, logger="resume_test"):
+        engine.run([0, 1], max_epochs=3)
+    assert iterations == [5, 6] and not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+    # fewer epochs than the checkpoint: an error that says what to do
+    engine = _trainer(1, iterations)
+    CheckedCheckpointLoader(
+        tmp_path / "last.pt", {"model": _mlp(), "trainer": engine}, epochs_key="lesion_num_epochs"
+    ).attach(engine)
+    with pytest.raises(ValueError, match=r"epoch 2, beyond max_epochs=1.*--lesion_num_epochs N.*--resume false"):
+        engine.run([0, 1], max_epochs=1)
+
+
+def test_missing_resume_entry_named(tmp_path: Path) -> None:
+    _trained_checkpoint(tmp_path / "old.pt", epochs=1)
+    engine = _trainer(2, [])
+    load_dict = {"model": _mlp(), "trainer": engine, "random_states": RandomStateHandler()}  # new entry, old file
+    with pytest.raises(ValueError, match=r"old.pt' has no entries \['random_states'\].*--resume false"):
+        CheckedCheckpointLoader(tmp_path / "old.pt", load_dict)(engine)

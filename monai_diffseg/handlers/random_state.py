@@ -76,6 +76,8 @@ class RandomStateHandler:
       transform chain. With ``num_workers=0`` the random augmentations run in the main process and draw from these
       states (seeded once, when MONAI's ``DataLoader`` is built), so they must be saved for the augmentation
       sequence to continue; with workers they are re-seeded from torch's generator every epoch (saved anyway).
+      ``persistent_workers=True`` keeps the workers' states in the worker processes, out of reach: a resumed run then
+      differs from an uninterrupted one.
 
     Generators are found again at every save and load (MONAI's ``set_random_state`` replaces the ``R`` objects) and
     matched by attribute path, e.g. ``sources.0.dataset.transform.transforms.5.R``; a path present on one side only
@@ -86,8 +88,10 @@ class RandomStateHandler:
 
     Usage (bundle ``train.json``)::
 
-        "random_states": {"_target_": "monai_diffseg.handlers.RandomStateHandler", "sources": ["@train#dataloader"]}
-        ... "save_dict": {"model": "@network", ..., "random_states": "@random_states"}
+        "train#random_states": {"_target_": "monai_diffseg.handlers.RandomStateHandler",
+                                "sources": ["@train#dataloader"]}
+        saver:  "save_dict": {"model": "@network", ..., "random_states": "@train#random_states"}
+        loader: "load_dict": {"model": "@network", ..., "random_states": "@train#random_states"}
 
     The states are stored as tensors and numbers, so the checkpoint loads with ``torch.load(weights_only=True)``.
 

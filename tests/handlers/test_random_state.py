@@ -162,3 +162,19 @@ def test_distributed_ranks_keep_their_own_states(tmp_path: Path) -> None:
     for r in (r0, r1):
         assert torch.equal(r["again"], r["expected"])
     assert not torch.equal(r0["expected"], r1["expected"])
+
+
+def test_cuda_states_saved_and_restored_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch, on a CPU-only machine: per-device states are saved when CUDA is in use and set back."""
+    states = [torch.full((8,), 1, dtype=torch.uint8), torch.full((8,), 2, dtype=torch.uint8)]
+    restored: dict[int, torch.Tensor] = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.__setitem__(device, s))
+    state = RandomStateHandler().state_dict()
+    assert [torch.equal(a, b) for a, b in zip(state["ranks"][0]["cuda"], states)] == [True, True]
+    with pytest.warns(UserWarning, match="2 CUDA generator states, this machine has 1 GPUs"):
+        RandomStateHandler().load_state_dict(state)
+    assert list(restored) == [0] and torch.equal(restored[0], states[0])

@@ -137,6 +137,16 @@ def _fmt_list(items: list[str]) -> str:
     return shown + (f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
 
 
+def _optional_key(network: nn.Module, key: str) -> bool:
+    """Whether the module owning ``key`` fills it in itself when a checkpoint lacks it (``optional_state_keys``)."""
+    owner, _, name = key.rpartition(".")
+    try:
+        module = network.get_submodule(owner) if owner else network
+    except AttributeError:
+        return False
+    return name in getattr(module, "optional_state_keys", ())
+
+
 def state_dict_mismatch_message(
     network: nn.Module, state_dict: Mapping[str, Any], source: str, strict: bool = True
 ) -> str | None:
@@ -154,7 +164,7 @@ def state_dict_mismatch_message(
         the error message, or ``None``.
     """
     own = network.state_dict()
-    missing = [k for k in own if k not in state_dict] if strict else []
+    missing = [k for k in own if k not in state_dict and not _optional_key(network, k)] if strict else []
     unexpected = [k for k in state_dict if k not in own] if strict else []
     shapes = []
     for k, v in state_dict.items():

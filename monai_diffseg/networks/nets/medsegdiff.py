@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -14,14 +16,18 @@ from monai.networks.nets.diffusion_model_unet import (
     DiffusionUNetResnetBlock,
     get_timestep_embedding,
 )
-from monai.utils import ensure_tuple_rep
+from monai.utils import ensure_tuple_rep, look_up_option
 
 from monai_diffseg.networks.blocks.condition_encoder import AnchorHead, ConditionEncoder
 from monai_diffseg.networks.blocks.condition_fusion import ConditionFusion
 from monai_diffseg.networks.blocks.ff_parser import FFParser
 from monai_diffseg.utils import batch_item_names, check_finite, check_floating, check_timesteps
 
-__all__ = ["MedSegDiff", "MEDSEGDIFF_CONFIGS"]
+__all__ = ["MedSegDiff", "MEDSEGDIFF_CONFIGS", "UPSAMPLE_MODES"]
+
+#: Decoder upsampling modes: ``"linear"`` (bilinear/trilinear, the default) or ``"nearest"`` (the networks saved
+#: before this option; it draws a block lattice into the output, see :class:`MedSegDiff`).
+UPSAMPLE_MODES = ("linear", "nearest")
 
 #: Named configurations; parameter counts are for 2D, 3 image channels, 1 mask channel.
 MEDSEGDIFF_CONFIGS: dict[str, dict] = {
@@ -46,7 +52,15 @@ class MedSegDiff(nn.Module):
       sinusoidal timestep embedding. At every encoder level the noisy-mask features pass the **FF-Parser**
       (:class:`FFParser`, learnable Fourier filter, identity at init) and are fused with the condition features of
       the same scale by **dynamic conditional encoding** (:class:`ConditionFusion`). Attention (MONAI
-      ``SpatialAttentionBlock``) only where ``attention_levels`` says, by default at the coarsest level.
+      ``SpatialAttentionBlock``) only where ``attention_levels`` says, by default at the coarsest level. The decoder
+    upsamples bilinearly (trilinearly in 3D) with additive skips.
+
+    Why not nearest-neighbour upsampling (the choice before ``upsample_mode`` existed): it copies every cell of the
+    coarsest level (stride ``size_divisor``, 16 px for the defaults) into a flat block, and the few 3x3 convolutions
+    after it cannot smooth a block that large. The trained model's predicted ``x0`` then carries small
+    block-constant offsets with sharp edges on a ``size_divisor`` grid, which the ensemble's entropy and mutual
+    information maps turn into a visible lattice of boxes on the background (measured on PH2, see
+    ``docs/design.md``). Linear upsampling removes it at the same parameter count.
 
     The cost split follows the sampler: the condition branch runs once per image, the denoiser ``steps x members``
     times, so the capacity sits in the condition branch and the denoiser stays narrow.
@@ -83,6 +97,11 @@ class MedSegDiff(nn.Module):
             resolution; only a narrow input/output path runs at full resolution, which divides the per-step cost by
             about ``2 ** spatial_dims``.
         dropout: dropout in the condition branch.
+        upsample_mode: decoder upsampling, ``"linear"`` (default; bilinear in 2D, trilinear in 3D) or ``"nearest"``
+            (the behaviour before this option). Both have the same parameters. The mode is saved in the state dict
+            (buffer ``decoder_upsample_mode``) and a loaded checkpoint's mode wins, with a warning when it differs:
+            a checkpoint saved before the option (no such entry) loads as ``"nearest"``, what it was trained with,
+            so old checkpoints give the same outputs as before.
 
     Shapes:
         ``x_t``: ``(B, out_channels, *S)``; ``timesteps``: ``(B,)`` or a scalar tensor; ``image``:
@@ -107,6 +126,7 @@ class MedSegDiff(nn.Module):
         anchor_head: bool = True,
         stem_stride: int = 2,
         dropout: float = 0.0,
+        upsample_mode: str = "linear",
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -189,7 +209,7 @@ class MedSegDiff(nn.Module):
                     out_ch,
                     scale_factor=scale,
                     mode="nontrainable",
-                    interp_mode="nearest",
+                    interp_mode="nearest",  # set by _set_upsample_mode below
                     align_corners=None,
                 )
                 if scale > 1 or out_ch != channels[lvl]
@@ -200,6 +220,73 @@ class MedSegDiff(nn.Module):
             nn.SiLU(),
             Convolution(spatial_dims, head_ch, out_channels, kernel_size=3, conv_only=True),
         )
+        # the upsampling mode as a tensor in the state dict (index into UPSAMPLE_MODES), so that a checkpoint says what
+        # its weights were trained with; a tensor, not `_extra_state`, because MONAI's copy_model_state and other
+        # state-dict tools expect tensors only
+        self.register_buffer("decoder_upsample_mode", torch.tensor(0, dtype=torch.int64))
+        self.upsample_mode = ""
+        self._set_upsample_mode(upsample_mode)
+
+    #: state-dict entries this module fills in itself when a checkpoint lacks them (checked loaders skip them)
+    optional_state_keys = ("decoder_upsample_mode",)
+
+    def _set_upsample_mode(self, mode: str) -> None:
+        """Switch the decoder's (parameter-free) interpolation to ``mode`` (one of :data:`UPSAMPLE_MODES`)."""
+        mode = look_up_option(mode, UPSAMPLE_MODES)
+        interp = "nearest" if mode == "nearest" else {2: "bilinear", 3: "trilinear"}[self.spatial_dims]
+        for module in self.upsamples.modules():
+            if isinstance(module, nn.Upsample):
+                module.mode = interp
+                module.align_corners = None if mode == "nearest" else False
+        self.decoder_upsample_mode.fill_(UPSAMPLE_MODES.index(mode))
+        self.upsample_mode = mode
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Load as usual, then adopt the checkpoint's upsampling mode (its weights were trained with it)."""
+        key = prefix + "decoder_upsample_mode"
+        legacy = key not in state_dict and any(k.startswith(prefix + "upsamples.") for k in state_dict)
+        if legacy:  # a full MedSegDiff state dict without the record predates `upsample_mode`: it was nearest
+            state_dict[key] = torch.tensor(UPSAMPLE_MODES.index("nearest"))
+        elif key in state_dict:
+            index = state_dict[key]
+            if not (isinstance(index, torch.Tensor) and index.numel() == 1 and 0 <= int(index) < len(UPSAMPLE_MODES)):
+                error_msgs.append(
+                    f"MedSegDiff: state-dict entry '{key}' must be a one-element tensor with an index into "
+                    f"{UPSAMPLE_MODES}, got {index!r}: is it the checkpoint of another network?"
+                )
+                return
+        built = self.upsample_mode
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        mode = UPSAMPLE_MODES[int(self.decoder_upsample_mode)]
+        if mode == built:
+            return
+        if legacy:
+            warnings.warn(
+                "MedSegDiff: the checkpoint has no record of the decoder upsampling, so it was saved before the "
+                f"`upsample_mode` option, when the decoder upsampled with nearest neighbours; switching this network "
+                f"from upsample_mode='{built}' to 'nearest' to reproduce the trained model. Nearest upsampling draws "
+                f"a {self.size_divisor}-pixel block lattice into the uncertainty maps: retrain with the default "
+                "upsample_mode='linear' for smooth maps (docs/design.md).",
+                stacklevel=2,
+            )
+        else:
+            warnings.warn(
+                f"MedSegDiff: the checkpoint was trained with upsample_mode='{mode}', this network was built with "
+                f"'{built}'; using the checkpoint's '{mode}'.",
+                stacklevel=2,
+            )
+        self._set_upsample_mode(mode)
 
     def check_input_size(self, spatial_shape: Sequence[int], name: str = "input") -> None:
         """Raise a ValueError unless every spatial size is divisible by :attr:`size_divisor`."""

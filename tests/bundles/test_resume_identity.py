@@ -151,7 +151,8 @@ def test_medsegdiff_kill_and_resume_equals_uninterrupted(dataset: str, tmp_path:
 
 @pytest.mark.slow
 def test_diffseg_two_stage_kill_and_resume_equals_uninterrupted(dataset: str, tmp_path: Path) -> None:
-    # two trainers in one run: lesion model (2 epochs) then healthy model (2 epochs), 3 iterations per epoch
+    # two trainers in one run: lesion model (2 epochs) then healthy model (2 epochs), 3 iterations per epoch; killed
+    # once in each stage (the medsegdiff test covers the other kill points)
     settings = {
         "dataset_dir": dataset,
         "image_size": [32, 32],
@@ -168,7 +169,7 @@ def test_diffseg_two_stage_kill_and_resume_equals_uninterrupted(dataset: str, tm
 
     resumed = {**settings, "bundle_root": str(cut)}
     _run("diffseg_isic2018", resumed, cut, _kill_at_iteration("train#trainer", 4), lesion_run)  # lesion epoch 2
-    _run("diffseg_isic2018", resumed, cut, _kill_after_checkpoint("healthy#trainer", 1), healthy_run)
+    assert _load(cut / "models" / "lesion_checkpoint_last.pt")["trainer"]["iteration"] == 3  # epoch 1
     _run("diffseg_isic2018", resumed, cut, _kill_at_iteration("healthy#trainer", 5), healthy_run)  # healthy epoch 2
     assert _load(cut / "models" / "healthy_checkpoint_last.pt")["trainer"]["iteration"] == 3  # epoch 1
     finished = _run("diffseg_isic2018", resumed, cut)

@@ -107,3 +107,38 @@ def test_wrong_channel_count() -> None:
 def test_bad_spatial_dims() -> None:
     with pytest.raises(ValueError, match="spatial_dims"):
         FFParser(4, channels=2)
+
+
+def _random_weights(block: FFParser, seed: int = 0) -> FFParser:
+    """Weights far from identity, as a long training might leave them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        block.weight_real.add_(0.5 * torch.randn(block.weight_real.shape, generator=g))
+        block.weight_imag.add_(0.5 * torch.randn(block.weight_imag.shape, generator=g))
+    return block
+
+
+@pytest.mark.parametrize("spatial_dims,size", [(2, (64, 64)), (2, (24, 40)), (2, (8, 8)), (3, (12, 10, 8))])
+def test_constant_input_gives_constant_output(spatial_dims: int, size: tuple) -> None:
+    """No grid-locked pattern from the frequency filter, whatever the weights and the resampling to ``size``."""
+    block = _random_weights(FFParser(spatial_dims, channels=3, weight_size=16))
+    x = torch.full((2, 3, *size), 0.7)
+    with torch.no_grad():
+        out = block(x)
+    flat = out.flatten(2)
+    assert torch.allclose(flat, flat[..., :1].expand_as(flat), atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims,size", [(2, (64, 64)), (2, (24, 40)), (3, (12, 10, 8))])
+def test_shift_equivariant(spatial_dims: int, size: tuple) -> None:
+    """
+    The FF-Parser is a (circular) convolution at every input size: shifting the input by one pixel shifts the output
+    by one pixel. A block lattice needs a response that changes with the position inside a period, which this rules
+    out (the lattice of issue 10 came from nearest-neighbour upsampling in the decoder, see test_medsegdiff_upsampling).
+    """
+    block = _random_weights(FFParser(spatial_dims, channels=2, weight_size=16), seed=1)
+    x = torch.randn(1, 2, *size, generator=torch.Generator().manual_seed(2))
+    dims = tuple(range(2, 2 + spatial_dims))
+    shifts = (1,) * spatial_dims
+    with torch.no_grad():
+        assert torch.allclose(block(torch.roll(x, shifts, dims)), torch.roll(block(x), shifts, dims), atol=1e-5)

@@ -1,6 +1,6 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Loading 2D images (PNG, JPEG, BMP, GIF, TIFF) the way real archives need it.
+"""Reading and writing 2D images (PNG, JPEG, BMP, GIF, TIFF) the way real archives need it.
 
 Public archives mix colour modes (grayscale, palette, RGBA, 16-bit grayscale) inside one "RGB" set, ship the odd
 truncated or empty file, and now and then a mask whose size differs from its image. MONAI's ``LoadImaged`` with
@@ -13,6 +13,7 @@ that the keys of one case (image and mask) have the same size.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -21,13 +22,22 @@ import numpy as np
 import torch
 from monai.config import KeysCollection, PathLike
 from monai.data import PILReader
-from monai.transforms import LoadImage, MapTransform, Transform
+from monai.transforms import LoadImage, MapTransform, SaveImage, Transform
 from monai.utils import ensure_tuple_rep, look_up_option
 from PIL import Image
 
 from monai_diffseg.utils import describe_error
 
-__all__ = ["IMAGE_MODES", "PILModeConverter", "LoadImage2D", "LoadImage2Dd", "LoadImage2DD", "LoadImage2DDict"]
+__all__ = [
+    "IMAGE_MODES",
+    "PILModeConverter",
+    "LoadImage2D",
+    "LoadImage2Dd",
+    "LoadImage2DD",
+    "LoadImage2DDict",
+    "SaveMapsd",
+    "display_range",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -169,3 +179,76 @@ class LoadImage2Dd(MapTransform):
 
 
 LoadImage2DD = LoadImage2DDict = LoadImage2Dd
+
+
+def display_range(name: str, num_classes: int = 1) -> tuple[float, float]:
+    """Value range ``(low, high)`` that :class:`SaveMapsd` maps to 0-255 for an output map named ``name``.
+
+    Probabilities, masks and region maps lie in [0, 1]; the member variance of a probability in [0, 1/4]; predictive
+    entropy and mutual information in nats in [0, ln K] with K = 2 for a binary (one-channel sigmoid) output and
+    K = ``num_classes`` for a multi-class softmax output.
+
+    Args:
+        name: map name, e.g. ``"prob"``, ``"variance"``, ``"entropy"``, ``"mutual_information"``.
+        num_classes: output channels of the network (1 = binary).
+    """
+    if name == "variance":
+        return 0.0, 0.25
+    if name in ("entropy", "mutual_information"):
+        return 0.0, math.log(2 if num_classes <= 1 else num_classes)
+    return 0.0, 1.0
+
+
+class SaveMapsd(MapTransform):
+    """
+    Write several output maps of a case as 8-bit images (PNG like the input by default) with one
+    :class:`monai.transforms.SaveImage` each, named ``<case>_<postfix><ext>``.
+
+    Each map is scaled from its :func:`display_range` to 0-255; maps in ``binary_keys`` (masks, consistent/ambiguous
+    regions) are thresholded at 0.5 first, so a binary map resampled bilinearly back to the original size stays binary.
+
+    Args:
+        keys: maps to write, e.g. ``["pred", "prob", "variance", "entropy"]``.
+        output_dir: output folder.
+        postfixes: file postfix per key; default the key itself (``{"pred": "mask"}`` writes ``<case>_mask.png``).
+        output_ext: file extension.
+        num_classes: network output channels, for the entropy range (see :func:`display_range`).
+        binary_keys: keys holding binary maps.
+        allow_missing_keys: skip absent keys (e.g. maps not requested).
+        save_kwargs: other :class:`monai.transforms.SaveImage` arguments (``separate_folder``, ``data_root_dir`` ...).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: PathLike = "./",
+        postfixes: Mapping[str, str] | None = None,
+        output_ext: str = ".png",
+        num_classes: int = 1,
+        binary_keys: Sequence[str] = ("pred", "mask", "consistent", "ambiguous"),
+        allow_missing_keys: bool = True,
+        **save_kwargs: Any,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        postfixes = dict(postfixes or {})
+        options = {"resample": False, "separate_folder": False, "print_log": False, **save_kwargs}
+        self.savers = {
+            key: SaveImage(
+                output_dir=output_dir, output_postfix=postfixes.get(str(key), str(key)), output_ext=output_ext,
+                output_dtype=np.uint8, scale=None, **options,
+            )
+            for key in self.keys
+        }  # fmt: skip
+        self.ranges = {key: display_range(str(key), num_classes) for key in self.keys}
+        self.binary_keys = set(binary_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            low, high = self.ranges[key]
+            value = d[key]
+            if key in self.binary_keys:
+                value = (value >= 0.5).float()
+            scaled = ((value - low) / (high - low)).clamp(0, 1) * 255
+            self.savers[key](torch.round(scaled).to(torch.uint8))
+        return d

@@ -126,3 +126,25 @@ def test_unpad_restores_each_case_after_pad_collate() -> None:
         restored = UnpadCollated(keys="label")(case)
         assert torch.equal(torch.as_tensor(restored["label"]), torch.as_tensor(original))
         assert restored["image"].shape == (3, 8, 8)
+
+
+def test_save_maps_scales_each_map_by_its_range(tmp_path: Path) -> None:
+    from monai_diffseg.transforms import SaveMapsd, display_range
+
+    meta = {"filename_or_obj": str(tmp_path / "case7.jpg")}
+    ramp = torch.linspace(0, 1, 20).repeat(12, 1).T[None]  # (1, W=20, H=12)
+    data = {
+        "pred": MetaTensor(ramp, meta=dict(meta)),
+        "prob": MetaTensor(ramp, meta=dict(meta)),
+        "variance": MetaTensor(ramp * 0.25, meta=dict(meta)),
+        "entropy": MetaTensor(ramp * float(np.log(2)), meta=dict(meta)),
+    }
+    SaveMapsd(["pred", "prob", "variance", "entropy", "ambiguous"], tmp_path / "out", postfixes={"pred": "mask"})(data)
+    mask = np.asarray(Image.open(tmp_path / "out" / "case7_mask.png"))
+    prob = np.asarray(Image.open(tmp_path / "out" / "case7_prob.png"))
+    assert mask.shape == prob.shape == (12, 20) and set(np.unique(mask)) == {0, 255}  # binary key thresholded
+    assert prob[0, 0] == 0 and prob[0, -1] == 255
+    for name in ("variance", "entropy"):  # each scaled by its own range to the same 0-255 ramp
+        assert np.abs(np.asarray(Image.open(tmp_path / "out" / f"case7_{name}.png")).astype(int) - prob).max() <= 1
+    assert not (tmp_path / "out" / "case7_ambiguous.png").exists()  # missing keys are skipped
+    assert display_range("entropy", num_classes=3) == (0.0, pytest.approx(np.log(3)))

@@ -1,17 +1,16 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Distribution-level metrics for stochastic segmentation: generalized energy distance, sample diversity, HM-IoU."""
+"""Distribution-level metrics for stochastic segmentation: generalized energy distance, sample diversity, HM-IoU.
+
+The input checks and the cumulative base class shared by these metrics live in :mod:`monai_diffseg.metrics.utils`.
+"""
 
 from __future__ import annotations
 
-from .generalized_energy_distance import (
-    GED_KEYS,
-    GeneralizedEnergyDistanceMetric,
-    compute_generalized_energy_distance,
-    compute_pairwise_iou,
-)
+from .generalized_energy_distance import GED_KEYS, GeneralizedEnergyDistanceMetric, compute_generalized_energy_distance
 from .hungarian_iou import HungarianMatchedIoUMetric, compute_hungarian_matched_iou
 from .sample_diversity import SampleDiversityMetric, compute_sample_diversity
+from .utils import compute_pairwise_iou
 
 __all__ = [
     "GED_KEYS",

@@ -22,13 +22,7 @@ import torch
 
 from monai.utils import MetricReduction, look_up_option, optional_import
 
-from .generalized_energy_distance import (
-    _check_ensemble,
-    _check_matching_pair,
-    _PerImageMetric,
-    _select_classes,
-    compute_pairwise_iou,
-)
+from .utils import PerImageMetric, check_samples_and_references, compute_pairwise_iou
 
 linear_sum_assignment, _ = optional_import("scipy.optimize", name="linear_sum_assignment")
 
@@ -77,11 +71,7 @@ def compute_hungarian_matched_iou(
         ValueError: on non-binary, NaN, wrongly shaped, empty or mismatching inputs, or an unknown ``matching``.
     """
     matching = look_up_option(matching, _MATCHINGS)
-    _check_ensemble(samples, "samples", "(N, E, C, H, W[, D])")
-    _check_ensemble(references, "references", "(N, R, C, H, W[, D])")
-    _check_matching_pair(samples, references)
-    s = _select_classes(samples, include_background)
-    r = _select_classes(references, include_background)
+    s, r = check_samples_and_references(samples, references, include_background)
 
     iou = compute_pairwise_iou(s, r).mean(dim=1).cpu().numpy()  # (N, E, R)
     n, e, nr = iou.shape
@@ -95,7 +85,7 @@ def compute_hungarian_matched_iou(
     return torch.from_numpy(out).to(samples.device)
 
 
-class HungarianMatchedIoUMetric(_PerImageMetric):
+class HungarianMatchedIoUMetric(PerImageMetric):
     """
     Cumulative Hungarian-matched IoU between model samples and reference annotations.
 
@@ -114,18 +104,15 @@ class HungarianMatchedIoUMetric(_PerImageMetric):
         Kohl et al., arXiv:1905.13077, 2019.
     """
 
-    _call_hint = "(samples, references)"
-
     def __init__(
         self,
         include_background: bool = True,
         matching: str = "tile",
         reduction: MetricReduction | str = MetricReduction.MEAN,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         self.include_background = include_background
         self.matching = look_up_option(matching, _MATCHINGS)
-        self.reduction = look_up_option(reduction, MetricReduction)
 
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None
@@ -141,10 +128,8 @@ class HungarianMatchedIoUMetric(_PerImageMetric):
             tensor of shape ``(N,)``.
 
         Raises:
-            ValueError: when ``y`` is None or the inputs are invalid.
+            ValueError: when the inputs are invalid.
         """
-        if y is None:
-            raise ValueError("y (reference annotations, shape (N, R, C, H, W[, D])) is required, got None.")
         return compute_hungarian_matched_iou(
             y_pred, y, include_background=self.include_background, matching=self.matching
         )

@@ -23,7 +23,7 @@ import torch
 
 from monai.utils import MetricReduction, look_up_option
 
-from .generalized_energy_distance import _check_ensemble, _PerImageMetric, _select_classes, compute_pairwise_iou
+from .utils import SAMPLES_LAYOUT, PerImageMetric, check_ensemble, compute_pairwise_iou, select_classes
 
 __all__ = ["SampleDiversityMetric", "compute_sample_diversity"]
 
@@ -66,8 +66,8 @@ def compute_sample_diversity(
             [0, 1] (``"l2"``), or an unknown ``distance``.
     """
     distance = look_up_option(distance, _DISTANCES)
-    _check_ensemble(samples, "samples", "(N, E, C, H, W[, D])", values="binary" if distance == "1-iou" else "unit")
-    s = _select_classes(samples, include_background)
+    check_ensemble(samples, "samples", SAMPLES_LAYOUT, values="binary" if distance == "1-iou" else "unit")
+    s = select_classes(samples, include_background)
     if distance == "1-iou":
         return (1.0 - compute_pairwise_iou(s, s)).mean(dim=(1, 2, 3))
     n, e, c = s.shape[:3]
@@ -79,7 +79,7 @@ def compute_sample_diversity(
     return dist.reshape(n, c, e, e).mean(dim=(1, 2, 3))
 
 
-class SampleDiversityMetric(_PerImageMetric):
+class SampleDiversityMetric(PerImageMetric):
     """
     Cumulative sample diversity :math:`\\mathbb{E}[d(S, S')]` of segmentation ensembles.
 
@@ -94,7 +94,8 @@ class SampleDiversityMetric(_PerImageMetric):
             :py:class:`monai.utils.enums.MetricReduction`; ``"mean"`` (default) or ``"none"`` (per-image values).
     """
 
-    _call_hint = "samples"
+    requires_y = False
+    call_hint = "samples"
 
     def __init__(
         self,
@@ -102,10 +103,9 @@ class SampleDiversityMetric(_PerImageMetric):
         include_background: bool = True,
         reduction: MetricReduction | str = MetricReduction.MEAN,
     ) -> None:
-        super().__init__()
+        super().__init__(reduction)
         self.distance = look_up_option(distance, _DISTANCES)
         self.include_background = include_background
-        self.reduction = look_up_option(reduction, MetricReduction)
 
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None

@@ -13,9 +13,11 @@ import logging
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
+from monai.config import PathLike
+from monai.data import partition_dataset
 from monai.utils import look_up_option
 
 __all__ = [
@@ -28,8 +30,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-PathLike = Union[str, os.PathLike]
 
 ISIC2018_SPLITS: tuple[str, ...] = ("training", "validation", "test")
 """Official ISIC 2018 Task 1 splits."""
@@ -246,14 +246,11 @@ def split_datalist(
             counts[int(np.argmax(counts))] -= 1
             counts[idx] = 1
 
-    order = np.random.default_rng(seed).permutation(n)
-    parts: list[list[dict[str, str]]] = []
-    start = 0
-    for count in counts:
-        picked = np.sort(order[start : start + count])
-        parts.append([dict(datalist[i]) for i in picked])
-        start += count
-    return tuple(parts)
+    # MONAI's partition_dataset(shuffle=True) draws another permutation (RandomState) and rounds each part on its
+    # own, so it can leave items out or a holdout empty: our permutation and counts keep the published splits, and
+    # counts that sum to n make its ratios exact.
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return tuple([dict(datalist[i]) for i in sorted(part)] for part in partition_dataset(order, ratios=counts.tolist()))
 
 
 def isic2018_train_val_datalists(

@@ -19,10 +19,11 @@ import shutil
 from collections.abc import Sequence
 
 import numpy as np
+from monai.config import PathLike
 from PIL import Image
 from scipy import ndimage
 
-from monai_diffseg.data.isic2018 import ISIC2018_SPLIT_FOLDERS, PathLike
+from monai_diffseg.data.isic2018 import ISIC2018_SPLIT_FOLDERS
 
 __all__ = ["make_synthetic_isic2018", "synthetic_lesion_sample", "main"]
 

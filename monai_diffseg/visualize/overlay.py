@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Hashable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
-from monai.config import KeysCollection
+from monai.config import KeysCollection, PathLike
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
@@ -25,8 +25,6 @@ from skimage.segmentation import find_boundaries
 from monai_diffseg.utils import atomic_write
 
 __all__ = ["SaveOverlayd", "overlay_mask", "save_overlay"]
-
-PathLike = Union[str, os.PathLike]
 
 _RED = np.array([255.0, 0.0, 0.0])
 _GREEN = np.array([0.0, 255.0, 0.0])

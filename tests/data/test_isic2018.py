@@ -180,6 +180,17 @@ def test_split_datalist() -> None:
         split_datalist(items[:2], (0.5, 0.25, 0.25))
 
 
+def test_split_datalist_keeps_the_published_splits() -> None:
+    """The cases of the PH2-sized seed-0 split that docs/results.md was measured on (150 items, 0.7/0.1/0.2)."""
+    items = [{"case": str(i)} for i in range(150)]
+    _, val, test = split_datalist(items, (0.7, 0.1, 0.2), seed=0)
+    assert [int(d["case"]) for d in val] == [26, 40, 41, 45, 49, 51, 62, 63, 86, 96, 101, 112, 128, 135, 146]
+    assert [int(d["case"]) for d in test] == [
+        7, 12, 14, 29, 31, 32, 33, 46, 56, 58, 59, 61, 69, 73, 76,
+        77, 78, 79, 89, 95, 104, 113, 115, 120, 121, 127, 138, 141, 143, 149,
+    ]  # fmt: skip
+
+
 def test_image_folder_datalist_kvasir_and_ph2(tmp_path: Path) -> None:
     # Kvasir-SEG: images/<id>.jpg + masks/<id>.jpg
     for case in ("cju1", "cju0"):

@@ -131,7 +131,7 @@ class DiffusionDifferenceInferer(Inferer):
     uncertainty transforms of :mod:`monai_diffseg.transforms` apply directly: mean over steps = the consistent
     region's support, variance/ambiguous region = DiffSeg's uncertainty, :class:`~monai_diffseg.metrics`
     sample diversity (DiffSeg's "GED" is the ``l2`` form) and GED against a ground truth, and DiffSeg's DenseCRF
-    fusion of K random subsets of H outputs (:class:`~monai_diffseg.transforms.RandomSubsetFusiond`).
+    fusion of K random subsets of H outputs (:class:`~monai_diffseg.transforms.EnsembleFusiond`, ``random_subset``).
 
     The two models: ``inferer(inputs, network)`` with ``network`` a
     :class:`~monai_diffseg.networks.nets.DiffSegPair` (its ``forward`` returns both predictions; what a bundle's

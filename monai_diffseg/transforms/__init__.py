@@ -5,48 +5,7 @@ from __future__ import annotations
 
 from .binary_mask import BinaryMask, BinaryMaskd, BinaryMaskD, BinaryMaskDict
 from .collate_padding import UnpadCollated, UnpadCollateD, UnpadCollateDict
-from .dense_crf import GUIDE_SCALINGS, DenseCRF, TorchDenseCRFFusion, scale_guide
-from .ensemble_dict import (
-    AmbiguousRegionD,
-    AmbiguousRegiond,
-    AmbiguousRegionDict,
-    ConsistentRegionD,
-    ConsistentRegiond,
-    ConsistentRegionDict,
-    DenseCRFD,
-    DenseCRFd,
-    DenseCRFDict,
-    EnsembleUncertaintyD,
-    EnsembleUncertaintyd,
-    EnsembleUncertaintyDict,
-    EnsembleVarianceD,
-    EnsembleVarianced,
-    EnsembleVarianceDict,
-    MajorityVoteFusionD,
-    MajorityVoteFusiond,
-    MajorityVoteFusionDict,
-    MeanEnsembleFusionD,
-    MeanEnsembleFusiond,
-    MeanEnsembleFusionDict,
-    MedSegDiffSquaredMeanD,
-    MedSegDiffSquaredMeand,
-    MedSegDiffSquaredMeanDict,
-    MutualInformationD,
-    MutualInformationd,
-    MutualInformationDict,
-    PredictiveEntropyD,
-    PredictiveEntropyd,
-    PredictiveEntropyDict,
-    RandomSubsetFusionD,
-    RandomSubsetFusiond,
-    RandomSubsetFusionDict,
-    STAPLEFusionD,
-    STAPLEFusiond,
-    STAPLEFusionDict,
-    TorchDenseCRFFusionD,
-    TorchDenseCRFFusiond,
-    TorchDenseCRFFusionDict,
-)
+from .dense_crf import CRF_BACKENDS, GUIDE_SCALINGS, DenseCRF, scale_guide
 from .fusion import (
     FUSION_METHODS,
     MajorityVoteFusion,
@@ -56,7 +15,16 @@ from .fusion import (
     check_ensemble_samples,
     check_probability_map,
 )
-from .io import IMAGE_MODES, LoadImage2D, LoadImage2Dd, LoadImage2DD, LoadImage2DDict, PILModeConverter
+from .io import (
+    IMAGE_MODES,
+    LoadImage2D,
+    LoadImage2Dd,
+    LoadImage2DD,
+    LoadImage2DDict,
+    PILModeConverter,
+    SaveMapsd,
+    display_range,
+)
 from .staple import STAPLEFusion
 from .uncertainty import (
     UNCERTAINTY_MAPS,
@@ -68,7 +36,16 @@ from .uncertainty import (
     binary_entropy,
     categorical_entropy,
 )
-from .ensemble_postprocess import ENSEMBLE_FUSIONS, EnsembleFusiond, EnsembleScoresd
+from .ensemble_postprocess import (
+    ENSEMBLE_FUSIONS,
+    EnsembleFusionD,
+    EnsembleFusiond,
+    EnsembleFusionDict,
+    EnsembleScoresd,
+    EnsembleUncertaintyD,
+    EnsembleUncertaintyd,
+    EnsembleUncertaintyDict,
+)
 from .healthy_patches import (
     BorderFill,
     BorderFillD,

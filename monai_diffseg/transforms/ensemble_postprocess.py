@@ -1,56 +1,123 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Bundle-facing post-processing of ensemble samples: fusion chosen by name, and per-case ensemble scores."""
+"""
+Dictionary transforms of ensemble samples ``(E, C, H, W[, D])``: the one way to use the array transforms of
+:py:mod:`~monai_diffseg.transforms.fusion`, :py:mod:`~monai_diffseg.transforms.staple`,
+:py:mod:`~monai_diffseg.transforms.dense_crf` and :py:mod:`~monai_diffseg.transforms.uncertainty` on a data dict.
+
+- :py:class:`EnsembleFusiond`: fusion chosen by name (``method``), stored at ``output_keys`` (default: in place);
+- :py:class:`EnsembleUncertaintyd`: several uncertainty maps (``maps``), stored at ``f"{prefix}{map}"``;
+- :py:class:`EnsembleScoresd`: per-case sample diversity and GED as scalars.
+
+Aliases ``XD`` and ``XDict`` follow MONAI's convention.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.transforms import MapTransform
-from monai.utils import convert_to_tensor, look_up_option
+from monai.transforms import MapTransform, Randomizable
+from monai.utils import TransformBackends, convert_to_tensor, ensure_tuple
 
 from monai_diffseg.metrics import compute_generalized_energy_distance, compute_sample_diversity
-from monai_diffseg.transforms.dense_crf import DenseCRF, TorchDenseCRFFusion
+from monai_diffseg.transforms.dense_crf import DenseCRF
 from monai_diffseg.transforms.fusion import (
     MajorityVoteFusion,
     MeanEnsembleFusion,
     MedSegDiffSquaredMean,
     RandomSubsetFusion,
+    look_up_named_option,
 )
 from monai_diffseg.transforms.staple import STAPLEFusion
+from monai_diffseg.transforms.uncertainty import (
+    UNCERTAINTY_MAPS,
+    AmbiguousRegion,
+    ConsistentRegion,
+    EnsembleVariance,
+    MutualInformation,
+    PredictiveEntropy,
+)
 
-__all__ = ["ENSEMBLE_FUSIONS", "EnsembleFusiond", "EnsembleScoresd"]
+__all__ = [
+    "ENSEMBLE_FUSIONS",
+    "EnsembleFusiond",
+    "EnsembleFusionD",
+    "EnsembleFusionDict",
+    "EnsembleUncertaintyd",
+    "EnsembleUncertaintyD",
+    "EnsembleUncertaintyDict",
+    "EnsembleScoresd",
+]
 
 #: fusion methods selectable by name in the bundles' ``fusion`` option
 ENSEMBLE_FUSIONS = ("mean", "vote", "staple", "crf", "torch_crf", "squared_mean", "random_subset")
+#: array transform of each method that fuses the samples directly (the CRF methods refine the mean)
+_FUSIONS: dict[str, Callable[..., Callable[..., torch.Tensor]]] = {
+    "mean": MeanEnsembleFusion,
+    "vote": MajorityVoteFusion,
+    "staple": STAPLEFusion,
+    "squared_mean": MedSegDiffSquaredMean,
+}
 
 
-class EnsembleFusiond(MapTransform):
+def _fuse_then_refine(
+    fuse: Callable[..., torch.Tensor], refine: DenseCRF | None, samples: Any, guide: Any = None
+) -> torch.Tensor:
+    """``fuse(samples)``, refined by ``refine(fused, guide)`` when a CRF is given (picklable through ``partial``)."""
+    fused = fuse(samples)
+    return fused if refine is None else refine(fused, guide)
+
+
+def _named_fusion(method: str, kwargs: dict[str, Any]) -> Callable[..., torch.Tensor]:
+    """The callable ``(samples, guide=None) -> (C, ...)`` of a non-random ``method``, built with ``kwargs``."""
+    if method in ("crf", "torch_crf"):
+        refine = DenseCRF(backend="pydensecrf" if method == "crf" else "torch", **kwargs)
+        return partial(_fuse_then_refine, MeanEnsembleFusion(), refine)
+    return partial(_fuse_then_refine, _FUSIONS[method](**kwargs), None)
+
+
+class EnsembleFusiond(Randomizable, MapTransform):
     """
     Fuse ensemble samples ``(E, C, *S)`` into one probability map ``(C, *S)`` with a method chosen by name.
 
     - ``"mean"``: mean probability (:class:`MeanEnsembleFusion`);
     - ``"vote"``: fraction of members voting foreground (:class:`MajorityVoteFusion`);
     - ``"staple"``: STAPLE posterior through ITK (:class:`STAPLEFusion`, extra ``itk``);
-    - ``"crf"``: mean, then DenseCRF refinement guided by the image (:class:`DenseCRF`, extra ``crf``; DiffSeg's
-      defaults);
-    - ``"torch_crf"``: mean, then the pure-torch dense CRF (:class:`TorchDenseCRFFusion`, no compiler needed, GPU);
+    - ``"crf"``: mean, then the dense CRF guided by the image (:class:`DenseCRF`, ``backend="pydensecrf"``, extra
+      ``crf``; DiffSeg's defaults);
+    - ``"torch_crf"``: mean, then the same CRF with ``backend="torch"`` (no compiler needed, GPU);
     - ``"squared_mean"``: what the MedSegDiff reference code calls "staple" (mean squared), for comparison;
-    - ``"random_subset"``: DiffSeg's K rounds of H random members (:class:`RandomSubsetFusion`).
+    - ``"random_subset"``: DiffSeg's K rounds of H random members (:class:`RandomSubsetFusion`), each subset fused
+      by ``inner_fusion``: any other method name (``"crf"`` / ``"torch_crf"``: DiffSeg's DenseCRF fusion) or a
+      callable ``(H, C, *S) -> (C, *S)``.
+
+    ``random_subset`` draws its subsets from the inner :class:`RandomSubsetFusion`'s random state, which
+    :py:meth:`set_random_state` seeds: MONAI's ``Compose`` does so when it is built after
+    ``monai.utils.set_determinism(seed)``, and MONAI's ``DataLoader`` in every worker, so runs are reproducible.
 
     Args:
         keys: keys of the ensemble samples.
         method: one of :data:`ENSEMBLE_FUSIONS`.
         guide_key: image used by the CRF methods, channel-first ``(C_img, *S)`` at the samples' resolution.
-        output_keys: where to store the fused maps; default: in place (the samples are replaced).
+        output_keys: where to store the fused maps (one per key); default: in place (the samples are replaced).
         allow_missing_keys: don't raise if a key is missing.
-        method_kwargs: passed to the chosen fusion (e.g. ``bilateral_sxy`` for the CRFs, ``num_rounds`` for
-            ``random_subset``).
+        method_kwargs: passed to the chosen fusion (e.g. ``bilateral_sxy`` for the CRFs). ``random_subset``: its
+            ``num_rounds``, ``subset_size`` and ``inner_fusion`` (default ``"mean"``); the others go to the
+            inner method.
+
+    Example (DiffSeg's fusion: 5 rounds of 5 members, each subset's mean refined by the torch CRF)::
+
+        t = EnsembleFusiond("pred", "random_subset", inner_fusion="torch_crf", num_rounds=5, subset_size=5)
+        t.set_random_state(seed=0)
+        d = t({"pred": samples, "image": image})  # samples (E, 1, H, W), image (3, H, W) -> d["pred"] (1, H, W)
     """
+
+    backend = [TransformBackends.TORCH]
 
     def __init__(
         self,
@@ -61,41 +128,135 @@ class EnsembleFusiond(MapTransform):
         allow_missing_keys: bool = False,
         **method_kwargs: Any,
     ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.method = look_up_option(method, ENSEMBLE_FUSIONS)
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        self.method = look_up_named_option("method", method, ENSEMBLE_FUSIONS)
         self.guide_key = guide_key
-        self.output_keys = list(output_keys) if isinstance(output_keys, (list, tuple)) else output_keys
-        if isinstance(self.output_keys, str):
-            self.output_keys = [self.output_keys]
-        if self.output_keys is not None and len(self.output_keys) != len(self.keys):
-            raise ValueError(f"output_keys {self.output_keys} must match keys {self.keys} one to one.")
-        self.mean = MeanEnsembleFusion()
-        self.fuse: Any
-        self.refine: Any = None
-        if self.method == "mean":
-            self.fuse = self.mean
-        elif self.method == "vote":
-            self.fuse = MajorityVoteFusion(**method_kwargs)
-        elif self.method == "staple":
-            self.fuse = STAPLEFusion(**method_kwargs)
-        elif self.method == "squared_mean":
-            self.fuse = MedSegDiffSquaredMean()
-        elif self.method == "random_subset":
-            self.fuse = RandomSubsetFusion(**method_kwargs)
-        else:
-            self.fuse = self.mean
-            self.refine = DenseCRF(**method_kwargs) if self.method == "crf" else TorchDenseCRFFusion(**method_kwargs)
+        self.output_keys = self.keys if output_keys is None else ensure_tuple(output_keys)
+        if len(self.output_keys) != len(self.keys):
+            raise ValueError(f"output_keys {list(self.output_keys)} must match keys {list(self.keys)} one to one.")
+        self.needs_guide = self.method in ("crf", "torch_crf")
+        self.fusion: Callable[..., torch.Tensor]
+        if self.method != "random_subset":
+            self.fusion = _named_fusion(self.method, method_kwargs)
+            return
+        inner = method_kwargs.pop("inner_fusion", "mean")
+        rounds = {k: method_kwargs.pop(k) for k in ("num_rounds", "subset_size") if k in method_kwargs}
+        if not callable(inner):
+            inner = look_up_named_option("inner_fusion", inner, ENSEMBLE_FUSIONS[:-1])
+            self.needs_guide = inner in ("crf", "torch_crf")
+            inner = _named_fusion(inner, method_kwargs)
+        elif method_kwargs:
+            raise TypeError(f"a callable inner_fusion takes no method_kwargs, got {sorted(method_kwargs)}.")
+        self.fusion = RandomSubsetFusion(inner_fusion=inner, **rounds)
+
+    def set_random_state(self, seed: int | None = None, state: Any | None = None) -> EnsembleFusiond:
+        """Seed this transform and the random subsets of ``random_subset`` (MONAI's randomisable contract)."""
+        super().set_random_state(seed, state)
+        if isinstance(self.fusion, Randomizable):
+            self.fusion.set_random_state(seed, state)
+        return self
+
+    def randomize(self, data: Any = None) -> None:
+        """The subsets are drawn by the inner :class:`RandomSubsetFusion` at each call."""
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """
+        Args:
+            data: dictionary with ensemble samples ``(E, C, *S)`` at ``keys`` (and the image at ``guide_key`` for
+                the CRF methods).
+
+        Returns:
+            a copy of ``data`` with the fused ``(C, *S)`` maps at the output keys.
+        """
         d = dict(data)
-        outputs = self.output_keys or list(self.keys)
-        for key, out_key in self.key_iterator(d, outputs):
-            fused = self.fuse(d[key])
-            if self.refine is not None:
-                if self.guide_key not in d:
-                    raise ValueError(f"fusion '{self.method}' needs the guide image at key '{self.guide_key}'.")
-                fused = self.refine(fused, d[self.guide_key])
-            d[out_key] = fused
+        for key, out_key in self.key_iterator(d, self.output_keys):
+            if self.needs_guide and self.guide_key not in d:
+                raise ValueError(f"fusion '{self.method}' needs the guide image at key '{self.guide_key}'.")
+            d[out_key] = self.fusion(d[key], d[self.guide_key] if self.needs_guide else None)
+        return d
+
+
+class EnsembleUncertaintyd(MapTransform):
+    """
+    Several uncertainty maps from the same ensemble samples in one transform.
+
+    For every key and every name in ``maps`` the map is stored at ``f"{prefix}{name}"``. ``prefix`` defaults to
+    ``""`` for a single key (``d["variance"]``, ``d["entropy"]``, ...) and to ``"{key}_"`` for several keys
+    (``d["samples_variance"]``...); a ``"{key}"`` placeholder in ``prefix`` is replaced by the key.
+
+    Supported maps (see :py:mod:`monai_diffseg.transforms.uncertainty`): ``"variance"``
+    (:py:class:`EnsembleVariance`), ``"entropy"`` (:py:class:`PredictiveEntropy`), ``"mutual_information"``
+    (:py:class:`MutualInformation`), ``"consistent"`` (:py:class:`ConsistentRegion`), ``"ambiguous"``
+    (:py:class:`AmbiguousRegion`).
+
+    Args:
+        keys: keys of the ensemble samples ``(E, C, H, W[, D])``.
+        maps: names of the maps to compute.
+        prefix: prefix of the output keys, may contain ``"{key}"``.
+        threshold: binarisation threshold of the consistent/ambiguous regions.
+        multi_class: categorical entropies across channels for ``"entropy"`` / ``"mutual_information"``.
+        unbiased: unbiased variance.
+        allow_missing_keys: don't raise exception if key is missing.
+
+    Example::
+
+        t = EnsembleUncertaintyd(keys="samples", maps=("variance", "entropy", "mutual_information"))
+        d = t({"samples": samples})  # d["variance"], d["entropy"], d["mutual_information"]: (C, H, W)
+
+    Raises:
+        ValueError: unknown map name, or several keys with a ``prefix`` without ``"{key}"`` (colliding outputs).
+    """
+
+    backend = [TransformBackends.TORCH]
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        maps: Sequence[str] | str = UNCERTAINTY_MAPS,
+        prefix: str | None = None,
+        threshold: float = 0.5,
+        multi_class: bool = False,
+        unbiased: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        names = tuple(look_up_named_option("maps", m, UNCERTAINTY_MAPS) for m in ensure_tuple(maps))
+        if len(names) == 0:
+            raise ValueError(f"maps must name at least one of {UNCERTAINTY_MAPS}, got maps={maps}.")
+        if prefix is None:
+            prefix = "" if len(self.keys) == 1 else "{key}_"
+        elif len(self.keys) > 1 and "{key}" not in prefix:
+            raise ValueError(
+                f"prefix must contain '{{key}}' when several keys are given (outputs would collide), "
+                f"got prefix={prefix!r} for keys={self.keys}."
+            )
+        self.prefix = prefix
+        self.maps = names
+        factories: dict[str, Callable[[], Callable[..., torch.Tensor]]] = {
+            "variance": partial(EnsembleVariance, unbiased=unbiased),
+            "entropy": partial(PredictiveEntropy, multi_class=multi_class),
+            "mutual_information": partial(MutualInformation, multi_class=multi_class),
+            "consistent": partial(ConsistentRegion, threshold=threshold),
+            "ambiguous": partial(AmbiguousRegion, threshold=threshold),
+        }
+        self.transforms = {name: factories[name]() for name in names}
+
+    def output_key(self, key: Hashable, name: str) -> str:
+        """The output key of map ``name`` computed from ``key``."""
+        return self.prefix.replace("{key}", str(key)) + name
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """
+        Args:
+            data: dictionary with ensemble samples ``(E, C, H, W[, D])`` at ``keys``.
+
+        Returns:
+            a copy of ``data`` with one entry per key and map.
+        """
+        d = dict(data)
+        for key in self.key_iterator(d):
+            for name, transform in self.transforms.items():
+                d[self.output_key(key, name)] = transform(d[key])
         return d
 
 
@@ -144,3 +305,7 @@ class EnsembleScoresd(MapTransform):
                 0
             ].float()
         return d
+
+
+EnsembleFusionD = EnsembleFusionDict = EnsembleFusiond
+EnsembleUncertaintyD = EnsembleUncertaintyDict = EnsembleUncertaintyd

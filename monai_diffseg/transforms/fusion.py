@@ -36,6 +36,7 @@ import torch
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
 from monai.data.meta_tensor import MetaTensor
+from monai.transforms.post.array import Ensemble
 from monai.transforms.transform import Randomizable, Transform
 from monai.utils import TransformBackends, convert_to_tensor, look_up_option
 from monai.utils.type_conversion import convert_to_dst_type
@@ -77,19 +78,12 @@ def look_up_named_option(name: str, value: Any, supported: Any) -> Any:
 
 
 def _stack_members(samples: Any) -> Any:
-    """Stack a list/tuple of ``(C, ...)`` members into one ``(E, C, ...)`` array, keeping the first one's meta."""
-    if isinstance(samples, (list, tuple)):
-        if len(samples) == 0:
-            raise ValueError("samples must contain at least one ensemble member (E >= 1), got an empty sequence.")
-        members = [convert_to_tensor(m, track_meta=get_track_meta()) for m in samples]
-        first = members[0]
-        stacked = torch.stack([m.as_tensor() if isinstance(m, MetaTensor) else m for m in members])
-        if isinstance(first, MetaTensor):
-            out = MetaTensor(stacked)
-            out.copy_meta_from(first)
-            return out
-        return stacked
-    return samples
+    """Stack a list/tuple of ``(C, ...)`` members into ``(E, C, ...)`` (MONAI's ``Ensemble``: first member's meta)."""
+    if not isinstance(samples, (list, tuple)):
+        return samples
+    if len(samples) == 0:
+        raise ValueError("samples must contain at least one ensemble member (E >= 1), got an empty sequence.")
+    return Ensemble.get_stacked_torch([convert_to_tensor(m, track_meta=get_track_meta()) for m in samples])
 
 
 def _check_values(data: torch.Tensor, name: str, shape: tuple[int, ...]) -> None:

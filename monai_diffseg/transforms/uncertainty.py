@@ -225,5 +225,5 @@ class AmbiguousRegion(_RegionMap):
         return (fg.any(dim=0) & ~fg.all(dim=0)).to(data.dtype)
 
 
-#: names accepted by :py:class:`monai_diffseg.transforms.ensemble_dict.EnsembleUncertaintyd` (``maps``).
+#: names accepted by :py:class:`monai_diffseg.transforms.ensemble_postprocess.EnsembleUncertaintyd` (``maps``).
 UNCERTAINTY_MAPS: tuple[str, ...] = ("variance", "entropy", "mutual_information", "consistent", "ambiguous")

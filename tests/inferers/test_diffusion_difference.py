@@ -23,9 +23,9 @@ from monai_diffseg.transforms import (
     AmbiguousRegion,
     BorderFill,
     ConsistentRegion,
+    DenseCRF,
     MeanEnsembleFusion,
     RandomSubsetFusion,
-    TorchDenseCRFFusion,
 )
 
 
@@ -100,7 +100,7 @@ def test_fusion_uncertainty_and_scores_apply_to_the_outputs() -> None:
     per_case = masks_t[0]  # (T, 1, H, W) after decollation
     assert ConsistentRegion()(per_case).shape == AmbiguousRegion()(per_case).shape == (1, 32, 32)
     assert torch.equal(ConsistentRegion()(per_case) + AmbiguousRegion()(per_case) <= 1, torch.ones(1, 32, 32, dtype=torch.bool))
-    crf = TorchDenseCRFFusion()
+    crf = DenseCRF(backend="torch")
     fusion = RandomSubsetFusion(num_rounds=3, subset_size=4, inner_fusion=lambda s, g: crf(MeanEnsembleFusion()(s), g))
     fusion.set_random_state(0)
     fused = fusion(per_case, guide=images[0])

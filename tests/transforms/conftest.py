@@ -1,6 +1,6 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Fixtures shared by the dense CRF tests (``test_dense_crf.py`` and ``test_torch_crf.py``)."""
+"""Fixtures shared by the dense CRF tests (``test_dense_crf.py``, ``test_ensemble_postprocess.py``)."""
 
 from __future__ import annotations
 

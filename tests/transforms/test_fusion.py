@@ -1,6 +1,7 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Tests of the ensemble fusion transforms (mean, vote, MedSegDiff squared mean, DiffSeg random subsets)."""
+"""Tests of the ensemble fusion array transforms (mean, vote, MedSegDiff squared mean, DiffSeg random subsets);
+their dictionary form ``EnsembleFusiond``: test_ensemble_postprocess.py."""
 
 from __future__ import annotations
 
@@ -9,16 +10,7 @@ import pytest
 import torch
 
 from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureChannelFirstd, Invertd, Rotate90d
 
-from monai_diffseg.transforms.ensemble_dict import (
-    MajorityVoteFusiond,
-    MeanEnsembleFusionD,
-    MeanEnsembleFusiond,
-    MeanEnsembleFusionDict,
-    MedSegDiffSquaredMeand,
-    RandomSubsetFusiond,
-)
 from monai_diffseg.transforms.fusion import (
     MajorityVoteFusion,
     MeanEnsembleFusion,
@@ -49,6 +41,10 @@ def test_mean_accepts_numpy_and_member_sequence() -> None:
     torch.testing.assert_close(torch.as_tensor(out_np), MEAN2)
     out_seq = MeanEnsembleFusion()([S2[0], S2[1]])
     torch.testing.assert_close(torch.as_tensor(out_seq), MEAN2)
+    members = [MetaTensor(m, affine=torch.eye(4) * (i + 2), meta={"id": i}) for i, m in enumerate(S2)]
+    out_meta = MeanEnsembleFusion()(members)  # the first member's metadata
+    assert out_meta.meta["id"] == 0 and torch.equal(out_meta.affine, members[0].affine)
+    torch.testing.assert_close(torch.as_tensor(MeanEnsembleFusion()([S2[0].numpy(), S2[1]])), MEAN2)  # mixed types
 
 
 def test_integer_masks_give_float_output() -> None:
@@ -96,23 +92,6 @@ def test_metadata_preserved(transform, shape: tuple[int, ...]) -> None:
     assert out.meta["filename_or_obj"] == "case_001.nii.gz"
     assert out.applied_operations == samples.applied_operations
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-
-
-def test_fused_prediction_can_be_inverted() -> None:
-    """A fusion of samples predicted in the preprocessed space is inverted back to the original image space."""
-    g = torch.Generator().manual_seed(1)
-    image = torch.rand(6, 8, generator=g)
-    pre = Compose([EnsureChannelFirstd("image", channel_dim="no_channel"), Rotate90d("image")])
-    data = pre({"image": MetaTensor(image, affine=torch.eye(4), meta={"filename_or_obj": "x.nii"})})
-    rotated = data["image"]
-    assert rotated.shape == (1, 8, 6)
-    samples = MetaTensor(torch.stack([rotated.as_tensor()] * 3))
-    samples.copy_meta_from(rotated)
-    data["pred"] = samples
-    data = MeanEnsembleFusiond("pred")(data)
-    inverted = Invertd("pred", transform=pre, orig_keys="image", nearest_interp=False)(data)["pred"]
-    assert inverted.shape == (1, 6, 8)
-    torch.testing.assert_close(inverted.as_tensor()[0], image)
 
 
 def test_random_subset_full_subset_equals_mean() -> None:
@@ -198,40 +177,3 @@ def test_check_ensemble_samples_returns_plain_float_tensor() -> None:
     img, data = check_ensemble_samples(_meta_samples())
     assert isinstance(img, MetaTensor) and not isinstance(data, MetaTensor)
     assert data.dtype == torch.float32
-
-
-def test_dict_versions() -> None:
-    samples = MetaTensor(S2.clone(), affine=torch.eye(4) * 2)
-    d = MeanEnsembleFusiond("pred")({"pred": samples})
-    torch.testing.assert_close(d["pred"].as_tensor(), MEAN2)
-    assert MeanEnsembleFusionD is MeanEnsembleFusiond and MeanEnsembleFusionDict is MeanEnsembleFusiond
-    d = MeanEnsembleFusiond(["a", "b"], output_keys=["fa", "fb"])({"a": S2, "b": S2 * 0.5})
-    torch.testing.assert_close(torch.as_tensor(d["fb"]), MEAN2 * 0.5)
-    assert d["a"].shape == (2, 1, 2, 2)  # input kept
-    d = MajorityVoteFusiond("pred", binarize=True, output_postfix="vote")({"pred": samples})
-    torch.testing.assert_close(d["pred_vote"].as_tensor(), torch.tensor([[[1.0, 1.0], [1.0, 1.0]]]))
-    assert torch.equal(d["pred_vote"].affine, samples.affine)
-    d = MedSegDiffSquaredMeand("pred", output_keys="sq")({"pred": samples})
-    torch.testing.assert_close(d["sq"].as_tensor(), MEAN2**2)
-    with pytest.raises(ValueError, match="output_keys"):
-        MeanEnsembleFusiond(["a", "b"], output_keys="x")
-    d = MeanEnsembleFusiond(["a", "missing"], allow_missing_keys=True)({"a": S2})
-    assert d["a"].shape == (1, 2, 2)
-
-
-def test_random_subset_dict_is_seeded_like_array() -> None:
-    samples = _meta_samples((6, 1, 4, 4))
-    guide = torch.zeros(1, 4, 4)
-    calls = []
-
-    def inner(s: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        calls.append(g.shape)
-        return s.mean(0)
-
-    t = RandomSubsetFusiond("s", num_rounds=3, subset_size=2, inner_fusion=inner, guide_key="g", output_keys="f")
-    t.set_random_state(seed=7)
-    d = t({"s": samples, "g": guide})
-    ref = RandomSubsetFusion(num_rounds=3, subset_size=2).set_random_state(seed=7)(samples)
-    torch.testing.assert_close(d["f"], ref)
-    assert calls == [guide.shape] * 3
-    assert isinstance(d["f"], MetaTensor) and torch.equal(d["f"].affine, samples.affine)

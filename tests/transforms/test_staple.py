@@ -12,7 +12,7 @@ from monai.data import MetaTensor
 from monai.utils import OptionalImportError, optional_import
 
 import monai_diffseg.transforms.staple as staple_module
-from monai_diffseg.transforms.ensemble_dict import STAPLEFusiond
+from monai_diffseg.transforms.ensemble_postprocess import EnsembleFusiond
 from monai_diffseg.transforms.fusion import MajorityVoteFusion
 from monai_diffseg.transforms.staple import STAPLEFusion
 
@@ -69,7 +69,7 @@ def test_staple_multichannel_degenerate_and_dict() -> None:
     members, _ = _members_with_corrupted_last((16, 20), seed=1)
     empty = np.zeros_like(members)
     samples = torch.as_tensor(np.concatenate([members, empty], axis=1))  # (3, 2, 16, 20)
-    d = STAPLEFusiond("pred", output_postfix="staple")({"pred": samples})
+    d = EnsembleFusiond("pred", "staple", output_keys="pred_staple")({"pred": samples})
     out = d["pred_staple"]
     assert out.shape == (2, 16, 20) and not torch.isnan(out).any()
     assert float(out[1].max()) == 0.0  # no foreground in any member -> zero posterior, no NaN from ITK
@@ -101,4 +101,4 @@ def test_missing_itk_message(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(OptionalImportError, match=r'pip install "monai-diffseg\[itk\]"'):
         STAPLEFusion()
     with pytest.raises(ImportError, match="itk"):
-        STAPLEFusiond("pred")
+        EnsembleFusiond("pred", "staple")

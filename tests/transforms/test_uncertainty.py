@@ -12,15 +12,7 @@ import torch
 
 from monai.data import MetaTensor
 
-from monai_diffseg.transforms.ensemble_dict import (
-    AmbiguousRegiond,
-    ConsistentRegiond,
-    EnsembleUncertaintyD,
-    EnsembleUncertaintyd,
-    EnsembleVarianced,
-    MutualInformationd,
-    PredictiveEntropyd,
-)
+from monai_diffseg.transforms.ensemble_postprocess import EnsembleUncertaintyD, EnsembleUncertaintyd
 from monai_diffseg.transforms.uncertainty import (
     AmbiguousRegion,
     ConsistentRegion,
@@ -143,21 +135,6 @@ def test_threshold_validation() -> None:
         AmbiguousRegion(threshold=-0.1)
 
 
-def test_single_map_dict_versions() -> None:
-    samples = MetaTensor(SAMPLES.clone(), affine=torch.eye(4) * 3)
-    d = {"s": samples}
-    d = EnsembleVarianced("s")(d)
-    d = PredictiveEntropyd("s", output_keys="ent")(d)
-    d = MutualInformationd("s", output_postfix="mi")(d)
-    d = ConsistentRegiond("s")(d)
-    d = AmbiguousRegiond("s")(d)
-    assert set(d) == {"s", "s_variance", "ent", "s_mi", "s_consistent", "s_ambiguous"}
-    torch.testing.assert_close(d["s_variance"].as_tensor(), EnsembleVariance()(SAMPLES).as_tensor())
-    torch.testing.assert_close(d["s_mi"].as_tensor(), MutualInformation()(SAMPLES).as_tensor())
-    assert torch.equal(d["ent"].affine, samples.affine)
-    assert d["s"] is samples  # samples kept for the next maps
-
-
 def test_ensemble_uncertaintyd_several_maps() -> None:
     samples = MetaTensor(SAMPLES.clone(), affine=torch.eye(4) * 2)
     d = EnsembleUncertaintyd(keys="samples")({"samples": samples})
@@ -167,8 +144,13 @@ def test_ensemble_uncertaintyd_several_maps() -> None:
         assert torch.equal(d[name].affine, samples.affine)
     d = EnsembleUncertaintyD("samples", maps="entropy", prefix="unc_")({"samples": samples})
     assert "unc_entropy" in d and "unc_variance" not in d
-    d = EnsembleUncertaintyd(["a", "b"], maps=("variance", "ambiguous"))({"a": SAMPLES, "b": SAMPLES})
-    assert {"a_variance", "a_ambiguous", "b_variance", "b_ambiguous"} <= set(d)
+    d = EnsembleUncertaintyd(["a", "b"], maps=("variance", "ambiguous"))({"a": SAMPLES, "b": SAMPLES * 0.5})
+    assert set(d) == {"a", "b", "a_variance", "a_ambiguous", "b_variance", "b_ambiguous"}
+    torch.testing.assert_close(d["b_variance"].as_tensor(), EnsembleVariance()(SAMPLES * 0.5).as_tensor())
+    torch.testing.assert_close(d["a_ambiguous"].as_tensor(), AmbiguousRegion()(SAMPLES).as_tensor())
+    d = EnsembleUncertaintyd("s", maps=("entropy", "mutual_information"), multi_class=True, prefix="s_")({"s": SAMPLES})
+    torch.testing.assert_close(d["s_entropy"].as_tensor(), PredictiveEntropy(multi_class=True)(SAMPLES).as_tensor())
+    assert d["s_mutual_information"].shape == (1, 1, 4)
     d = EnsembleUncertaintyd(["a", "b"], maps="variance", prefix="{key}/")({"a": SAMPLES, "b": SAMPLES})
     assert {"a/variance", "b/variance"} <= set(d)
     with pytest.raises(ValueError, match="maps"):

@@ -6,16 +6,18 @@ A dense CRF with mean-field inference written in plain PyTorch (no compiled exte
 It mirrors the fully connected CRF of Krähenbühl and Koltun (as wrapped by ``pydensecrf``, used by DiffSeg to
 refine fused masks) with a Potts compatibility and two pairwise kernels:
 
-- a Gaussian (smoothness) kernel ``exp(-|p_i - p_j|^2 / (2 gaussian_sxy^2))``, evaluated exactly with separable
-  convolutions (truncated at ``gaussian_truncate`` standard deviations);
+- a Gaussian (smoothness) kernel ``exp(-|p_i - p_j|^2 / (2 gaussian_sxy^2))``, evaluated exactly with MONAI's
+  separable filtering (:py:func:`monai.networks.layers.separable_filtering` with sampled
+  :py:func:`monai.networks.layers.convutils.gaussian_1d` kernels, truncated at ``gaussian_truncate`` standard
+  deviations);
 - a bilateral (appearance) kernel ``exp(-|p_i - p_j|^2 / (2 bilateral_sxy^2) - |I_i - I_j|^2 / (2 bilateral_srgb^2))``
   evaluated, as in ConvCRF, over a **truncated local window** of ``window_size`` taps per axis spaced by
   ``dilation`` voxels (unfold-based local message passing), instead of pydensecrf's permutohedral lattice over
   the whole image.
 
 Both kernels are symmetrically normalised (``D^-1/2 K D^-1/2`` with ``D = K 1``), like pydensecrf's default
-``NORMALIZE_SYMMETRIC``, so the parameters have the same meaning and defaults as in
-:py:class:`monai_diffseg.transforms.dense_crf.DenseCRF`.
+``NORMALIZE_SYMMETRIC``, so the parameters have the same meaning and defaults as with pydensecrf. This module is the
+``backend="torch"`` of :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF`, whose docstring describes them.
 
 .. note::
     DiffSeg's bilateral ``sxy = 80`` reaches far beyond any practical window: inside the window the spatial part of
@@ -38,69 +40,15 @@ References:
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
+from monai.networks.layers import separable_filtering
+from monai.networks.layers.convutils import gaussian_1d
 
 __all__ = ["TorchDenseCRF"]
-
-
-def _per_axis(value: float | Sequence[float], spatial_dims: int, name: str) -> tuple[float, ...]:
-    """
-    A scalar or per-axis standard deviation as one positive float per spatial axis.
-
-    Shared with :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF`, which learns the spatial size only when
-    called, like :py:class:`TorchDenseCRF`.
-
-    Raises:
-        ValueError: when ``value`` has a length other than ``spatial_dims`` or a value that is not positive.
-    """
-    values = tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),) * spatial_dims
-    if len(values) != spatial_dims or any(v <= 0 for v in values):
-        raise ValueError(
-            f"{name} must be > 0, a scalar or one value per spatial axis ({spatial_dims}), got {name}={value}."
-        )
-    return values
-
-
-def _store_crf_parameters(
-    crf: Any,
-    bilateral_sxy: float | Sequence[float],
-    bilateral_srgb: float,
-    bilateral_weight: float,
-    gaussian_sxy: float | Sequence[float],
-    gaussian_weight: float,
-    num_iterations: int,
-    eps: float,
-) -> None:
-    """
-    Validate the parameters that every dense CRF implementation shares and store them as attributes of ``crf``.
-
-    :py:class:`TorchDenseCRF` and :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF` both use it so that the
-    two implementations accept, reject and normalise the same values. The standard deviations are stored as given
-    (scalar or per axis): their number can only be checked against the input (see :py:func:`_per_axis`).
-
-    Raises:
-        ValueError: when ``bilateral_srgb <= 0``, ``num_iterations < 0`` or ``eps`` is not in ``(0, 0.5)``.
-    """
-    if float(bilateral_srgb) <= 0:
-        raise ValueError(f"bilateral_srgb must be > 0, got bilateral_srgb={bilateral_srgb}.")
-    if int(num_iterations) < 0:
-        raise ValueError(f"num_iterations must be >= 0, got num_iterations={num_iterations}.")
-    if not 0.0 < float(eps) < 0.5:
-        raise ValueError(f"eps must be in (0, 0.5), got eps={eps}.")
-    crf.bilateral_sxy = bilateral_sxy
-    crf.bilateral_srgb = float(bilateral_srgb)
-    crf.bilateral_weight = float(bilateral_weight)
-    crf.gaussian_sxy = gaussian_sxy
-    crf.gaussian_weight = float(gaussian_weight)
-    crf.num_iterations = int(num_iterations)
-    crf.eps = float(eps)
 
 
 class TorchDenseCRF(nn.Module):
@@ -111,21 +59,18 @@ class TorchDenseCRF(nn.Module):
     ``num_iterations`` mean-field steps computes ``Q = softmax(log p + w_g K_g Q + w_b K_b Q)`` over the labels,
     which is the Potts update up to a per-voxel constant.
 
+    The constructor validates the CRF parameters for both backends of
+    :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF` (which holds one instance of this module); see there
+    for ``bilateral_sxy`` ... ``eps``, ``window_size`` and ``dilation``.
+
     Args:
-        bilateral_sxy: spatial standard deviation (voxels) of the bilateral kernel (DiffSeg: 80), scalar or one
-            value per spatial dimension.
-        bilateral_srgb: intensity standard deviation of the bilateral kernel, in the units of ``guide``
-            (DiffSeg: 13, for guides scaled to 0..255).
-        bilateral_weight: weight (pydensecrf ``compat``) of the bilateral term (DiffSeg: 10); 0 disables it.
-        gaussian_sxy: standard deviation (voxels) of the Gaussian smoothness kernel (DiffSeg: 3), scalar or one
-            value per spatial dimension.
-        gaussian_weight: weight (pydensecrf ``compat``) of the Gaussian term (DiffSeg: 3); 0 disables it.
-        num_iterations: mean-field iterations (DiffSeg: 5).
-        window_size: odd number of taps per axis of the bilateral window; ``None``: 11 in 2D, 7 in 3D.
-        dilation: spacing (voxels) between the taps of the bilateral window; ``None``: 4 in 2D, 3 in 3D.
-        gaussian_truncate: the Gaussian kernel is truncated at this many standard deviations.
-        eps: probabilities are clipped to ``[eps, 1 - eps]`` before the logarithm.
+        gaussian_truncate: the Gaussian kernel is truncated at this many standard deviations (rounded to the
+            nearest tap, as :py:func:`monai.networks.layers.convutils.gaussian_1d` does).
         cache_limit: cache the bilateral weights across iterations when they hold at most this many elements.
+
+    Raises:
+        ValueError: a standard deviation or ``bilateral_srgb`` that is not positive, ``num_iterations < 0``,
+            ``eps`` outside ``(0, 0.5)``, an even or non-positive ``window_size``, or ``dilation < 1``.
 
     Example::
 
@@ -155,45 +100,62 @@ class TorchDenseCRF(nn.Module):
             values = tuple(value) if isinstance(value, Sequence) else (value,)
             if len(values) == 0 or any(float(v) <= 0 for v in values):
                 raise ValueError(f"{name} must be > 0, got {name}={value}.")
+        if float(bilateral_srgb) <= 0:
+            raise ValueError(f"bilateral_srgb must be > 0, got bilateral_srgb={bilateral_srgb}.")
+        if int(num_iterations) < 0:
+            raise ValueError(f"num_iterations must be >= 0, got num_iterations={num_iterations}.")
+        if not 0.0 < float(eps) < 0.5:
+            raise ValueError(f"eps must be in (0, 0.5), got eps={eps}.")
         if window_size is not None and (int(window_size) < 1 or int(window_size) % 2 == 0):
             raise ValueError(f"window_size must be a positive odd integer, got window_size={window_size}.")
         if dilation is not None and int(dilation) < 1:
             raise ValueError(f"dilation must be >= 1, got dilation={dilation}.")
-        _store_crf_parameters(
-            self, bilateral_sxy, bilateral_srgb, bilateral_weight, gaussian_sxy, gaussian_weight, num_iterations, eps
-        )
+        self.bilateral_sxy = bilateral_sxy
+        self.bilateral_srgb = float(bilateral_srgb)
+        self.bilateral_weight = float(bilateral_weight)
+        self.gaussian_sxy = gaussian_sxy
+        self.gaussian_weight = float(gaussian_weight)
+        self.num_iterations = int(num_iterations)
         self.window_size = window_size
         self.dilation = dilation
         self.gaussian_truncate = float(gaussian_truncate)
+        self.eps = float(eps)
         self.cache_limit = int(cache_limit)
 
-    # ------------------------------------------------------------------ kernels
-    def _gaussian_kernels(self, spatial_dims: int) -> list[list[float]]:
-        """1D Gaussian taps ``exp(-x^2 / (2 s^2))`` (not normalised, like pydensecrf's kernel) per spatial axis."""
-        kernels = []
-        for sigma in _per_axis(self.gaussian_sxy, spatial_dims, "gaussian_sxy"):
-            radius = max(1, int(math.ceil(self.gaussian_truncate * float(sigma))))
-            kernels.append([math.exp(-0.5 * (x / float(sigma)) ** 2) for x in range(-radius, radius + 1)])
-        return kernels
-
-    @staticmethod
-    def _separable_gaussian(x: torch.Tensor, kernels: Sequence[Sequence[float]]) -> torch.Tensor:
+    def spatial_sigmas(self, spatial_dims: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """
-        Zero-padded separable filtering of ``x`` ``(N, K, *S)`` with one symmetric 1D kernel per spatial axis.
+        ``(gaussian_sxy, bilateral_sxy)`` as one standard deviation per spatial axis.
 
-        Implemented as a sum of shifted views (one fused multiply-add per tap), which is faster than thin
-        convolutions on CPU and needs no extra memory.
+        Raises:
+            ValueError: when a per-axis value does not have ``spatial_dims`` entries.
         """
-        for axis, kernel in enumerate(kernels):
-            dim, radius = 2 + axis, len(kernel) // 2
-            pad = [0, 0] * (x.ndim - 2)
-            pad[2 * (x.ndim - 1 - dim)] = pad[2 * (x.ndim - 1 - dim) + 1] = radius
-            padded = F.pad(x, pad)
-            out = torch.zeros_like(x)
-            for t, tap in enumerate(kernel):
-                out.add_(padded.narrow(dim, t, x.shape[dim]), alpha=tap)
-            x = out
-        return x
+        sigmas = []
+        for name in ("gaussian_sxy", "bilateral_sxy"):
+            value = getattr(self, name)
+            values = tuple(float(v) for v in value) if isinstance(value, Sequence) else (float(value),) * spatial_dims
+            if len(values) != spatial_dims:
+                raise ValueError(
+                    f"{name} must be a scalar or one value per spatial axis ({spatial_dims}), got {name}={value}."
+                )
+            sigmas.append(values)
+        return sigmas[0], sigmas[1]
+
+    def label_probabilities(self, prob: torch.Tensor) -> torch.Tensor:
+        """
+        Label probabilities of the unary, clipped to ``[eps, 1 - eps]``.
+
+        Args:
+            prob: ``(N, C, *S)``; ``C == 1``: foreground probability (labels background ``1 - p`` and foreground
+                ``p``); ``C > 1``: mutually exclusive class probabilities, renormalised to sum to one.
+
+        Returns:
+            ``(N, L, *S)`` with ``L = 2`` for ``C == 1`` and ``L = C`` otherwise.
+        """
+        if prob.shape[1] == 1:
+            labels = torch.cat([1.0 - prob, prob], dim=1)
+        else:
+            labels = prob / prob.sum(1, keepdim=True).clamp_min(self.eps)
+        return labels.clamp(self.eps, 1.0 - self.eps)
 
     def _window(self, spatial_dims: int) -> tuple[int, int]:
         """Effective ``(window_size, dilation)`` for the number of spatial dimensions."""
@@ -224,7 +186,7 @@ class TorchDenseCRF(nn.Module):
             ``(N, 1, *S)`` tensors, one per offset.
         """
         spatial_dims, spatial = feats.ndim - 2, feats.shape[2:]
-        sxy = _per_axis(self.bilateral_sxy, spatial_dims, "bilateral_sxy")
+        sxy = self.spatial_sigmas(spatial_dims)[1]
         reach = (window // 2) * dilation
         padded = F.pad(feats, [reach, reach] * spatial_dims)
         for offset in self._offsets(spatial_dims, window, dilation):
@@ -253,7 +215,6 @@ class TorchDenseCRF(nn.Module):
             out.addcmul_(weight, self._neighbours(padded, offset, reach, spatial))
         return out
 
-    # ------------------------------------------------------------------ forward
     def forward(self, prob: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
@@ -288,21 +249,19 @@ class TorchDenseCRF(nn.Module):
         dtype = prob.dtype if torch.is_floating_point(prob) else torch.float32
         prob = prob.to(dtype)
         binary = prob.shape[1] == 1
-        if binary:
-            labels = torch.cat([1.0 - prob, prob], dim=1)
-        else:
-            labels = prob / prob.sum(1, keepdim=True).clamp_min(self.eps)
-        logits = torch.log(labels.clamp(self.eps, 1.0 - self.eps))
+        logits = torch.log(self.label_probabilities(prob))
         q = torch.softmax(logits, dim=1)
         if self.num_iterations == 0:
             return q[:, 1:] if binary else q
 
         ones = torch.ones((prob.shape[0], 1, *prob.shape[2:]), device=prob.device, dtype=dtype)
-        g_kernels: list[list[float]] = []
+        g_kernels: list[torch.Tensor] = []
         g_norm = b_norm = ones
         if self.gaussian_weight != 0:
-            g_kernels = self._gaussian_kernels(spatial_dims)
-            g_norm = torch.rsqrt(self._separable_gaussian(ones[:1], g_kernels).clamp_min(1e-20))
+            # sampled exp(-x^2 / (2 s^2)) taps; their scale cancels in the symmetric normalisation
+            sigmas = self.spatial_sigmas(spatial_dims)[0]
+            g_kernels = [gaussian_1d(s, truncated=self.gaussian_truncate, approx="sampled") for s in sigmas]
+            g_norm = torch.rsqrt(separable_filtering(ones[:1], g_kernels).clamp_min(1e-20))
         feats = cached = None
         window, dilation = self._window(spatial_dims)
         if use_bilateral:
@@ -315,7 +274,7 @@ class TorchDenseCRF(nn.Module):
         for _ in range(self.num_iterations):
             energy = logits
             if g_kernels:
-                energy = energy + self.gaussian_weight * g_norm * self._separable_gaussian(g_norm * q, g_kernels)
+                energy = energy + self.gaussian_weight * g_norm * separable_filtering(g_norm * q, g_kernels)
             if use_bilateral:
                 assert feats is not None
                 energy = energy + self.bilateral_weight * b_norm * self._bilateral_message(

@@ -50,6 +50,9 @@ BUNDLE_INFERENCE = os.path.join(
     "inference.json",
 )
 SAMPLERS = ("ddpm", "ddim", "dpm++")
+# a few batched steps with the condition encoded once must beat 1000 sequential steps per member by far more than
+# this (hundreds of times on a CPU); a row below it is reported as unexpected
+MIN_EXPECTED_SPEEDUP = 2.0
 SCHEDULE = {"num_train_timesteps": 1000, "schedule": "scaled_linear_beta", "prediction_type": "sample"}
 
 
@@ -270,6 +273,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
     result = {"machine": info, "args": vars(args), "bundle_default": default, "sizes": sizes, "rows": rows,
               "default_at_256": summary}
+    ours = [r for r in rows if r["sampler"] != "reference"]
+    if ours and not args.no_reference:
+        slowest = min(ours, key=lambda r: r["speedup"])
+        result["min_speedup"] = slowest["speedup"]
+        result["speedup_as_expected"] = bool(slowest["speedup"] > MIN_EXPECTED_SPEEDUP)
+        verdict = "as expected" if result["speedup_as_expected"] else (
+            f"UNEXPECTED: not > {MIN_EXPECTED_SPEEDUP:g}x (a busy machine, or a regression of the batched sampler)")
+        print(f"\nslowest row vs the reference cost: x{slowest['speedup']:.1f} ({slowest['size']} {slowest['sampler']} "
+              f"E={slowest['members']} steps={slowest['steps']}): {verdict}")
     if args.output:
         write_json(args.output, result)
     return result

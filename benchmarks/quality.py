@@ -15,18 +15,22 @@ loading, augmentation, resolution, optimizer, LR schedule, batch size, validatio
 - ``baseline``: the same ``train.json`` with ``network_def`` replaced by ``monai.networks.nets.UNet``, the loss by
   MONAI ``DiceCELoss(sigmoid=True)``, the inferers by ``SimpleInferer`` and the default prepare-batch.
 
-The checkpoint with the best validation Dice (``model.pt``, the bundle's selection) is tested. Testing uses the
-bundle's ``inference.json`` (preprocessing, network definition, DDIM sampler, steps, members, fusion); predictions
-are resized back to each mask's original size, where Dice, IoU and HD95 (MONAI metrics; HD95 in pixels, an empty
-prediction scores the image diagonal) and the expected calibration error of the fused probability (MONAI
-``CalibrationErrorMetric``, 20 bins, per-case mean and pooled over all test pixels) are computed. At the network
-resolution: GED^2 against the annotation and sample diversity (``monai_diffseg.metrics``), and per-case uncertainty
-scores whose Spearman rank correlation with ``1 - Dice`` says how well uncertainty flags errors:
+The checkpoint with the best validation Dice (``model.pt``, the bundle's selection) is tested **through the bundle's
+own** ``inference.json`` (``ConfigWorkflow``: its checkpoint loader, preprocessing, sampler, steps, members, fusion,
+``Invertd`` back to each image's original size and its writers), with top-level overrides only (``datalist``,
+``output_dir``, ``ckpt_path``, ``image_size``, ``num_samples``, ``num_inference_steps``, ``fusion``, ``network_def``);
+the baseline runs the same path with its network, a sigmoid inferer returning a one-member ensemble and
+``fusion="mean"``. Scores are read from what the bundle wrote: Dice and IoU per case, GED^2 against the annotation
+and sample diversity (network resolution) from its ``metrics.json``; HD95 (MONAI, pixels; an empty prediction scores
+the image diagonal) from ``<case>_mask.png`` and the expected calibration error (MONAI ``CalibrationErrorMetric``,
+20 bins, per-case mean and pooled over all test pixels) from ``<case>_prob.png``, against the original masks. The
+anchor head's Dice (the condition branch alone), which the bundle does not output, is the one direct network call.
+Per-case uncertainty scores whose Spearman rank correlation with ``1 - Dice`` says how well uncertainty flags errors:
 
 - ``entropy_fg`` (primary, fixed before any run): summed predictive entropy of the fused probability divided by the
   predicted foreground area (entropy per predicted-lesion pixel, i.e. relative boundary uncertainty);
 - ``entropy_mean``: mean predictive entropy over the image;
-- ``mutual_info_mean``: mean mutual information (epistemic part) over the image;
+- ``mutual_info_mean``: mean mutual information (epistemic part) over the image (the bundle's written map);
 - ``diversity``: mean pairwise ``1 - IoU`` between ensemble members.
 
 The baseline gets ``entropy_fg`` / ``entropy_mean`` of its sigmoid probability for comparison.
@@ -51,7 +55,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shlex
 import sys
 import time
@@ -61,6 +64,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.bundle import ConfigWorkflow
+from monai.inferers import SimpleInferer
+from monai.metrics import CalibrationErrorMetric, compute_dice, compute_hausdorff_distance
+from monai.metrics.calibration import calibration_binning
+from monai.transforms import LoadImage
+from monai.utils import convert_to_tensor
+from scipy.stats import spearmanr
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _bench_utils import machine_info, write_json  # noqa: E402
+
+from monai_diffseg.data import image_folder_datalist, split_datalist  # noqa: E402
+from monai_diffseg.networks.nets import MEDSEGDIFF_CONFIGS  # noqa: E402
+from monai_diffseg.transforms import display_range  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "bundles" / "medsegdiff_isic2018"
@@ -152,8 +169,6 @@ def _parse_sets(items: list[str]) -> dict[str, Any]:
 
 def _network_def(base: dict[str, Any], spec: str | None) -> dict[str, Any]:
     """The bundle's ``network_def`` with a named configuration or a JSON dict applied."""
-    from monai_diffseg.networks.nets import MEDSEGDIFF_CONFIGS
-
     net = copy.deepcopy(base)
     if spec is None:
         return net
@@ -170,12 +185,42 @@ def _load_config(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _binary_mask_index(transforms: list[dict[str, Any]]) -> int:
-    """Position of ``BinaryMaskd`` in a config's transform list (to set its threshold)."""
-    for i, t in enumerate(transforms):
-        if isinstance(t, dict) and str(t.get("_target_", "")).endswith("BinaryMaskd"):
-            return i
-    raise ValueError("the bundle's transforms have no BinaryMaskd to pass --mask-threshold to.")
+def _target_ids(config: Any, target: str, prefix: str = "") -> list[str]:
+    """Config ids (``a#0#b``) of every component whose ``_target_`` ends with ``target``, wherever it sits."""
+    if isinstance(config, dict):
+        found = [prefix[:-1]] if str(config.get("_target_", "")).endswith(target) else []
+        items = config.items()
+    elif isinstance(config, list):
+        found, items = [], enumerate(config)
+    else:
+        return []
+    return found + [i for k, v in items for i in _target_ids(v, target, f"{prefix}{k}#")]
+
+
+def _mask_threshold_overrides(config: dict[str, Any], threshold: float | None) -> dict[str, Any]:
+    """``--mask-threshold`` as overrides of every ``BinaryMaskd`` of a bundle config."""
+    if threshold is None:
+        return {}
+    ids = _target_ids(config, "BinaryMaskd")
+    if not ids:
+        raise ValueError("the bundle's config has no BinaryMaskd to pass --mask-threshold to.")
+    return {f"{i}#threshold": threshold for i in ids}
+
+
+def _workflow(bundle: Path, config: str, workflow_type: str, root: Path, **overrides: Any) -> Any:
+    """The bundle's ``config`` as an initialised ``monai.bundle.ConfigWorkflow`` rooted at ``root``."""
+    configs = bundle / "configs"
+    root.mkdir(parents=True, exist_ok=True)
+    wf = ConfigWorkflow(
+        config_file=str(configs / config),
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf") if (configs / "logging.conf").is_file() else None,
+        workflow_type=workflow_type,
+        bundle_root=str(root),
+        **overrides,
+    )
+    wf.initialize()
+    return wf
 
 
 def _epochs_plan(num_train: int, batch_size: int, iterations: int, num_validations: int) -> dict[str, int]:
@@ -198,20 +243,8 @@ def _train(
     work_dir: Path,
 ) -> dict[str, Any]:
     """Run the bundle's train.json with ``overrides``; return wall time, iterations, checkpoint paths."""
-    from monai.bundle import ConfigWorkflow
-
-    configs = bundle / "configs"
     root = work_dir / name
-    root.mkdir(parents=True, exist_ok=True)
-    wf = ConfigWorkflow(
-        config_file=str(configs / "train.json"),
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf") if (configs / "logging.conf").is_file() else None,
-        workflow_type="train",
-        bundle_root=str(root),
-        **overrides,
-    )
-    wf.initialize()
+    wf = _workflow(bundle, "train.json", "train", root, **overrides)
     network = wf.parser.get_parsed_content("network")
     params = sum(p.numel() for p in network.parameters())
     start = time.perf_counter()
@@ -266,49 +299,46 @@ def _baseline_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------------------------------------------- testing
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    from monai_diffseg.transforms import binary_entropy
+class SigmoidMembersInferer(SimpleInferer):
+    """The baseline's sigmoid probability as a one-member ensemble ``(N, 1, C, *S)``: the shape the bundle's
+    diffusion inferer returns, so the baseline runs the bundle's own post-processing (with ``fusion="mean"`` the
+    fusion of one member is that member)."""
 
-    return binary_entropy(p.float())
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        logits = super().__call__(inputs, network, *args, **kwargs)
+        return torch.sigmoid(convert_to_tensor(logits, track_meta=False)).unsqueeze(1)
 
 
-def _case_metrics(prob_net: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
-    """Dice, IoU, HD95 and ECE at the mask's original size for one case; ``prob_net``: ``(1, h, w)``."""
-    from monai.metrics import CalibrationErrorMetric, compute_dice, compute_hausdorff_distance, compute_iou
-    from monai.metrics.calibration import calibration_binning
+def _read_png(path: Path) -> torch.Tensor:
+    """A written 8-bit map or mask as ``(1, *S)`` float in [0, 1], in MONAI's array orientation (as the label)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"the bundle's inference did not write '{path}'; see its log above.")
+    return LoadImage(image_only=True, ensure_channel_first=True)(str(path)).as_tensor().float() / 255.0
 
-    prob = F.interpolate(prob_net[None].float(), size=tuple(label.shape[1:]), mode="bilinear", align_corners=False)
-    prob = prob.clamp(0.0, 1.0)
-    y = (label[None] > 0.5).float()
-    pred = (prob >= 0.5).float()
-    dice = float(compute_dice(pred, y, include_background=True, ignore_empty=False)[0, 0])
-    iou = float(compute_iou(pred, y, include_background=True, ignore_empty=False)[0, 0])
+
+def _file_metrics(pred: torch.Tensor, prob: torch.Tensor, label: torch.Tensor) -> dict[str, Any]:
+    """HD95 (pixels; an empty prediction scores the image diagonal) and ECE (20 bins) at the original size."""
+    y, pred = label[None], pred[None]
     diag = float(math.hypot(*label.shape[1:]))
     if pred.sum() == 0 or y.sum() == 0:
         hd95 = 0.0 if pred.sum() == y.sum() else diag
     else:
         hd95 = float(compute_hausdorff_distance(pred, y, include_background=True, percentile=95)[0, 0])
         hd95 = hd95 if math.isfinite(hd95) else diag
-    ece = float(CalibrationErrorMetric(num_bins=20)(y_pred=prob, y=y)[0, 0])
-    mean_p, mean_gt, counts = calibration_binning(prob, y, num_bins=20)
-    return {
-        "dice": dice, "iou": iou, "hd95": hd95, "ece": ece, "empty_prediction": bool(pred.sum() == 0),
-        "_bins": (torch.nan_to_num(mean_p[0, 0]) * counts[0, 0], torch.nan_to_num(mean_gt[0, 0]) * counts[0, 0],
-                  counts[0, 0]),
-    }
+    ece = float(CalibrationErrorMetric(num_bins=20)(y_pred=prob[None], y=y)[0, 0])
+    mean_p, mean_gt, counts = calibration_binning(prob[None], y, num_bins=20)
+    bins = (torch.nan_to_num(mean_p[0, 0]) * counts[0, 0], torch.nan_to_num(mean_gt[0, 0]) * counts[0, 0], counts[0, 0])
+    return {"hd95": hd95, "ece": ece, "empty_prediction": bool(pred.sum() == 0), "_bins": bins}
 
 
 def _pooled_ece(bins: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
-    sum_p = torch.stack([b[0] for b in bins]).sum(0)
-    sum_gt = torch.stack([b[1] for b in bins]).sum(0)
-    counts = torch.stack([b[2] for b in bins]).sum(0)
+    sum_p, sum_gt, counts = (torch.stack(parts).sum(0) for parts in zip(*bins))
     keep = counts > 0
     return float(((sum_p[keep] - sum_gt[keep]).abs()).sum() / counts.sum())
 
 
 def _spearman(unc: list[float], err: list[float]) -> float | None:
-    from scipy.stats import spearmanr
-
+    """Spearman's rho, ``None`` when undefined (fewer than 3 cases or a constant variable)."""
     if len(unc) < 3 or np.ptp(unc) == 0 or np.ptp(err) == 0:
         return None
     rho = spearmanr(unc, err).statistic
@@ -318,12 +348,11 @@ def _spearman(unc: list[float], err: list[float]) -> float | None:
 def _flag_summary(cases: list[dict[str, Any]], score: str) -> dict[str, Any]:
     """Spearman(score, 1 - Dice) and mean Dice of the most / least uncertain quarter of the cases."""
     unc = [c[score] for c in cases]
-    err = [1.0 - c["dice"] for c in cases]
+    dice = np.array([c["dice"] for c in cases])
     order = np.argsort(unc)
     q = max(1, len(cases) // 4)
-    dice = np.array([c["dice"] for c in cases])
     return {
-        "spearman": _spearman(unc, err),
+        "spearman": _spearman(unc, list(1.0 - dice)),
         "dice_least_uncertain_quarter": float(dice[order[:q]].mean()),
         "dice_most_uncertain_quarter": float(dice[order[-q:]].mean()),
     }
@@ -332,7 +361,7 @@ def _flag_summary(cases: list[dict[str, Any]], score: str) -> dict[str, Any]:
 def _summarise(cases: list[dict[str, Any]], bins: list, scores: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {"num_cases": len(cases)}
     for key in ("dice", "iou", "hd95", "ece", "ged", "ged_sqrt", "diversity", "diversity_l2", "anchor_dice"):
-        vals = [c[key] for c in cases if key in c]
+        vals = [c[key] for c in cases if c.get(key) is not None]
         if vals:
             out[key] = float(np.mean(vals))
             if key in ("dice", "iou", "hd95"):
@@ -345,110 +374,84 @@ def _summarise(cases: list[dict[str, Any]], bins: list, scores: tuple[str, ...])
     return out
 
 
-def _inference_parser(bundle: Path, overrides: dict[str, Any]):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(str(bundle / "configs" / "inference.json"))
-    parser.update(overrides)
-    return parser
-
-
 @torch.no_grad()
+def _anchor_dice(network: Any, image: torch.Tensor, label: torch.Tensor) -> float:
+    """Dice of the anchor head alone (the condition branch), resized to the label: a diagnostic the bundle does not
+    output, hence the one direct network call here. ``image``: preprocessed ``(C, *S_net)``; ``label``: ``(1, *S)``."""
+    device = next(network.parameters()).device
+    logits = network.anchor(network.encode_condition(convert_to_tensor(image, track_meta=False)[None].to(device)))
+    prob = F.interpolate(torch.sigmoid(logits).float().cpu(), size=tuple(label.shape[1:]), mode="bilinear")
+    return float(compute_dice((prob >= 0.5).float(), label[None], ignore_empty=False)[0, 0])
+
+
 def _test(
     model: str,
-    parser,
-    checkpoint: str,
+    bundle: Path,
+    overrides: dict[str, Any],
     test_list: list[dict[str, str]],
-    network=None,
-    batch_size: int = 4,
+    output_dir: Path,
 ) -> dict[str, Any]:
-    """Test one model on ``test_list`` with the inference config's preprocessing (and, for MedSegDiff, inferer)."""
-    from monai.data import Dataset
-    from monai.inferers import SimpleInferer
-    from monai.utils import convert_to_tensor
-    from monai_diffseg.metrics import compute_generalized_energy_distance, compute_sample_diversity
-    from monai_diffseg.transforms import EnsembleFusiond, MutualInformation
-
-    device = parser.get_parsed_content("device")
-    preprocessing = parser.get_parsed_content("preprocessing")
-    if network is None:
-        network = parser.get_parsed_content("network")
-    network = network.to(device)
-    state = torch.load(checkpoint, map_location=device, weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    network.load_state_dict(state)
-    network.eval()
+    """
+    Run the bundle's ``inference.json`` (its checkpoint loader, sampler, fusion, ``Invertd`` and writers) on
+    ``test_list`` through ``ConfigWorkflow``, then score the files it wrote against the labels of its own
+    preprocessing: Dice/IoU and the ensemble scores from its ``metrics.json``; HD95, ECE and entropy from
+    ``<case>_mask.png`` / ``<case>_prob.png``; ``mutual_info_mean`` from ``<case>_mutual_information.png``.
+    """
     diffusion = model == "medsegdiff"
-    if diffusion:
-        inferer = parser.get_parsed_content("inferer")
-        inferer.return_samples = True
-        fusion = EnsembleFusiond(keys="samples", method=parser.get_parsed_content("fusion"), guide_key="image")
-    else:
-        inferer = SimpleInferer()
-    dataset = Dataset(test_list, transform=preprocessing)
+    wf = _workflow(bundle, "inference.json", "infer", output_dir, datalist=test_list, output_dir=str(output_dir),
+                   **overrides)
+    start = time.perf_counter()
+    wf.run()
+    wall = time.perf_counter() - start
+    get = wf.parser.get_parsed_content
+    preprocessing, network = get("preprocessing"), get("network").eval()
+    anchor = diffusion and getattr(network, "anchor_head", None) is not None
+    written = json.loads((output_dir / "metrics.json").read_text())
+    by_case = {c["case"]: c for c in written["cases"]}
+    mi_high = display_range("mutual_information")[1]
     cases: list[dict[str, Any]] = []
     bins: list = []
-    start = time.perf_counter()
-    for first in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(first, min(first + batch_size, len(dataset)))]
-        image = torch.stack([convert_to_tensor(d["image"], track_meta=False) for d in items]).to(device)
+    for item in test_list:
+        name = item["case"]
+        if name not in by_case:
+            raise ValueError(f"case '{name}' is missing from '{output_dir / 'metrics.json'}' (failed: "
+                             f"{written.get('failed')}).")
+        scored = by_case[name]
+        case: dict[str, Any] = {"case": name, "dice": scored["dice"], "iou": scored["iou"]}
+        pre = preprocessing(dict(item))
+        label = convert_to_tensor(pre["label"], track_meta=False).float()  # original size, binarised by the bundle
+        prob = _read_png(output_dir / f"{name}_prob.png")
+        file_scores = _file_metrics((_read_png(output_dir / f"{name}_mask.png") > 0.5).float(), prob, label)
+        bins.append(file_scores.pop("_bins"))
+        case.update(file_scores)
+        ent = torch.special.entr(prob) + torch.special.entr(1.0 - prob)
+        case["entropy_mean"] = float(ent.mean())
+        case["entropy_fg"] = float(ent.sum()) / max(float((prob >= 0.5).sum()), 1.0)
         if diffusion:
-            samples = inferer(image, network).float().cpu()  # (N, E, 1, h, w)
-            anchor = torch.sigmoid(network.anchor(network.encode_condition(image))).float().cpu() \
-                if getattr(network, "anchor_head", None) is not None else None
-        else:
-            probs = torch.sigmoid(inferer(image, network).float()).cpu()  # (N, 1, h, w)
-        for i, d in enumerate(items):
-            label = convert_to_tensor(d["label"], track_meta=False).float().cpu()
-            label_net = (convert_to_tensor(d["label_net"], track_meta=False).float().cpu() > 0.5).float()
-            case = {"case": test_list[first + i].get("case", str(first + i))}
-            if diffusion:
-                s = samples[i]
-                guide = convert_to_tensor(d["image"], track_meta=False)
-                fused = torch.as_tensor(fusion({"samples": s, "image": guide})["samples"]).float()
-                hard = (s >= 0.5).float()
-                ged = compute_generalized_energy_distance(hard[None], label_net[None, None])
-                case.update({
-                    "ged": float(ged["ged"][0]), "ged_sqrt": float(ged["ged_sqrt"][0]),
-                    "diversity": float(compute_sample_diversity(hard[None], distance="1-iou")[0]),
-                    "diversity_l2": float(compute_sample_diversity(s[None], distance="l2")[0]),
-                    "mutual_info_mean": float(torch.as_tensor(MutualInformation()(s)).mean()),
-                })
-                prob_net = fused
-            else:
-                prob_net = probs[i]
-            ent = _entropy(prob_net)
-            fg = float((prob_net >= 0.5).sum())
-            case["entropy_mean"] = float(ent.mean())
-            case["entropy_fg"] = float(ent.sum()) / max(fg, 1.0)
-            m = _case_metrics(prob_net, label)
-            bins.append(m.pop("_bins"))
-            case.update(m)
-            if diffusion and anchor is not None:
-                case["anchor_dice"] = _case_metrics(anchor[i], label)["dice"]
-            cases.append(case)
-    wall = time.perf_counter() - start
+            ged = scored.get("ged")
+            case.update({
+                "ged": ged, "ged_sqrt": None if ged is None else math.sqrt(max(ged, 0.0)),
+                "diversity": scored.get("sample_diversity"), "diversity_l2": scored.get("sample_diversity_l2"),
+                "mutual_info_mean": float(_read_png(output_dir / f"{name}_mutual_information.png").mean()) * mi_high,
+            })
+        if anchor:
+            case["anchor_dice"] = _anchor_dice(network, pre["image"], label)
+        cases.append(case)
+    settings = {k: get(k) for k in ("num_inference_steps", "num_samples", "fusion")}
+    wf.finalize()
     scores = UNCERTAINTY_SCORES if diffusion else ("entropy_fg", "entropy_mean")
     summary = _summarise(cases, bins, scores)
     summary["test_wall_s"] = round(wall, 1)
     summary["test_s_per_case"] = round(wall / max(1, len(cases)), 3)
+    if diffusion:
+        summary.update(steps=int(settings["num_inference_steps"]), members=int(settings["num_samples"]),
+                       fusion=str(settings["fusion"]))
     return {"summary": summary, "cases": cases}
 
 
 # ----------------------------------------------------------------------------------------------------------- main
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return (f"CPU ({os.cpu_count()} cores visible, {torch.get_num_threads()} torch thread(s)), "
-            f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
-
-
 def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     """Split, train both models through the bundle, test them; return the report dict."""
-    from monai_diffseg.data import image_folder_datalist, split_datalist
-
     torch.set_num_threads(max(1, args.threads))
     bundle = Path(args.bundle).resolve()
     data = Path(args.data).resolve()
@@ -478,15 +481,13 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "num_workers": args.num_workers,
         "resume": False,
         "device": f"$torch.device('{device}')",
+        **_mask_threshold_overrides(train_cfg, args.mask_threshold),
     }
     if args.learning_rate is not None:
         common["learning_rate"] = args.learning_rate
     if args.quiet:
-        for i, h in enumerate(train_cfg["train"]["handlers"]):
-            if h.get("_target_") == "StatsHandler":
-                common[f"train#handlers#{i}#iteration_log"] = False
-    if args.mask_threshold is not None:
-        common[f"load_transforms#{_binary_mask_index(train_cfg['load_transforms'])}#threshold"] = args.mask_threshold
+        common.update({f"{i}#iteration_log": False for i in _target_ids(train_cfg, "StatsHandler") if
+                       i.startswith("train#")})
 
     # MedSegDiff recipe
     network_def = _network_def(train_cfg["network_def"], args.network_config)
@@ -497,24 +498,18 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             recipe[key] = value
     extra = _parse_sets(args.set)
     msd_train = {**common, **recipe, **extra}
+    # the same settings for the bundle's inference.json (those of its keys that it has), plus the test options
     infer_over: dict[str, Any] = {
-        "network_def": network_def,
         "image_size": list(args.image_size),
         "num_workers": args.num_workers,
         "device": f"$torch.device('{device}')",
-        "labels": True,
+        **_mask_threshold_overrides(infer_cfg, args.mask_threshold),
     }
-    for key in ("prediction_type", "noise_schedule"):
-        if key in recipe:
-            infer_over[key] = recipe[key]
     for key, value in (("num_inference_steps", args.steps), ("num_samples", args.members),
                        ("fusion", args.fusion), ("seed", args.sampler_seed)):
         if value is not None:
             infer_over[key] = value
-    if args.mask_threshold is not None:
-        index = _binary_mask_index(infer_cfg["preprocessing"]["transforms"])
-        infer_over[f"preprocessing#transforms#{index}#threshold"] = args.mask_threshold
-    infer_over.update({k: v for k, v in extra.items() if k in infer_cfg or k.split("#")[0] in infer_cfg})
+    infer_over.update({k: v for k, v in {**recipe, **extra}.items() if k.split("#")[0] in infer_cfg})
 
     report: dict[str, Any] = {
         "command": getattr(args, "_argv", None) or "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -524,61 +519,40 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "image_size": list(args.image_size),
         "batch_size": batch_size,
         "budget": plan,
-        "machine": _machine(device),
+        "machine": ", ".join(f"{k}={v}" for k, v in machine_info(device).items()),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "bundle": str(bundle),
         "bundle_config_sha256": {
             name: hashlib.sha256((bundle / "configs" / name).read_bytes()).hexdigest()[:16]
             for name in ("train.json", "inference.json")
         },
-        "medsegdiff_overrides": {k: v for k, v in {**recipe, **extra}.items()},
-        "medsegdiff_inference_overrides": {k: v for k, v in infer_over.items() if k not in ("device",)},
+        "medsegdiff_overrides": {**recipe, **extra},
+        "medsegdiff_inference_overrides": {k: v for k, v in infer_over.items() if k != "device"},
         "models": {},
     }
 
     for model in args.models:
         print(f"\n=== {model}: {plan['iterations']} iterations ({plan['epochs']} epochs x "
               f"{plan['iterations_per_epoch']}), {len(train)}/{len(val)}/{len(test)} train/val/test ===", flush=True)
-        entry: dict[str, Any] = {}
-        if model == "medsegdiff":
-            if args.checkpoint:
-                ckpt = args.checkpoint
-                entry["train"] = {"checkpoint": ckpt, "note": "not trained in this run"}
-            else:
-                entry["train"] = _train(model, bundle, msd_train, work_dir)
-                ckpt = entry["train"][f"{args.checkpoint_choice}_checkpoint"]
-            if not os.path.isfile(ckpt):
-                ckpt = entry["train"]["last_checkpoint"]
-            parser = _inference_parser(bundle, infer_over)
-            result = _test(model, parser, ckpt, test)
-            result["summary"]["steps"] = int(parser.get_parsed_content("num_inference_steps"))
-            result["summary"]["members"] = int(parser.get_parsed_content("num_samples"))
-            result["summary"]["fusion"] = str(parser.get_parsed_content("fusion"))
+        if model == "medsegdiff" and args.checkpoint:
+            entry: dict[str, Any] = {"train": {"checkpoint": args.checkpoint, "note": "not trained in this run"}}
+            ckpt = args.checkpoint
         else:
-            base_over = {**common, **_baseline_overrides(args)}
-            entry["train"] = _train(model, bundle, base_over, work_dir)
+            train_over = msd_train if model == "medsegdiff" else {**common, **_baseline_overrides(args)}
+            entry = {"train": _train(model, bundle, train_over, work_dir)}
             ckpt = entry["train"][f"{args.checkpoint_choice}_checkpoint"]
-            if not os.path.isfile(ckpt):
+            if not os.path.isfile(ckpt):  # no validation improved on the start: test the final weights
                 ckpt = entry["train"]["last_checkpoint"]
-            from monai.bundle import ConfigParser
-
-            net_parser = ConfigParser({"num_classes": 1, "network_def": base_over["network_def"]})
-            parser = _inference_parser(bundle, {k: v for k, v in infer_over.items() if k != "network_def"})
-            result = _test(model, parser, ckpt, test, network=net_parser.get_parsed_content("network_def"))
+        test_over = {**infer_over, "ckpt_path": ckpt}
+        if model == "baseline":
+            test_over.update(network_def=_baseline_overrides(args)["network_def"], inferer=SigmoidMembersInferer(),
+                             fusion="mean")
         entry["checkpoint"] = ckpt
-        entry.update(result)
+        entry.update(_test(model, bundle, test_over, test, work_dir / model / "inference"))
         report["models"][model] = entry
-        _write(report, output)
+        write_json(str(output), report)
     print_table(report)
-    print(f"\nreport: {output}")
     return report
-
-
-def _write(report: dict[str, Any], output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    os.replace(tmp, output)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

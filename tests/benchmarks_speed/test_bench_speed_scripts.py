@@ -4,22 +4,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import math
+import runpy
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _load(name: str) -> SimpleNamespace:
+    """A benchmark script's globals, without running its ``main``."""
+    return SimpleNamespace(**runpy.run_path(str(BENCH / f"{name}.py")))
 
 
 def test_bench_sampling_rows_reference_and_extrapolation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -42,10 +40,11 @@ def test_bench_sampling_rows_reference_and_extrapolation(tmp_path: Path, capsys:
     for r in ours:
         assert r["extrapolated"] == (r["steps"] > 3)
         assert r["s_per_image"] > 0 and r["images_per_s"] == pytest.approx(1 / r["s_per_image"])
-        # a few batched steps with the condition encoded once beat 1000 sequential steps per member (margin for
-        # timing noise on a busy machine: the expected ratio here is in the hundreds)
-        assert r["speedup"] > 2
         assert r["speedup"] == pytest.approx(refs[r["members"]]["s_per_image"] / r["s_per_image"])
+    # the timing ratio itself is the benchmark's finding (printed and recorded), not a test assertion
+    assert result["min_speedup"] == min(r["speedup"] for r in ours)
+    assert result["speedup_as_expected"] == (result["min_speedup"] > bench.MIN_EXPECTED_SPEEDUP)
+    assert "slowest row vs the reference cost" in printed
     # extrapolated rows: one encode + per-step cost of the measured 3-step run, scaled to the row's steps
     for r in ours:
         if r["extrapolated"]:
@@ -67,7 +66,9 @@ def test_bench_sampling_3d_row(capsys: pytest.CaptureFixture) -> None:
     ])
     rows = result["rows"]
     assert [(r["size"], r["members"], r["steps"]) for r in rows] == [("32^3", 2, 2)]
-    assert rows[0]["peak_mib"] >= 0
+    # measured in full (no extrapolation): one image per call, so its time is the measured call
+    assert not rows[0]["extrapolated"] and rows[0]["s_per_image"] == rows[0]["measured_s"]
+    assert math.isfinite(rows[0]["peak_mib"]) and "min_speedup" not in result  # no reference row, no ratio
 
 
 def test_bench_training_rows(capsys: pytest.CaptureFixture) -> None:

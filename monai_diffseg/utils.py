@@ -225,3 +225,67 @@ def check_timesteps(
         )
     where = "batch item(s)" if batch_size is not None else "index(es)"
     raise ValueError(f"{prefix}{name} must be {allowed}, got {_listed(values)} at {where} {_listed(bad)}.")
+
+
+# --- helpers shared by the engines, inferers, networks and transforms ------------------------------------------------
+
+import torch.nn as nn  # noqa: E402
+from monai.networks.layers import separable_filtering  # noqa: E402
+from monai.networks.layers.convutils import gaussian_1d  # noqa: E402
+
+__all__ += ["unwrap_network", "image_to_diffusion", "diffusion_to_image", "gaussian_blur"]
+
+
+def unwrap_network(network: Any) -> Any:
+    """
+    The module inside a ``torch.nn.DataParallel`` / ``DistributedDataParallel`` wrapper, to reach its attributes
+    (``encode_condition``, ``out_channels``, ``anchor_head`` ...) and its state dict; anything else (a plain module, a
+    plain callable) comes back unchanged. Only these two wrapper types are unwrapped: a network's own attribute that
+    happens to be called ``module`` is left alone.
+    """
+    if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        return network.module
+    return network
+
+
+def image_to_diffusion(x: torch.Tensor, value_range: Sequence[float] = (0.0, 1.0)) -> torch.Tensor:
+    """
+    Map intensities (an image, or a ``{0, 1}`` mask with the default range) from ``value_range`` to the diffusion
+    sample space ``[-1, 1]``: ``(x - low) / (high - low) * 2 - 1``, as float.
+
+    Args:
+        x: ``(N, C, *S)`` image or mask.
+        value_range: ``(low, high)`` mapped to ``-1`` and ``1``.
+
+    Raises:
+        ValueError: ``high <= low``.
+    """
+    low, high = float(value_range[0]), float(value_range[1])
+    if not high > low:
+        raise ValueError(f"value_range must be (low, high) with high > low, got {tuple(value_range)}.")
+    return (x.float() - low) / (high - low) * 2.0 - 1.0
+
+
+def diffusion_to_image(x: torch.Tensor, value_range: Sequence[float] = (0.0, 1.0)) -> torch.Tensor:
+    """Inverse of :func:`image_to_diffusion`: ``[-1, 1]`` back to ``value_range`` (a ``[0, 1]`` mask by default)."""
+    low, high = float(value_range[0]), float(value_range[1])
+    return (x.float() + 1.0) / 2.0 * (high - low) + low
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """
+    Separable Gaussian blur of every channel: MONAI's :func:`~monai.networks.layers.separable_filtering` with a
+    sampled, sum-normalised kernel truncated at ``3 sigma`` (:func:`~monai.networks.layers.convutils.gaussian_1d`)
+    and reflect padding (replicate when a side is not longer than the kernel radius). Unlike MONAI's
+    ``GaussianFilter`` (zero padding), borders are not darkened.
+
+    Args:
+        x: ``(B, C, *S)`` float tensor.
+        sigma: standard deviation in pixels (> 0).
+
+    Returns:
+        ``(B, C, *S)``.
+    """
+    kernel = gaussian_1d(sigma, truncated=3.0, approx="sampled", normalize=True)
+    mode = "reflect" if min(x.shape[2:]) > (kernel.numel() - 1) // 2 else "replicate"
+    return separable_filtering(x, kernel.to(x), mode=mode)

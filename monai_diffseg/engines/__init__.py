@@ -3,6 +3,20 @@
 
 from __future__ import annotations
 
-from .image_diffusion import ImageDiffusionPrepareBatch, diffusion_to_image, image_to_diffusion
 from .loss import MaskDiffusionLoss
-from .prepare_batch import PREDICTION_TARGETS, MaskDiffusionPrepareBatch, mask_to_diffusion
+from .prepare_batch import (
+    PREDICTION_TARGETS,
+    DiffusionTargetPrepareBatch,
+    ImageDiffusionPrepareBatch,
+    MaskDiffusionPrepareBatch,
+    mask_to_diffusion,
+)
+
+__all__ = [
+    "DiffusionTargetPrepareBatch",
+    "ImageDiffusionPrepareBatch",
+    "MaskDiffusionLoss",
+    "MaskDiffusionPrepareBatch",
+    "PREDICTION_TARGETS",
+    "mask_to_diffusion",
+]

@@ -1,18 +1,26 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Prepare-batch that turns (image, label) pairs into diffusion training samples for ``SupervisedTrainer``."""
+"""Prepare-batch family that turns batches into diffusion training samples for MONAI's ``SupervisedTrainer``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.engines.utils import PrepareBatch
+from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.schedulers import Scheduler
 from monai.utils import convert_to_tensor, look_up_option
 
-__all__ = ["MaskDiffusionPrepareBatch", "mask_to_diffusion", "PREDICTION_TARGETS"]
+from monai_diffseg.utils import diffusion_to_image, image_to_diffusion
+
+__all__ = [
+    "DiffusionTargetPrepareBatch",
+    "MaskDiffusionPrepareBatch",
+    "ImageDiffusionPrepareBatch",
+    "mask_to_diffusion",
+    "PREDICTION_TARGETS",
+]
 
 PREDICTION_TARGETS = ("epsilon", "sample", "v_prediction")
 
@@ -36,21 +44,15 @@ def mask_to_diffusion(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     label = torch.as_tensor(label)
     if label.ndim < 3:
         raise ValueError(f"label must have shape (N, 1, *spatial), got {tuple(label.shape)}.")
-    if num_classes == 1:
-        if label.shape[1] != 1:
-            raise ValueError(f"binary label must have 1 channel, got shape {tuple(label.shape)}.")
+    if num_classes == 1 and label.shape[1] != 1:
+        raise ValueError(f"binary label must have 1 channel, got shape {tuple(label.shape)}.")
+    if label.shape[1] == num_classes:  # binary, or one-hot
         onehot = label.float()
         if not torch.all((onehot == 0) | (onehot == 1)):
             raise ValueError(
-                f"binary label must contain only 0 and 1, found {torch.unique(onehot)[:8].tolist()}; "
-                "scale {0, 255} masks to {0, 1} in preprocessing (e.g. monai_diffseg.transforms.BinaryMaskd)."
-            )
-    elif label.shape[1] == num_classes:
-        onehot = label.float()
-        if not torch.all((onehot == 0) | (onehot == 1)):
-            raise ValueError(
-                f"one-hot label must contain only 0 and 1, found {torch.unique(onehot)[:8].tolist()}; "
-                "scale {0, 255} masks to {0, 1} in preprocessing (e.g. monai_diffseg.transforms.BinaryMaskd)."
+                f"{'binary' if num_classes == 1 else 'one-hot'} label must contain only 0 and 1, found "
+                f"{torch.unique(onehot)[:8].tolist()}; scale {{0, 255}} masks to {{0, 1}} in preprocessing (e.g. "
+                "monai_diffseg.transforms.BinaryMaskd)."
             )
     elif label.shape[1] == 1:
         if label.is_floating_point() and not torch.equal(label, label.round()):
@@ -61,7 +63,8 @@ def mask_to_diffusion(label: torch.Tensor, num_classes: int) -> torch.Tensor:
         idx = label.long()
         if idx.min() < 0 or idx.max() >= num_classes:
             raise ValueError(
-                f"class-index label values must lie in [0, {num_classes - 1}], found [{int(idx.min())}, {int(idx.max())}]."
+                f"class-index label values must lie in [0, {num_classes - 1}], found "
+                f"[{int(idx.min())}, {int(idx.max())}]."
             )
         onehot = torch.zeros((label.shape[0], num_classes, *label.shape[2:]), device=label.device)
         onehot.scatter_(1, idx, 1.0)
@@ -69,10 +72,82 @@ def mask_to_diffusion(label: torch.Tensor, num_classes: int) -> torch.Tensor:
         raise ValueError(
             f"label must have 1 (class indices) or {num_classes} (one-hot) channels, got shape {tuple(label.shape)}."
         )
-    return onehot * 2.0 - 1.0
+    return image_to_diffusion(onehot)
 
 
-class MaskDiffusionPrepareBatch(PrepareBatch):
+class DiffusionTargetPrepareBatch(DiffusionPrepareBatch):
+    """
+    Base of the family: MONAI's :class:`~monai.engines.utils.DiffusionPrepareBatch` hooks (``get_noise``,
+    ``get_timesteps``, ``get_target``) with a checked timestep range and prediction type. Unlike MONAI's class, which
+    hands ``x_0`` and the noise to a ``DiffusionInferer``, the batch is noised here
+    (``x_t = scheduler.add_noise(x_0, eps, t)``, :meth:`noise_sample`), so the trainer's inferer calls the network on
+    ``x_t`` directly. Subclasses build ``x_0`` from the batch (:meth:`batch_tensors`) and return the trainer's tuple.
+
+    Args:
+        scheduler: a MONAI noise scheduler (``DDPMScheduler``, ``DDIMScheduler`` ...) defining ``add_noise`` (and
+            ``get_velocity`` for ``"v_prediction"``).
+        prediction_type: ``"epsilon"`` (target ``eps``), ``"sample"`` (``x_0``) or ``"v_prediction"`` (``v``); must
+            match the scheduler's.
+        timestep_range: ``(low, high)`` to draw ``t`` uniformly from ``[low, high)``; ``None`` uses ``[0, T)``.
+
+    Raises:
+        ValueError: an empty or out-of-schedule ``timestep_range``, or a ``prediction_type`` that differs from the
+            scheduler's.
+    """
+
+    def __init__(
+        self, scheduler: Scheduler, prediction_type: str, timestep_range: Sequence[int] | None = None
+    ) -> None:
+        super().__init__(num_train_timesteps=int(scheduler.num_train_timesteps))
+        self.scheduler = scheduler
+        self.prediction_type = look_up_option(prediction_type, PREDICTION_TARGETS)
+        num_t = self.num_train_timesteps
+        low, high = (0, num_t) if timestep_range is None else (int(timestep_range[0]), int(timestep_range[1]))
+        if not 0 <= low < high <= num_t:
+            raise ValueError(
+                f"timestep_range {tuple(timestep_range or ())} must satisfy 0 <= low < high <= {num_t} "
+                f"(the scheduler's num_train_timesteps): t is drawn from [low, high)."
+            )
+        self.timestep_range = (low, high)
+        sched_type = getattr(scheduler, "prediction_type", None)
+        if sched_type is not None and sched_type != self.prediction_type:
+            raise ValueError(
+                f"prediction_type '{self.prediction_type}' differs from the scheduler's '{sched_type}': the sampler "
+                "would misread the network output. Use the same value for both."
+            )
+
+    def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` steps drawn uniformly from ``[low, high)`` of ``timestep_range``."""
+        return torch.randint(*self.timestep_range, (images.shape[0],), device=images.device).long()
+
+    def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The regression target of ``prediction_type``: ``eps``, ``x_0`` or ``v`` (``scheduler.get_velocity``)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "sample":
+            return images
+        return self.scheduler.get_velocity(images, noise, timesteps)  # type: ignore[attr-defined]
+
+    def noise_sample(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_t, target, t)`` for ``x0`` ``(N, C, *S)`` in ``[-1, 1]``: noise, then steps, drawn in that order."""
+        noise = self.get_noise(x0)
+        t = self.get_timesteps(x0)
+        return self.scheduler.add_noise(x0, noise, t), self.get_target(x0, noise, t), t
+
+    def batch_tensors(
+        self, batchdata: Any, keys: Sequence[str], device: str | torch.device | None, non_blocking: bool, **kwargs: Any
+    ) -> list[torch.Tensor]:
+        """The batch entries at ``keys`` as plain tensors on ``device`` (MetaTensor bookkeeping only slows every op)."""
+        if not isinstance(batchdata, Mapping) or any(k not in batchdata for k in keys):
+            got = list(batchdata.keys()) if isinstance(batchdata, Mapping) else type(batchdata).__name__
+            raise ValueError(f"{type(self).__name__} needs a dict batch with keys {list(keys)}, got {got}.")
+        return [
+            convert_to_tensor(batchdata[k], track_meta=False).to(device, non_blocking=non_blocking, **kwargs)
+            for k in keys
+        ]
+
+
+class MaskDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
     """
     ``prepare_batch`` for MONAI's ``SupervisedTrainer`` that trains a mask-diffusion model such as
     :class:`monai_diffseg.networks.nets.MedSegDiff`.
@@ -101,53 +176,102 @@ class MaskDiffusionPrepareBatch(PrepareBatch):
         prediction_type: str = "epsilon",
         image_key: str = "image",
         label_key: str = "label",
-        timestep_range: tuple[int, int] | None = None,
+        timestep_range: Sequence[int] | None = None,
     ) -> None:
-        self.scheduler = scheduler
+        super().__init__(scheduler, prediction_type, timestep_range)
         self.num_classes = num_classes
-        self.prediction_type = look_up_option(prediction_type, PREDICTION_TARGETS)
         self.image_key = image_key
         self.label_key = label_key
-        low, high = timestep_range or (0, scheduler.num_train_timesteps)
-        if not 0 <= low < high <= scheduler.num_train_timesteps:
-            raise ValueError(
-                f"timestep_range {timestep_range} must satisfy 0 <= low < high <= {scheduler.num_train_timesteps}."
-            )
-        self.timestep_range = (int(low), int(high))
-        sched_type = getattr(scheduler, "prediction_type", None)
-        if sched_type is not None and sched_type != self.prediction_type:
-            raise ValueError(
-                f"prediction_type '{self.prediction_type}' differs from the scheduler's '{sched_type}': the sampler "
-                "would misread the network output. Use the same value for both."
-            )
 
-    def __call__(
+    def __call__(  # type: ignore[override]
         self,
         batchdata: Mapping[str, Any],
         device: str | torch.device | None = None,
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple, dict[str, torch.Tensor]]:
-        if not isinstance(batchdata, Mapping) or self.image_key not in batchdata or self.label_key not in batchdata:
-            keys = list(batchdata.keys()) if isinstance(batchdata, Mapping) else type(batchdata).__name__
-            raise ValueError(
-                f"MaskDiffusionPrepareBatch needs a dict batch with keys '{self.image_key}' and '{self.label_key}', "
-                f"got {keys}."
-            )
-        # plain tensors: MetaTensor bookkeeping is useless here and slows every op down
-        image = convert_to_tensor(batchdata[self.image_key], track_meta=False)
-        label = convert_to_tensor(batchdata[self.label_key], track_meta=False)
-        image = image.to(device, non_blocking=non_blocking, **kwargs)
-        label = label.to(device, non_blocking=non_blocking, **kwargs)
+        image, label = self.batch_tensors(batchdata, (self.image_key, self.label_key), device, non_blocking, **kwargs)
         x0 = mask_to_diffusion(label, self.num_classes)
-        noise = torch.randn_like(x0)
-        t = torch.randint(*self.timestep_range, (x0.shape[0],), device=x0.device).long()
-        x_t = self.scheduler.add_noise(x0, noise, t)
-        if self.prediction_type == "epsilon":
-            target = noise
-        elif self.prediction_type == "sample":
-            target = x0
-        else:
-            target = self.scheduler.get_velocity(x0, noise, t)
-        targets = {"target": target, "mask": (x0 + 1.0) / 2.0}
-        return x_t, targets, (), {"timesteps": t, "image": image}
+        x_t, target, t = self.noise_sample(x0)
+        return x_t, {"target": target, "mask": diffusion_to_image(x0)}, (), {"timesteps": t, "image": image}
+
+
+class ImageDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
+    """
+    ``prepare_batch`` for MONAI's ``SupervisedTrainer`` that trains an unconditional image diffusion model, e.g.
+    DiffSeg's lesion and healthy models (Shuai et al. 2024, arXiv:2404.16474;
+    :class:`monai_diffseg.networks.nets.DiffSegDenoiser`).
+
+    For each batch it maps the image to ``x_0`` in ``[-1, 1]``, draws ``t`` uniformly from ``timestep_range``
+    (``[low, high)``; DiffSeg trains on and reads out a band of small-to-moderate noise levels) and ``eps ~ N(0, I)``,
+    builds ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` with the scheduler, and returns
+    ``(x_t, target, (), {"timesteps": t})``. The trainer's default ``SimpleInferer`` then calls
+    ``network(x_t, timesteps=t)`` and a plain ``torch.nn.MSELoss`` compares it with ``target``:
+
+    - ``prediction_type="sample"`` (default, DiffSeg's x0-prediction): ``target = x_0``, or the image at
+      ``target_key`` when given (paired training toward another image, as the reference code's healthy model that
+      maps lesion images to lesion-free versions);
+    - ``"epsilon"``: ``target = eps``; ``"v_prediction"``: ``target = v``.
+
+    No label is read: this trains without pixel masks.
+
+    Args:
+        scheduler: a MONAI noise scheduler (``DDPMScheduler`` ...) defining ``alphas_cumprod``.
+        timestep_range: ``(low, high)`` to draw ``t`` from ``[low, high)``; ``None`` uses ``[0, T)``.
+        prediction_type: ``"sample"``, ``"epsilon"`` or ``"v_prediction"``; must match the scheduler's.
+        image_key: key of the image in the batch dict.
+        target_key: optional key of a paired target image (``"sample"`` only).
+        value_range: image intensities mapped to ``[-1, 1]`` (default ``(0, 1)``).
+
+    Raises:
+        ValueError: an empty or out-of-schedule ``timestep_range``, a ``prediction_type`` that differs from the
+            scheduler's, ``target_key`` without ``"sample"``, or ``value_range`` with ``high <= low``.
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        timestep_range: Sequence[int] | None = None,
+        prediction_type: str = "sample",
+        image_key: str = "image",
+        target_key: str | None = None,
+        value_range: Sequence[float] = (0.0, 1.0),
+    ) -> None:
+        super().__init__(scheduler, prediction_type, timestep_range)
+        if target_key is not None and self.prediction_type != "sample":
+            raise ValueError(f"target_key needs prediction_type='sample', got '{self.prediction_type}'.")
+        self.image_key = image_key
+        self.target_key = target_key
+        self.value_range = tuple(float(v) for v in value_range)
+        image_to_diffusion(torch.zeros(1), self.value_range)  # validates value_range
+
+    def __call__(  # type: ignore[override]
+        self,
+        batchdata: Mapping[str, Any] | torch.Tensor,
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict[str, torch.Tensor]]:
+        """
+        Args:
+            batchdata: dict batch with ``image_key`` ``(N, C, *S)`` (or the image tensor itself).
+            device: target device.
+            non_blocking: passed to ``Tensor.to``.
+
+        Returns:
+            ``(x_t, target, (), {"timesteps": t})``.
+        """
+        if isinstance(batchdata, torch.Tensor):
+            batchdata = {self.image_key: batchdata}
+        keys = [self.image_key] + ([self.target_key] if self.target_key is not None else [])
+        tensors = self.batch_tensors(batchdata, keys, device, non_blocking, **kwargs)
+        images = [image_to_diffusion(x, self.value_range) for x in tensors]
+        x_t, target, t = self.noise_sample(images[0])
+        if self.target_key is not None:
+            target = images[1]
+            if target.shape != x_t.shape:
+                raise ValueError(
+                    f"target '{self.target_key}' {tuple(target.shape)} must have the shape of the image "
+                    f"{tuple(x_t.shape)}."
+                )
+        return x_t, target, (), {"timesteps": t}

@@ -13,7 +13,8 @@ from monai.handlers import CheckpointLoader
 from monai.networks.utils import copy_model_state
 from monai.utils import IgniteInfo, min_version, optional_import
 
-from monai_diffseg.networks.utils import _unwrap, check_state_dict, read_checkpoint
+from monai_diffseg.networks.utils import check_state_dict, read_checkpoint
+from monai_diffseg.utils import unwrap_network
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -106,7 +107,7 @@ class CheckedCheckpointLoader(CheckpointLoader):
         checkpoint = self._entries() if checkpoint is None else checkpoint
         for k, obj in self.load_dict.items():
             if isinstance(obj, nn.Module):
-                check_state_dict(_unwrap(obj), checkpoint[k], self.load_path, strict=self.strict)
+                check_state_dict(unwrap_network(obj), checkpoint[k], self.load_path, strict=self.strict)
         return checkpoint
 
     def __call__(self, engine: Engine) -> None:
@@ -159,9 +160,9 @@ class CheckedCheckpointLoader(CheckpointLoader):
         for k, obj in items:
             if isinstance(obj, nn.Module) and k not in checkpoint:
                 raise ValueError(
-                    f"checkpoint '{self.load_path}' has no entry '{k}' for the network {type(_unwrap(obj)).__name__}; "
-                    f"its entries are {list(checkpoint.keys())[:10]}. The load_dict keys must match the save_dict "
-                    "keys used by CheckpointSaver."
+                    f"checkpoint '{self.load_path}' has no entry '{k}' for the network "
+                    f"{type(unwrap_network(obj)).__name__}; its entries are {list(checkpoint.keys())[:10]}. The "
+                    "load_dict keys must match the save_dict keys used by CheckpointSaver."
                 )
         missing = [k for k, obj in items if not isinstance(obj, nn.Module) and k not in checkpoint]
         if missing and self.strict and self.strict_shape:

@@ -9,15 +9,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 from monai.utils import convert_to_tensor
+from skimage.filters import threshold_otsu
 
-from monai_diffseg.engines.image_diffusion import image_to_diffusion
-from monai_diffseg.inferers.diffusion_segmentation import _unwrap
 from monai_diffseg.transforms.fusion import look_up_named_option
-from monai_diffseg.utils import batch_item_names, check_finite
+from monai_diffseg.utils import batch_item_names, check_finite, gaussian_blur, image_to_diffusion, unwrap_network
 
 __all__ = [
     "DiffusionDifferenceInferer",
@@ -62,47 +60,19 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 def otsu_threshold(maps: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """
-    Otsu's threshold of every map of a batch (maximum between-class variance over a ``bins``-bin histogram).
+    Otsu's threshold of every map of a batch: :func:`skimage.filters.threshold_otsu` (maximum between-class variance
+    over a ``bins``-bin histogram of the map's own value range), one map at a time on the CPU. The copy of the maps to
+    the host is one per inferer call and negligible next to the network calls, so no GPU implementation is kept.
 
     Args:
-        maps: ``(B, ...)`` values in ``[0, 1]``.
+        maps: ``(B, ...)``.
         bins: histogram bins.
 
     Returns:
-        ``(B,)`` thresholds in ``[0, 1]``; foreground is ``maps > threshold``.
+        ``(B,)`` float32 thresholds on ``maps``' device; foreground is ``maps > threshold`` (none for a constant map).
     """
-    flat = maps.reshape(maps.shape[0], -1).float().clamp(0.0, 1.0)
-    idx = (flat * (bins - 1)).round().long()
-    hist = torch.zeros(flat.shape[0], bins, device=flat.device).scatter_add_(1, idx, torch.ones_like(flat))
-    prob = hist / flat.shape[1]
-    centers = torch.linspace(0.0, 1.0, bins, device=flat.device)
-    w0 = prob.cumsum(1)
-    mu = (prob * centers).cumsum(1)
-    mu_t = mu[:, -1:]
-    denom = (w0 * (1.0 - w0)).clamp_min(1e-12)
-    between = (mu_t * w0 - mu) ** 2 / denom
-    between = torch.where((w0 > 0) & (w0 < 1), between, torch.zeros_like(between))
-    k = between.argmax(dim=1)
-    return centers[k] + 0.5 / (bins - 1)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(B, 1, *S)`` maps (reflect padding)."""
-    radius = max(1, int(round(3.0 * sigma)))
-    coords = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-(coords**2) / (2.0 * sigma**2))
-    kernel = kernel / kernel.sum()
-    spatial = x.ndim - 2
-    conv = (F.conv1d, F.conv2d, F.conv3d)[spatial - 1]
-    out = x
-    for axis in range(spatial):
-        shape = [1, 1] + [1] * spatial
-        shape[2 + axis] = kernel.numel()
-        pad = [0, 0] * spatial
-        pad[2 * (spatial - 1 - axis)] = pad[2 * (spatial - 1 - axis) + 1] = radius
-        mode = "reflect" if min(out.shape[2:]) > radius else "replicate"
-        out = conv(F.pad(out, pad, mode=mode), kernel.reshape(shape))
-    return out
+    flat = maps.detach().reshape(maps.shape[0], -1).float().cpu().numpy()
+    return torch.tensor([float(threshold_otsu(m, nbins=bins)) for m in flat], device=maps.device)
 
 
 class DiffusionDifferenceInferer(Inferer):
@@ -302,7 +272,7 @@ class DiffusionDifferenceInferer(Inferer):
     def _both(
         self, network: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        module = _unwrap(network)
+        module = unwrap_network(network)
         if hasattr(module, "lesion") and hasattr(module, "healthy"):
             out = network(x_t, t, *args, **kwargs)
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
@@ -332,7 +302,7 @@ class DiffusionDifferenceInferer(Inferer):
             ``[0, 1]``, ``(N, T, 1, *S)``), ``"mask"`` (``{0, 1}``, ``(N, T, 1, *S)``) and ``"threshold"``
             (the score threshold of every map, ``(N, T)``).
         """
-        module = _unwrap(network)
+        module = unwrap_network(network)
         image = self._check_inputs(inputs, module)
         device = image.device
         n, spatial = image.shape[0], image.shape[2:]
@@ -364,7 +334,7 @@ class DiffusionDifferenceInferer(Inferer):
             type(self).__name__,
             hint="the images were finite, so a network returned NaN/Inf (damaged weights: check the checkpoints).",
         )
-        smoothed = _gaussian_blur(diff, self.smooth_sigma) if self.smooth_sigma > 0 else diff
+        smoothed = gaussian_blur(diff, self.smooth_sigma) if self.smooth_sigma > 0 else diff
         flat = smoothed.reshape(smoothed.shape[0], -1)
         if self.normalization == "minmax":
             lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values

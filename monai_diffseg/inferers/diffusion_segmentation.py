@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import warnings
 import weakref
 from collections.abc import Callable, Sequence
@@ -15,10 +16,17 @@ import torch
 import torch.nn as nn
 from monai.data import MetaTensor
 from monai.inferers import Inferer, sliding_window_inference
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowScheduler, Scheduler
 from monai.utils import convert_to_tensor, look_up_option, optional_import
 
-from monai_diffseg.utils import batch_item_names, check_finite, check_floating, check_timesteps
+from monai_diffseg.utils import (
+    batch_item_names,
+    check_finite,
+    check_floating,
+    check_timesteps,
+    diffusion_to_image,
+    unwrap_network,
+)
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
@@ -34,9 +42,18 @@ __all__ = [
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    """The module behind DataParallel / DistributedDataParallel wrappers (for its helper methods)."""
-    return getattr(network, "module", network)
+#: the keyword arguments the sampler gives ``scheduler.step`` where its signature takes them
+STEP_EXTRAS = ("eta", "generator", "next_timestep")
+
+
+def _step_batch(t: float, x: torch.Tensor) -> torch.Tensor:
+    """Step ``t`` for every row of ``x``: ``(B,)`` long for integer schedules, float32 for continuous ones (RFlow)."""
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long if isinstance(t, int) else torch.float32)
+
+
+def _condition(name: str, cond: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+    """The network's condition keyword: ``condition=`` the encoded tuple, or ``image=`` the image itself."""
+    return {name: cond if name == "condition" else cond[0]}
 
 
 def _parameter_dtype(module: Any) -> torch.dtype | None:
@@ -83,7 +100,7 @@ def x0_to_probability(x0: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
         x0: ``(..., C, *S)`` predicted ``x_0``.
         channel_dim: the channel dimension.
     """
-    prob = (x0.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+    prob = diffusion_to_image(x0.clamp(-1.0, 1.0))
     if prob.shape[channel_dim] > 1:
         total = prob.sum(dim=channel_dim, keepdim=True)
         # every channel at -1 (no class claims the pixel): uniform rather than all-zero probabilities
@@ -120,7 +137,7 @@ class DiffusionSegmentationTrainInferer(Inferer):
                 "DiffusionSegmentationTrainInferer needs `timesteps` and `image` keyword arguments; use it with "
                 "monai_diffseg.engines.MaskDiffusionPrepareBatch as the trainer's prepare_batch."
             )
-        if self.anchor and getattr(_unwrap(network), "anchor_head", None) is not None:  # type: ignore[arg-type]
+        if self.anchor and getattr(unwrap_network(network), "anchor_head", None) is not None:
             pred, anchor = network(inputs, *args, return_anchor=True, **kwargs)
             return {"pred": pred, "anchor": anchor}
         return {"pred": network(inputs, *args, **kwargs)}
@@ -143,23 +160,32 @@ class DiffusionSegmentationInferer(Inferer):
     4. returns the final ``x_0`` prediction mapped to probabilities (the trap of returning the raw network output,
        as the reference DPM-Solver path does, is avoided by always taking the scheduler's ``x_0``).
 
-    Speed options (all off by default; outputs agree with the plain path up to the precision used):
+    Schedulers: every MONAI scheduler (``DDPMScheduler``, ``DDIMScheduler``, ``PNDMScheduler``, ``RFlowScheduler``)
+    and :class:`monai_diffseg.schedulers.DPMSolverMultistepScheduler`. Each ``scheduler.step`` gets the extras its
+    signature takes: ``eta`` (DDIM), ``generator`` (DDPM, DDIM: one per member, so results do not depend on
+    batching) and ``next_timestep`` (RFlow; its step size comes from the next timestep, the last step goes to 0). A
+    scheduler whose ``step`` requires any other argument is rejected at construction.
+
+    Speed options (all off by default; outputs agree with the plain path up to the precision used), applied once per
+    call outside the sampling loop. The inferer keeps no per-call state; it caches only what ``channels_last`` and
+    ``compile`` build per network:
 
     - ``member_batch_size="auto"``: on CUDA, one probe call measures the memory a member costs and the chunk is
       the number of members that fit in 80% of the free memory (:func:`memory_aware_member_chunk`); on CPU all
       members run in one batch.
     - ``autocast="bf16" | "fp16"``: network calls under ``torch.autocast`` on the input's device; the scheduler
       update stays float32.
-    - ``channels_last=True``: network and per-step tensors in channels-last memory format (NHWC / NDHWC), which
-      tensor cores prefer. This converts the network's parameters in place.
+    - ``channels_last=True``: per-step tensors in channels-last memory format (NHWC / NDHWC), which tensor cores
+      prefer, and a channels-last copy of the (unwrapped) network: made once per network, given the network's
+      weights and train/eval mode at every call. The caller's network is never converted.
     - ``compile=True``: the per-step network call goes through ``torch.compile`` (compiled once per network and
-      cached; ``compile_kwargs`` are passed on). ``cuda_graphs=True`` compiles with ``mode="reduce-overhead"``,
-      which captures CUDA graphs: every step has the same shapes, so the launch overhead of small per-step
-      networks disappears. It is ignored with a warning on CPU.
+      cached, which keeps that network alive as long as the inferer; ``compile_kwargs`` are passed on).
+      ``cuda_graphs=True`` compiles with ``mode="reduce-overhead"``, which captures CUDA graphs: every step has the
+      same shapes, so the launch overhead of small per-step networks disappears. It is ignored with a warning on CPU.
 
     Args:
-        scheduler: MONAI scheduler (``DDPMScheduler``, ``DDIMScheduler``, or any with ``set_timesteps``/``step``);
-            its ``prediction_type`` must match the training target. It is copied per call, never mutated.
+        scheduler: a scheduler as above; its ``prediction_type`` must match the training target. It is copied per
+            call, never mutated.
         num_inference_steps: reverse steps (e.g. 1000 for DDPM, 10-50 for DDIM).
         num_samples: ensemble size ``E``.
         return_samples: return the stacked per-member probabilities ``(N, E, C, *S)`` instead of the fused
@@ -206,6 +232,17 @@ class DiffusionSegmentationInferer(Inferer):
                 raise ValueError(f"member_batch_size must be an int >= 1, None or 'auto', got '{member_batch_size}'.")
         elif member_batch_size is not None and member_batch_size < 1:
             raise ValueError(f"member_batch_size must be an int >= 1, None or 'auto', got {member_batch_size}.")
+        required = [
+            p.name
+            for p in list(inspect.signature(scheduler.step).parameters.values())[3:]
+            if p.default is p.empty and p.kind is not p.VAR_POSITIONAL and p.kind is not p.VAR_KEYWORD
+        ]
+        if any(name not in STEP_EXTRAS for name in required):
+            raise ValueError(
+                f"{type(scheduler).__name__}.step requires {required} besides (model_output, timestep, sample); "
+                f"{type(self).__name__} passes only {list(STEP_EXTRAS)} (where step takes them). Use a MONAI scheduler "
+                "(DDPM, DDIM, PNDM, RFlow) or monai_diffseg.schedulers.DPMSolverMultistepScheduler."
+            )
         self.scheduler = scheduler
         self.num_inference_steps = num_inference_steps
         self.num_samples = num_samples
@@ -219,10 +256,8 @@ class DiffusionSegmentationInferer(Inferer):
         self.compile = compile or cuda_graphs
         self.compile_kwargs = dict(compile_kwargs or {})
         self.cuda_graphs = cuda_graphs
-        # compiled per-step callables, one per network (weak keys: the inferer never keeps a network alive)
-        self._compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-        #: member chunk size used by the last call (useful with ``member_batch_size="auto"``)
-        self.last_member_batch_size: int | None = None
+        # per network: (the module the steps run: the network or its channels-last copy, its step callable)
+        self._prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
@@ -235,95 +270,6 @@ class DiffusionSegmentationInferer(Inferer):
             meta_out.copy_meta_from(inputs)  # batched meta, applied_operations and is_batch
             out = meta_out
         return out
-
-    def _members(self, num_samples: int | None) -> int:
-        """The call's ensemble size: ``num_samples``, else the inferer's; ``< 1`` raises."""
-        if num_samples is None:
-            return int(self.num_samples)
-        if int(num_samples) < 1:
-            raise ValueError(
-                f"{type(self).__name__}.sample: num_samples must be >= 1, got {num_samples}; pass None to use the "
-                f"inferer's num_samples={self.num_samples}."
-            )
-        return int(num_samples)
-
-    def _checked_image(self, inputs: Any, network: Any) -> torch.Tensor:
-        """
-        ``inputs`` as a plain floating tensor in the network's parameter dtype, checked for NaN/Inf (the message names
-        the batch items and, for a collated ``MetaTensor``, their files). Integer images raise (see
-        :func:`monai_diffseg.utils.check_floating`).
-        """
-        owner = f"{type(self).__name__}"
-        names = batch_item_names(inputs)
-        image = convert_to_tensor(inputs, track_meta=False)
-        image = check_floating(image, "inputs", owner, _parameter_dtype(_unwrap(network)))
-        check_finite(image, "inputs", owner, names)
-        return image
-
-    def _base_seed(self, seed: int | None) -> int:
-        """The call's base seed: ``seed``, else the inferer's, else one drawn from torch's global RNG."""
-        base_seed = seed if seed is not None else self.seed
-        return int(torch.randint(0, 2**31 - 1, (1,)).item()) if base_seed is None else base_seed
-
-    def _stochastic(self, scheduler: Scheduler) -> bool:
-        return isinstance(scheduler, DDPMScheduler) or (isinstance(scheduler, DDIMScheduler) and self.eta > 0)
-
-    def _autocast(self, device: torch.device) -> Any:
-        if self.autocast_dtype is None:
-            # leave any caller's autocast (e.g. SupervisedEvaluator(amp=True)) in force
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.autocast_dtype)
-
-    def _memory_format(self, ndim: int) -> torch.memory_format | None:
-        if not self.channels_last:
-            return None
-        return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim)
-
-    def _step_network(self, network: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
-        """The callable used at every denoising step: the network itself or its cached ``torch.compile`` d form."""
-        if not self.compile or not isinstance(network, nn.Module):
-            return network
-        kwargs = dict(self.compile_kwargs)
-        if self.cuda_graphs:
-            if device.type != "cuda":
-                warnings.warn("cuda_graphs=True needs a CUDA device; compiling without CUDA graphs.", stacklevel=3)
-            else:
-                kwargs.setdefault("mode", "reduce-overhead")
-        compiled = self._compiled.get(network)
-        if compiled is None:
-            compiled = torch.compile(network, **kwargs)
-            self._compiled[network] = compiled
-        return compiled
-
-    def _auto_chunk(
-        self,
-        step_fn: Callable[..., Any],
-        x: torch.Tensor,
-        n: int,
-        members: int,
-        t: torch.Tensor,
-        cond_name: str,
-        cond_one: Any,
-        args: tuple,
-        kwargs: dict,
-    ) -> int:
-        """Measure one member's memory with a probe call (CUDA) and return the member chunk that fits."""
-        device = x.device
-        if device.type != "cuda" or members == 1:
-            return members
-        torch.cuda.synchronize(device)
-        free, _ = torch.cuda.mem_get_info(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        with self._autocast(device):
-            step_fn(x[:n], torch.full((n,), int(t), device=device, dtype=torch.long), *args, **{cond_name: cond_one},
-                    **kwargs)
-        torch.cuda.synchronize(device)
-        activations = torch.cuda.max_memory_allocated(device) - before
-        conds = cond_one if isinstance(cond_one, tuple) else (cond_one,)
-        tiled_condition = sum(c.numel() * c.element_size() for c in conds)
-        state = 3 * x[:n].numel() * 4  # x, model output, x0 of one member (float32)
-        return memory_aware_member_chunk(members, activations + tiled_condition + state, free)
 
     @torch.no_grad()
     def sample(
@@ -358,84 +304,24 @@ class DiffusionSegmentationInferer(Inferer):
         """
         members = self._members(num_samples)
         image = self._checked_image(inputs, network)
-        n = image.shape[0]
         base_seed = self._base_seed(seed)
-        module = _unwrap(network)  # type: ignore[arg-type]
-        out_channels = int(getattr(module, "out_channels", 1))
-        device = image.device
-        memory_format = self._memory_format(image.ndim)
-        if memory_format is not None and isinstance(network, nn.Module):
-            network.to(memory_format=memory_format)  # type: ignore[call-overload]
-            image = image.contiguous(memory_format=memory_format)
-
-        def fmt(v: torch.Tensor) -> torch.Tensor:
-            return v if memory_format is None or v.ndim != image.ndim else v.contiguous(memory_format=memory_format)
-
-        scheduler = copy.deepcopy(self.scheduler)
-        scheduler.set_timesteps(self.num_inference_steps, device=device)
-        num_train = getattr(scheduler, "num_train_timesteps", None)
-        check_timesteps(
-            scheduler.timesteps,
-            num_train_timesteps=None if num_train is None else int(num_train),
-            name=f"{type(scheduler).__name__}.timesteps (num_inference_steps={self.num_inference_steps})",
-            owner=type(self).__name__,
-        )
-        if hasattr(scheduler, "alphas_cumprod"):
-            scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
-
+        n, device, module = image.shape[0], image.device, unwrap_network(network)
+        scheduler = self._scheduler(image)
+        fmt = self._formatter(image.ndim)
+        step_fn = self._step_network(network, image)
         gens = [torch.Generator(device=device).manual_seed(base_seed + e) for e in range(members)]
-        shape = (n, out_channels, *image.shape[2:])
+        shape = (n, int(getattr(module, "out_channels", 1)), *image.shape[2:])
         # member-major layout: row e * N + n is member e of image n (what MedSegDiff.forward expects)
         x = torch.cat([torch.randn(shape, generator=g, device=device) for g in gens], dim=0)
-
-        encode = getattr(module, "encode_condition", None)
-        if callable(encode):
-            with self._autocast(device):
-                cond_name, cond_one = "condition", tuple(fmt(c) for c in encode(image))
-        else:
-            cond_name, cond_one = "image", image
-        step_fn = self._step_network(network, device)  # type: ignore[arg-type]
-        timesteps: Sequence[torch.Tensor] = scheduler.timesteps
-
-        if self.member_batch_size == "auto":
-            chunk = self._auto_chunk(step_fn, x, n, members, timesteps[0], cond_name, cond_one, args, kwargs)
-        else:
-            chunk = members if self.member_batch_size is None else min(int(self.member_batch_size), members)
-        self.last_member_batch_size = chunk
-
-        def tile(c: torch.Tensor) -> torch.Tensor:
-            return fmt(c.repeat(chunk, *([1] * (c.ndim - 1))))
-
-        # condition (or image) tiled to one chunk of members once per call, not at every step; a smaller last
-        # chunk takes a leading slice (member-major layout)
-        cond_tiled = tuple(tile(c) for c in cond_one) if cond_name == "condition" else tile(cond_one)
-        stochastic = self._stochastic(scheduler)
-
+        timesteps = scheduler.timesteps.tolist()
+        denoise = self._denoiser(step_fn, module, fmt(image), x, members, timesteps[0], fmt, args, kwargs)
+        step = self._stepper(scheduler, n, gens)
+        steps = zip(timesteps, timesteps[1:] + [0])  # (t, next t); RFlow's step size needs the next t
         if self.progress and has_tqdm:
-            timesteps = tqdm(timesteps, desc="diffusion sampling")
+            steps = tqdm(steps, total=len(timesteps), desc="diffusion sampling")
         x0 = x
-        for t in timesteps:
-            outputs = []
-            for start in range(0, members, chunk):
-                xs = fmt(x[start * n : (start + chunk) * n])
-                tt = torch.full((xs.shape[0],), int(t), device=device, dtype=torch.long)
-                rows = xs.shape[0]
-                cond = tuple(c[:rows] for c in cond_tiled) if cond_name == "condition" else cond_tiled[:rows]
-                with self._autocast(device):
-                    pred = step_fn(xs, tt, *args, **{cond_name: cond}, **kwargs)
-                outputs.append(pred.float())
-            model_output = torch.cat(outputs, dim=0).contiguous()
-            if stochastic:
-                # member e's noise comes from its own generator, so results do not depend on batching
-                steps = [
-                    self._step(scheduler, model_output[e * n : (e + 1) * n], t, x[e * n : (e + 1) * n], gens[e])
-                    for e in range(members)
-                ]
-                x = torch.cat([s[0] for s in steps], dim=0)
-                x0 = torch.cat([s[1] for s in steps], dim=0) if steps[0][1] is not None else x
-            else:
-                x, pred_x0 = self._step(scheduler, model_output, t, x, None)
-                x0 = pred_x0 if pred_x0 is not None else x
+        for t, next_t in steps:
+            x, x0 = step(denoise(x, t), t, next_t, x)
         per_image = x0.reshape(members, n, *x0.shape[1:]).transpose(0, 1)  # (N, E, C, *S)
         check_finite(
             per_image,
@@ -446,23 +332,184 @@ class DiffusionSegmentationInferer(Inferer):
         )
         return x0_to_probability(per_image, channel_dim=2).contiguous()
 
-    def _step(
+    def _members(self, num_samples: int | None) -> int:
+        """The call's ensemble size: ``num_samples``, else the inferer's; ``< 1`` raises."""
+        if num_samples is None:
+            return int(self.num_samples)
+        if int(num_samples) < 1:
+            raise ValueError(
+                f"{type(self).__name__}.sample: num_samples must be >= 1, got {num_samples}; pass None to use the "
+                f"inferer's num_samples={self.num_samples}."
+            )
+        return int(num_samples)
+
+    def _checked_image(self, inputs: Any, network: Any) -> torch.Tensor:
+        """
+        ``inputs`` as a plain floating tensor in the network's parameter dtype, checked for NaN/Inf (the message names
+        the batch items and, for a collated ``MetaTensor``, their files). Integer images raise (see
+        :func:`monai_diffseg.utils.check_floating`).
+        """
+        owner = f"{type(self).__name__}"
+        names = batch_item_names(inputs)
+        image = convert_to_tensor(inputs, track_meta=False)
+        image = check_floating(image, "inputs", owner, _parameter_dtype(unwrap_network(network)))
+        check_finite(image, "inputs", owner, names)
+        return image
+
+    def _base_seed(self, seed: int | None) -> int:
+        """The call's base seed: ``seed``, else the inferer's, else one drawn from torch's global RNG."""
+        base_seed = seed if seed is not None else self.seed
+        return int(torch.randint(0, 2**31 - 1, (1,)).item()) if base_seed is None else base_seed
+
+    def _scheduler(self, image: torch.Tensor) -> Scheduler:
+        """A copy of the scheduler with the call's timesteps on the image's device, checked against the schedule."""
+        scheduler = copy.deepcopy(self.scheduler)
+        extra = inspect.signature(scheduler.set_timesteps).parameters
+        size = {"input_img_size_numel": int(image.shape[2:].numel())} if "input_img_size_numel" in extra else {}
+        scheduler.set_timesteps(self.num_inference_steps, device=image.device, **size)  # RFlow scales by image size
+        check_timesteps(
+            scheduler.timesteps,
+            # RFlow starts at t = T itself (pure noise): only the lower bound applies there
+            num_train_timesteps=None if isinstance(scheduler, RFlowScheduler) else int(scheduler.num_train_timesteps),
+            name=f"{type(scheduler).__name__}.timesteps (num_inference_steps={self.num_inference_steps})",
+            owner=type(self).__name__,
+        )
+        if hasattr(scheduler, "alphas_cumprod"):
+            scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(image.device)
+        return scheduler
+
+    def _autocast(self, device: torch.device) -> Any:
+        if self.autocast_dtype is None:
+            # leave any caller's autocast (e.g. SupervisedEvaluator(amp=True)) in force
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def _memory_format(self, ndim: int) -> torch.memory_format | None:
+        return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim) if self.channels_last else None
+
+    def _formatter(self, ndim: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Tensors of the image's rank in the ``channels_last`` memory format (identity when the option is off)."""
+        memory_format = self._memory_format(ndim)
+        return lambda v: v if memory_format is None or v.ndim != ndim else v.contiguous(memory_format=memory_format)
+
+    def _step_network(self, network: Callable[..., Any], image: torch.Tensor) -> Callable[..., Any]:
+        """The callable of every denoising step: the network, or its cached channels-last copy and/or compiled form."""
+        memory_format = self._memory_format(image.ndim)
+        if not isinstance(network, nn.Module) or (memory_format is None and not self.compile):
+            return network
+        kwargs = dict(self.compile_kwargs)
+        if self.cuda_graphs:
+            if image.device.type != "cuda":
+                warnings.warn("cuda_graphs=True needs a CUDA device; compiling without CUDA graphs.", stacklevel=3)
+            else:
+                kwargs.setdefault("mode", "reduce-overhead")
+        if network not in self._prepared:
+            module = network
+            if memory_format is not None:
+                module = copy.deepcopy(unwrap_network(network)).to(memory_format=memory_format)
+            self._prepared[network] = (module, torch.compile(module, **kwargs) if self.compile else module)
+        module, step_fn = self._prepared[network]
+        if module is not network:  # the channels-last copy follows the caller's network
+            source = unwrap_network(network)
+            module.to(image.device).load_state_dict(source.state_dict())
+            module.train(source.training)
+        return step_fn
+
+    def _denoiser(
         self,
-        scheduler: Scheduler,
-        model_output: torch.Tensor,
-        t: torch.Tensor,
+        step_fn: Callable[..., Any],
+        module: Any,
+        image: torch.Tensor,
         x: torch.Tensor,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(scheduler, DDIMScheduler):
-            out = scheduler.step(model_output, int(t), x, eta=self.eta, generator=generator)
-        elif isinstance(scheduler, DDPMScheduler):
-            out = scheduler.step(model_output, int(t), x, generator=generator)
+        members: int,
+        first_t: float,
+        fmt: Callable[[torch.Tensor], torch.Tensor],
+        args: tuple,
+        kwargs: dict,
+    ) -> Callable[[torch.Tensor, float], torch.Tensor]:
+        """
+        ``denoise(x, t)``: the float32 network output for all members of ``x`` ``(E * N, C, *S)`` at step ``t``. The
+        image condition is encoded once (``encode_condition`` when the network has it, else the image is passed),
+        tiled to one chunk of members once, and the members run a chunk at a time under the ``autocast`` option.
+        """
+        n, device = image.shape[0], image.device
+        encode = getattr(module, "encode_condition", None)
+        if callable(encode):
+            with self._autocast(device):
+                name, cond = "condition", tuple(fmt(c) for c in encode(image))
         else:
-            out = scheduler.step(model_output, int(t), x)
-        if isinstance(out, tuple):
-            return out[0], (out[1] if len(out) > 1 else None)
-        return out, None
+            name, cond = "image", (image,)
+        if self.member_batch_size == "auto":
+            chunk = self._auto_chunk(step_fn, x, n, members, first_t, name, cond, args, kwargs)
+        else:
+            chunk = members if self.member_batch_size is None else min(int(self.member_batch_size), members)
+        # tiled to one chunk of members once per call, not at every step; a smaller last chunk takes a leading slice
+        tiled = tuple(fmt(c.repeat(chunk, *([1] * (c.ndim - 1)))) for c in cond)
+
+        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
+            outputs = []
+            for start in range(0, members, chunk):
+                xs = fmt(x[start * n : (start + chunk) * n])
+                rows = tuple(c[: xs.shape[0]] for c in tiled)
+                with self._autocast(device):
+                    pred = step_fn(xs, _step_batch(t, xs), *args, **_condition(name, rows), **kwargs)
+                outputs.append(pred.float())
+            return torch.cat(outputs, dim=0).contiguous()
+
+        return denoise
+
+    def _auto_chunk(
+        self,
+        step_fn: Callable[..., Any],
+        x: torch.Tensor,
+        n: int,
+        members: int,
+        t: float,
+        name: str,
+        cond: tuple[torch.Tensor, ...],
+        args: tuple,
+        kwargs: dict,
+    ) -> int:
+        """Measure one member's memory with a probe call (CUDA) and return the member chunk that fits."""
+        device = x.device
+        if device.type != "cuda" or members == 1:
+            return members
+        torch.cuda.synchronize(device)
+        free, _ = torch.cuda.mem_get_info(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with self._autocast(device):
+            step_fn(x[:n], _step_batch(t, x[:n]), *args, **_condition(name, cond), **kwargs)
+        torch.cuda.synchronize(device)
+        activations = torch.cuda.max_memory_allocated(device) - before
+        tiled_condition = sum(c.numel() * c.element_size() for c in cond)
+        state = 3 * x[:n].numel() * 4  # x, model output, x0 of one member (float32)
+        return memory_aware_member_chunk(members, activations + tiled_condition + state, free)
+
+    def _stepper(
+        self, scheduler: Scheduler, n: int, gens: Sequence[torch.Generator]
+    ) -> Callable[[torch.Tensor, float, float, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """
+        ``step(model_output, t, next_t, x) -> (x_prev, x0)``: one reverse step with the :data:`STEP_EXTRAS` that
+        ``scheduler.step`` takes; ``x0`` is the scheduler's ``x_0`` prediction (``x_prev`` for one without it).
+        Stochastic schedulers (DDPM; DDIM with ``eta > 0``) step member by member with the member's generator.
+        """
+        accepted = inspect.signature(scheduler.step).parameters
+        stochastic = isinstance(scheduler, DDPMScheduler) or (isinstance(scheduler, DDIMScheduler) and self.eta > 0)
+
+        def one(out: torch.Tensor, t: float, next_t: float, x: torch.Tensor, gen: Any) -> tuple:
+            extras = {"eta": self.eta, "generator": gen, "next_timestep": next_t}
+            res = scheduler.step(out, t, x, **{k: v for k, v in extras.items() if k in accepted})
+            prev, x0 = (res[0], res[1] if len(res) > 1 else None) if isinstance(res, tuple) else (res, None)
+            return prev, prev if x0 is None else x0
+
+        def step(out: torch.Tensor, t: float, next_t: float, x: torch.Tensor) -> tuple:
+            if not stochastic:
+                return one(out, t, next_t, x, None)
+            rows = [one(out[e * n : (e + 1) * n], t, next_t, x[e * n : (e + 1) * n], g) for e, g in enumerate(gens)]
+            return torch.cat([r[0] for r in rows], dim=0), torch.cat([r[1] for r in rows], dim=0)
+
+        return step
 
 
 class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
@@ -477,7 +524,8 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
 
     Window batch ``w`` (numbered over all windows of all images of the call) draws its members' noise from
     generators seeded ``seed + w * E + e``: runs are reproducible and windows are independent. Each window is a
-    complete chain, so member ``e`` of two neighbouring windows is not the same sample; in overlaps their probabilities are blended, which is what the fused mask needs.
+    complete chain, so member ``e`` of two neighbouring windows is not the same sample; in overlaps their
+    probabilities are blended, which is what the fused mask needs.
 
     Args:
         scheduler: as in :class:`DiffusionSegmentationInferer`.

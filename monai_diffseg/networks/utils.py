@@ -12,12 +12,15 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from monai.config import PathLike
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+
+from monai_diffseg.utils import unwrap_network
 
 __all__ = [
     "load_network_weights",
     "read_checkpoint",
     "extract_state_dict",
-    "strip_ddp_prefix",
     "check_state_dict",
     "state_dict_mismatch_message",
 ]
@@ -26,7 +29,7 @@ _DDP_PREFIX = "module."
 _SHOW = 5
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", trusted: bool = False) -> Any:
+def read_checkpoint(path: PathLike, map_location: Any = "cpu", trusted: bool = False) -> Any:
     """
     ``torch.load`` a checkpoint file with ``weights_only=True``, turning failures into clear errors.
 
@@ -118,20 +121,6 @@ def extract_state_dict(checkpoint: Any, key: str | None = "model", source: str =
     )
 
 
-def strip_ddp_prefix(state_dict: Mapping[str, Any], network_keys: Any = None) -> dict[str, Any]:
-    """
-    Remove the leading ``module.`` that ``DataParallel``/``DistributedDataParallel`` add to every key.
-
-    Only strips when every key carries the prefix and (when ``network_keys`` is given) the network's keys do not.
-    """
-    keys = list(state_dict.keys())
-    if not keys or not all(isinstance(k, str) and k.startswith(_DDP_PREFIX) for k in keys):
-        return dict(state_dict)
-    if network_keys is not None and any(str(k).startswith(_DDP_PREFIX) for k in network_keys):
-        return dict(state_dict)
-    return {k[len(_DDP_PREFIX) :]: v for k, v in state_dict.items()}
-
-
 def _fmt_list(items: list[str]) -> str:
     shown = ", ".join(items[:_SHOW])
     return shown + (f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
@@ -209,16 +198,9 @@ def check_state_dict(network: nn.Module, state_dict: Mapping[str, Any], source: 
         raise ValueError(msg)
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    """The module behind a (Distributed)DataParallel wrapper (what ignite's ``Checkpoint.load_objects`` loads into)."""
-    if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        return network.module
-    return network
-
-
 def load_network_weights(
     network: nn.Module,
-    path: str | os.PathLike,
+    path: PathLike,
     map_location: Any = "cpu",
     key: str | None = "model",
     strict: bool = True,
@@ -258,9 +240,10 @@ def load_network_weights(
     """
     source = os.fspath(path)
     checkpoint = read_checkpoint(source, map_location=map_location, trusted=trusted)
-    target = _unwrap(network)
-    state_dict = extract_state_dict(checkpoint, key=key, source=source)
-    state_dict = strip_ddp_prefix(state_dict, network_keys=target.state_dict().keys())
+    target = unwrap_network(network)
+    state_dict = dict(extract_state_dict(checkpoint, key=key, source=source))
+    if not any(k.startswith(_DDP_PREFIX) for k in target.state_dict()):  # unless the network's own keys carry it
+        consume_prefix_in_state_dict_if_present(state_dict, _DDP_PREFIX)
     check_state_dict(target, state_dict, source, strict=strict)
     target.load_state_dict(state_dict, strict=strict)
     return network

@@ -29,6 +29,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends, convert_to_tensor, ensure_tuple, ensure_tuple_rep
 
+from monai_diffseg.utils import gaussian_blur
+
 __all__ = [
     "BorderFill",
     "BorderFilld",
@@ -92,15 +94,13 @@ class BorderFill(Transform):
         Returns:
             the pseudo-healthy image ``(C, *S)`` (a plain tensor, float).
         """
-        from monai_diffseg.inferers.diffusion_difference import _gaussian_blur
-
         x = convert_to_tensor(img, track_meta=False).float()
         if x.ndim < 3:
             raise ValueError(f"BorderFill expects a channel-first image (C, H, W[, D]), got shape {tuple(x.shape)}.")
         band = border_band(x.shape[1:], self.border_fraction).to(x.device)
         sigma = self.sigma_fraction * min(x.shape[1:])
-        num = _gaussian_blur((x * band)[:, None], sigma)[:, 0]
-        den = _gaussian_blur(band[None], sigma)[0]
+        num = gaussian_blur((x * band)[:, None], sigma)[:, 0]
+        den = gaussian_blur(band[None], sigma)[0]
         fill = num / den.clamp_min(1e-6)
         return band * x + (1.0 - band) * fill
 

@@ -1,15 +1,21 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Tests for monai_diffseg.engines.prepare_batch."""
+"""The diffusion prepare-batch family: MaskDiffusionPrepareBatch (labels) and ImageDiffusionPrepareBatch (images):
+x_t construction, t range, targets, errors, and plain SupervisedTrainer use."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.data import MetaTensor
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-from monai_diffseg.engines.prepare_batch import MaskDiffusionPrepareBatch, mask_to_diffusion
+from monai_diffseg.engines import ImageDiffusionPrepareBatch, MaskDiffusionPrepareBatch, mask_to_diffusion
+from monai_diffseg.networks.nets import DiffSegDenoiser
+from monai_diffseg.utils import diffusion_to_image, image_to_diffusion
 
 
 def _batch(n: int = 4, num_classes: int = 1, size: tuple = (8, 12)) -> dict[str, torch.Tensor]:
@@ -119,7 +125,7 @@ def test_prediction_type_mismatch() -> None:
 
 def test_missing_batch_keys() -> None:
     prepare = MaskDiffusionPrepareBatch(DDPMScheduler(num_train_timesteps=10))
-    with pytest.raises(ValueError, match="'image' and 'label'.*\\['img', 'seg'\\]"):
+    with pytest.raises(ValueError, match="keys \\['image', 'label'\\].*\\['img', 'seg'\\]"):
         prepare({"img": torch.zeros(1, 3, 4, 4), "seg": torch.zeros(1, 1, 4, 4)})
     with pytest.raises(ValueError, match="dict batch"):
         prepare([torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4)])  # type: ignore[arg-type]
@@ -147,3 +153,77 @@ def test_bad_one_hot_or_fractional_labels_rejected() -> None:
         mask_to_diffusion(torch.tensor([0.0, 255.0, 255.0, 0.0]).reshape(1, 2, 1, 2), num_classes=2)
     with pytest.raises(ValueError):  # 1.5 would silently be truncated to class 1
         mask_to_diffusion(torch.tensor([[[[0.0, 1.5]]]]), num_classes=3)
+
+
+# --- ImageDiffusionPrepareBatch ---------------------------------------------------------------------------------------
+
+
+def _sched(kind: str = "sample") -> DDPMScheduler:
+    return DDPMScheduler(1000, schedule="linear_beta", prediction_type=kind)
+
+
+def test_x0_target_and_t_range() -> None:
+    torch.manual_seed(0)
+    pb = ImageDiffusionPrepareBatch(_sched(), timestep_range=(60, 151))
+    image = torch.rand(64, 3, 8, 8)
+    x_t, target, args, kwargs = pb({"image": image, "label": torch.zeros(64, 1, 8, 8)})
+    assert args == () and set(kwargs) == {"timesteps"}
+    t = kwargs["timesteps"]
+    assert t.min() >= 60 and t.max() <= 150 and len(t.unique()) > 10
+    assert torch.allclose(target, image * 2 - 1)
+    # x_t is the scheduler's forward process of the target: the residual has the right variance
+    a = _sched().alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    eps = (x_t - a.sqrt() * target) / (1 - a).sqrt()
+    assert abs(eps.std().item() - 1.0) < 0.05 and abs(eps.mean().item()) < 0.05
+
+
+def test_paired_target_and_other_targets() -> None:
+    image, healthy = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    _, target, _, _ = ImageDiffusionPrepareBatch(_sched(), target_key="healthy")({"image": image, "healthy": healthy})
+    assert torch.allclose(target, healthy * 2 - 1)
+    torch.manual_seed(1)
+    x_t, eps, _, kw = ImageDiffusionPrepareBatch(_sched("epsilon"), prediction_type="epsilon")(image)
+    a = _sched().alphas_cumprod[kw["timesteps"]].float().view(-1, 1, 1, 1)
+    assert torch.allclose(x_t, a.sqrt() * (image * 2 - 1) + (1 - a).sqrt() * eps, atol=1e-5)
+
+
+def test_value_range_round_trip() -> None:
+    x = torch.rand(2, 1, 4, 4) * 255
+    assert torch.allclose(diffusion_to_image(image_to_diffusion(x, (0, 255)), (0, 255)), x, atol=1e-4)
+
+
+def test_errors_name_the_value_and_range() -> None:
+    with pytest.raises(ValueError, match=r"\(0, 1200\).*<= 1000"):
+        ImageDiffusionPrepareBatch(_sched(), timestep_range=(0, 1200))
+    with pytest.raises(ValueError, match=r"\(50, 50\)"):
+        ImageDiffusionPrepareBatch(_sched(), timestep_range=(50, 50))
+    with pytest.raises(ValueError, match="differs from the scheduler"):
+        ImageDiffusionPrepareBatch(_sched("epsilon"), prediction_type="sample")
+    with pytest.raises(ValueError, match=r"keys \['image', 'healthy'\]"):
+        ImageDiffusionPrepareBatch(_sched(), target_key="healthy")({"image": torch.rand(1, 3, 4, 4)})
+
+
+def test_plain_supervised_trainer_trains() -> None:
+    torch.manual_seed(0)
+    net = DiffSegDenoiser(channels=(8, 16))
+    data = [{"image": torch.rand(4, 3, 16, 16) * 0.2 + 0.4} for _ in range(6)]
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=3, train_data_loader=data, network=net,
+        optimizer=torch.optim.Adam(net.parameters(), 5e-3), loss_function=torch.nn.MSELoss(),
+        prepare_batch=ImageDiffusionPrepareBatch(_sched(), timestep_range=(20, 300)),
+    )  # fmt: skip
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output[0]["loss"]))
+    trainer.run()
+    assert len(losses) == 18 and sum(losses[-3:]) < 0.8 * sum(losses[:3])
+
+
+def test_one_family_on_monai_hooks() -> None:
+    mask = MaskDiffusionPrepareBatch(_sched("epsilon"), timestep_range=(3, 4))
+    image = ImageDiffusionPrepareBatch(_sched(), timestep_range=(3, 4))
+    assert isinstance(mask, DiffusionPrepareBatch) and isinstance(image, DiffusionPrepareBatch)
+    x0 = torch.rand(2, 1, 4, 4)
+    for prepare in (mask, image):
+        assert torch.equal(prepare.get_timesteps(x0), torch.tensor([3, 3]))
+    noise, t = torch.randn(2, 1, 4, 4), torch.tensor([3, 3])
+    assert torch.equal(mask.get_target(x0, noise, t), noise) and torch.equal(image.get_target(x0, noise, t), x0)

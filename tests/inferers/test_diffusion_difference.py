@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from monai.engines import SupervisedEvaluator
 from monai.networks.schedulers import DDPMScheduler
+from skimage.filters import threshold_otsu
 
 from monai_diffseg.data import synthetic_lesion_sample
 from monai_diffseg.engines import ImageDiffusionPrepareBatch
@@ -145,10 +146,14 @@ def test_helpers() -> None:
     rgb = torch.rand(2, 3, 4, 4)
     assert torch.allclose(grayscale(rgb)[:, 0], 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2])
     assert torch.equal(grayscale(rgb[:, :1]), rgb[:, :1])
-    maps = torch.cat([torch.full((1, 50), 0.2), torch.full((1, 50), 0.8)], 1) + 0.01 * torch.randn(1, 100)
-    thr = otsu_threshold(maps.clamp(0, 1))
-    assert thr.shape == (1,)
-    assert torch.equal(maps[0] > thr, torch.arange(100) >= 50)  # separates the two modes
+    g = torch.Generator().manual_seed(0)
+    high = torch.stack([torch.randperm(100, generator=g) < k for k in (70, 40)])  # (2, 100) foreground of each map
+    maps = torch.where(high, torch.tensor([[0.8], [0.6]]), torch.tensor([[0.2], [0.1]]))
+    thr = otsu_threshold(maps.reshape(2, 10, 10))
+    assert thr.shape == (2,)
+    assert torch.equal(maps > thr[:, None], high)  # separates the two modes of each map, whatever their sizes
+    assert thr.tolist() == [float(threshold_otsu(m.numpy())) for m in maps]  # skimage's threshold, map by map
+    assert not (torch.full((1, 9), 0.3) > otsu_threshold(torch.full((1, 9), 0.3))).any()  # constant map: no foreground
     assert abs(DIFFSEG_FIXED_THRESHOLD - (1 - 180 / 306)) < 1e-9
 
 

@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
 import torch
 import torch.nn as nn
 from monai.data import MetaTensor
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, PNDMScheduler, RFlowScheduler
 
 from monai_diffseg.inferers.diffusion_segmentation import (
     DiffusionSegmentationInferer,
@@ -18,6 +19,7 @@ from monai_diffseg.inferers.diffusion_segmentation import (
     x0_to_probability,
 )
 from monai_diffseg.networks.nets.medsegdiff import MedSegDiff
+from monai_diffseg.schedulers import DPMSolverMultistepScheduler
 
 SIZE = (16, 16)
 
@@ -216,3 +218,76 @@ def test_train_inferer(net: MedSegDiff, image: torch.Tensor) -> None:
         DiffusionSegmentationTrainInferer()(x_t, net, image=image)
     with pytest.raises(ValueError, match="image"):
         DiffusionSegmentationTrainInferer()(x_t, net, timesteps=t)
+
+
+class OracleDenoiser(nn.Module):
+    """What a perfect model of the mask ``target`` ``(1, 1, *S)`` predicts for the scheduler: ``x_0``, the noise, or
+    RFlow's velocity ``x_0 - noise`` (with ``x_t = (1 - t / T) x_0 + t / T noise``)."""
+
+    out_channels = 1
+
+    def __init__(self, scheduler: Any, target: torch.Tensor) -> None:
+        super().__init__()
+        self.target = target
+        self.__dict__["scheduler"] = scheduler  # not a submodule (MONAI's RFlowScheduler skips Module.__init__)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        x0 = self.target.expand_as(x)
+        if isinstance(self.scheduler, RFlowScheduler):
+            return (x0 - x) / (t.float() / self.scheduler.num_train_timesteps).reshape(-1, 1, 1, 1)
+        if self.scheduler.prediction_type == "sample":
+            return x0
+        a = self.scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+@pytest.mark.parametrize(
+    "scheduler,steps",
+    [
+        (DDPMScheduler(num_train_timesteps=50, prediction_type="sample"), 50),
+        (DDIMScheduler(num_train_timesteps=1000), 5),
+        (RFlowScheduler(num_train_timesteps=1000), 5),
+        (DPMSolverMultistepScheduler(num_train_timesteps=1000), 5),
+    ],
+    ids=["ddpm", "ddim", "rflow", "dpm-solver"],
+)
+def test_schedulers_recover_the_oracle_mask(image: torch.Tensor, scheduler: Any, steps: int) -> None:
+    target = (torch.rand(1, 1, *SIZE, generator=torch.Generator().manual_seed(0)) > 0.5).float() * 2 - 1
+    out = DiffusionSegmentationInferer(scheduler, steps, num_samples=2, seed=0)(image, OracleDenoiser(scheduler, target))
+    assert torch.allclose(out, x0_to_probability(target).expand(2, 1, *SIZE), atol=1e-4)
+
+
+@pytest.mark.parametrize("skip_prk_steps", [False, True], ids=["pndm", "pndm-plms"])
+def test_pndm_equals_a_plain_scheduler_loop(image: torch.Tensor, skip_prk_steps: bool) -> None:
+    """PNDM (stateful, no x_0 prediction: the last sample is the output) as MONAI's ``DiffusionInferer`` loops it."""
+    scheduler = PNDMScheduler(num_train_timesteps=1000, skip_prk_steps=skip_prk_steps)
+    net = OracleDenoiser(scheduler, torch.zeros(1, 1, *SIZE))
+    out = DiffusionSegmentationInferer(scheduler, 5, num_samples=2, seed=4, return_samples=True)(image, net)
+    loop = copy.deepcopy(scheduler)
+    loop.set_timesteps(5)
+    x = torch.cat([torch.randn(2, 1, *SIZE, generator=torch.Generator().manual_seed(4 + e)) for e in range(2)])
+    for t in loop.timesteps:
+        x, _ = loop.step(net(x, t.repeat(x.shape[0])), int(t), x)
+    assert torch.allclose(out, x0_to_probability(x.reshape(2, 2, 1, *SIZE).transpose(0, 1), channel_dim=2), atol=1e-5)
+
+
+def test_rflow_steps_to_the_next_timestep(image: torch.Tensor) -> None:
+    """A constant velocity ``c`` moves the noise ``x_T`` to ``x_0 = x_T + c`` over the whole schedule only when every
+    step is ``(t - next_t) / T`` long: with the timestep transform the steps are not ``1 / num_inference_steps``."""
+    scheduler = RFlowScheduler(1000, use_timestep_transform=True, base_img_size_numel=64 * 64, spatial_dim=2)
+    inferer = DiffusionSegmentationInferer(scheduler, 6, num_samples=2, seed=3, return_samples=True)
+    out = inferer(image, lambda x, t, **kwargs: torch.full_like(x, 0.4))
+    noise = [torch.randn(2, 1, *SIZE, generator=torch.Generator().manual_seed(3 + e)) for e in range(2)]
+    assert torch.allclose(out, x0_to_probability(torch.stack(noise, 1) + 0.4, channel_dim=2), atol=1e-5)
+
+
+class _GuidedScheduler(DDIMScheduler):
+    """A scheduler whose step needs an argument the sampler cannot know."""
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, guidance: float) -> Any:
+        return super().step(model_output, timestep, sample)
+
+
+def test_scheduler_with_unknown_step_arguments_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"_GuidedScheduler.step requires \['guidance'\].*passes only"):
+        DiffusionSegmentationInferer(_GuidedScheduler(num_train_timesteps=1000))

@@ -51,10 +51,24 @@ def test_memory_aware_member_chunk() -> None:
         memory_aware_member_chunk(3, 1, 1, fraction=1.5)
 
 
-def test_auto_member_batch_size_on_cpu_runs_all_members(image: torch.Tensor) -> None:
-    inferer = _inferer(member_batch_size="auto")
-    out = inferer(image, _net())
-    assert inferer.last_member_batch_size == 3
+def _counting(net: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The batch size of every forward call of ``net``."""
+    calls: list[int] = []
+    forward = net.forward
+
+    def counting_forward(x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(net, "forward", counting_forward)
+    return calls
+
+
+def test_auto_member_batch_size_on_cpu_runs_all_members(image: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    net = _net()
+    calls = _counting(net, monkeypatch)
+    out = _inferer(member_batch_size="auto")(image, net)
+    assert calls == [3 * 2] * 4  # every step: all 3 members of both images in one call
     assert torch.allclose(out, _inferer()(image, _net()), atol=1e-6)
 
 
@@ -78,13 +92,23 @@ def test_invalid_autocast() -> None:
         _inferer(autocast="fp8")
 
 
-def test_channels_last_same_output(image: torch.Tensor) -> None:
-    ref = _inferer()(image, _net())
+def test_channels_last_same_output_and_caller_network_untouched(image: torch.Tensor) -> None:
     net = _net()
-    out = _inferer(channels_last=True)(image, net)
-    conv_weights = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    ref = _inferer()(image, net)
+    strides = {k: v.stride() for k, v in net.state_dict().items()}
+    inferer = _inferer(channels_last=True)
+    out = inferer(image, net)
+    assert {k: v.stride() for k, v in net.state_dict().items()} == strides  # the caller's network is not converted
+    copy, _ = inferer._prepared[net]
+    conv_weights = [m.weight for m in copy.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
     assert conv_weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in conv_weights)
     assert torch.allclose(out, ref, atol=1e-4)
+    # the cached copy follows the caller's weights: change them, and the next call samples with the new ones
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.9)
+    assert not torch.allclose(_inferer()(image, net), ref, atol=1e-3)
+    assert torch.allclose(inferer(image, net), _inferer()(image, net), atol=1e-4)
 
 
 def test_compile_same_output_and_cached(image: torch.Tensor) -> None:
@@ -93,7 +117,7 @@ def test_compile_same_output_and_cached(image: torch.Tensor) -> None:
     inferer = _inferer(compile=True, compile_kwargs={"backend": "eager"})
     out = inferer(image, net)
     inferer(image, net)
-    assert len(inferer._compiled) == 1  # compiled once per network, reused across calls
+    assert len(inferer._prepared) == 1  # compiled once per network, reused across calls
     assert torch.allclose(out, ref, atol=1e-5)
 
 
@@ -117,14 +141,7 @@ def test_sliding_window_single_window_equals_plain_sampler(image: torch.Tensor) 
 
 def test_sliding_window_3d_members_batched_per_window(monkeypatch: pytest.MonkeyPatch) -> None:
     net = _net(spatial_dims=3, in_channels=1)
-    calls: list[int] = []
-    forward = net.forward
-
-    def counting_forward(x, *args, **kwargs):
-        calls.append(x.shape[0])
-        return forward(x, *args, **kwargs)
-
-    monkeypatch.setattr(net, "forward", counting_forward)
+    calls = _counting(net, monkeypatch)
     volume = torch.randn(1, 1, 24, 16, 20, generator=torch.Generator().manual_seed(1))
     steps, members = 3, 4
     inferer = DiffusionSlidingWindowInferer(

@@ -13,18 +13,23 @@ measures, at the network resolution:
   over the *far background*: pixels more than ``--margin`` (fraction of the image side) away from both the
   annotated and the predicted lesion;
 - ``bg_entropy_p99``: their 99th percentile (bright spots in the background);
-- ``lattice_ratio``: how much of the (mean-removed) power spectrum of the entropy map sits on the frequency grid of
-  a period-``P`` lattice (``P`` = the network's total stride, :attr:`MedSegDiff.size_divisor`), relative to the
-  neighbouring frequencies: power at ``(a H / P, b W / P)`` for every ``(a, b) != (0, 0)``, divided by the mean
-  power of the 8 neighbours of each such frequency. About 1 for a map without a lattice; a lattice makes it large;
-- ``lattice_fraction``: the share of the non-DC spectral power that sits on those lattice frequencies;
+- ``edge_spectrum_ratio`` (the lattice's spectral signature, after Wang, Bovik & Evans, "Blind measurement of
+  blocking artifacts in images", ICIP 2000): the power spectrum, along each row (column), of the absolute
+  differences between neighbouring pixels of the entropy map, averaged over rows (columns) and cases; block edges
+  every ``P`` pixels (``P`` = the network's total stride, :attr:`MedSegDiff.size_divisor`) put peaks at the
+  frequencies ``k n / P``. The score is the power at those frequencies over the mean power of their +-1, +-2
+  neighbours, averaged over the peaks and both axes: about 1 without a lattice, large with one. Also reported for
+  ``P / 2`` and ``P / 4`` (the finer decoder levels);
+- ``peak_ratio_2d``: the same peak-over-neighbours ratio on the 2D power spectrum of the entropy map itself, at the
+  off-axis lattice frequencies ``(a H / P, b W / P)``, ``a, b != 0`` (the borders of a non-periodic map put a
+  cross on the axes). Weaker: flat boxes with content-dependent levels are not a strictly periodic pattern;
 - ``block_edge_ratio`` (of the entropy map) and ``block_edge_ratio_prob`` (of the mean probability): the mean
   absolute step between neighbouring pixels across the lines of the period-``P`` grid over the mean step elsewhere.
   About 1 (below 1 for smooth maps) without blocks; flat ``P``-pixel boxes with sharp edges make it large.
 
 It also writes, with ``--png-dir``: per case a montage (image | mean probability | entropy as the bundle saves it
 | entropy, variance and mutual information contrast-stretched to their 99.5th percentile), and the log power
-spectrum of the entropy maps averaged over the cases.
+spectra of the entropy maps and of their row differences, averaged over the cases.
 
 Run (from the repository root)::
 
@@ -53,7 +58,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "bundles" / "medsegdiff_isic2018"
 
-__all__ = ["background_mask", "block_edge_ratio", "lattice_scores", "main", "parse_args", "run"]
+__all__ = ["background_mask", "block_edge_ratio", "edge_spectrum_ratio", "main", "parse_args", "peak_ratio_2d", "run"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,34 +105,52 @@ def background_mask(label: torch.Tensor, pred: torch.Tensor, margin: float) -> t
     return grown < 0.5
 
 
-def lattice_scores(maps: torch.Tensor, period: int) -> dict[str, float]:
-    """
-    Spectral lattice measures of ``maps`` ``(K, H, W)`` for a lattice of period ``period`` pixels.
+def _peak_ratio(power: torch.Tensor, peaks: list[tuple[int, ...]], offsets: list[tuple[int, ...]]) -> float:
+    """Mean over ``peaks`` of the power there over the mean power at ``peak + offset`` (indices wrap around)."""
+    ratios = []
+    for peak in peaks:
+        neigh = [power[tuple((i + o) % n for i, o, n in zip(peak, off, power.shape))] for off in offsets]
+        ratios.append(float(power[peak] / (torch.stack(neigh).mean() + 1e-30)))
+    return float(np.mean(ratios))
 
-    Returns:
-        ``lattice_ratio``: mean over the lattice frequencies ``(a H / P, b W / P) != (0, 0)`` of the power there
-        divided by the mean power of its 8 neighbours (the power spectrum averaged over the ``K`` maps first);
-        ``lattice_fraction``: power on the lattice frequencies / all non-DC power.
+
+def edge_spectrum_ratio(maps: torch.Tensor, period: int) -> float:
+    """
+    Spectral lattice score of ``maps`` ``(K, H, W)`` for block edges every ``period`` pixels.
+
+    Along each axis: the absolute differences between neighbouring pixels (circular), mean-removed per line, their
+    1D power spectrum averaged over lines and maps, and the power at ``k n / period`` (``k >= 1``) over the mean
+    power at ``+-1, +-2`` bins, averaged over the peaks; then the mean of the two axes. About 1 without a
+    lattice; well above 1 when edges sit on the grid (Wang, Bovik & Evans, ICIP 2000).
     """
     maps = maps.double()
-    maps = maps - maps.mean(dim=(-2, -1), keepdim=True)
-    power = torch.fft.fft2(maps).abs().square().mean(0)  # (H, W)
+    scores = []
+    for dim in (-1, -2):
+        n = maps.shape[dim]
+        if n % period:
+            raise ValueError(f"edge_spectrum_ratio: map size {tuple(maps.shape[-2:])} must be divisible by {period}.")
+        diff = (maps - torch.roll(maps, 1, dim)).abs()
+        diff = diff - diff.mean(dim, keepdim=True)
+        power = torch.fft.rfft(diff, dim=dim).abs().square().movedim(dim, -1).reshape(-1, n // 2 + 1).mean(0)
+        step = n // period
+        peaks = [(k,) for k in range(step, n // 2 + 1, step)]
+        scores.append(_peak_ratio(power, peaks, [(-2,), (-1,), (1,), (2,)]))
+    return float(np.mean(scores))
+
+
+def peak_ratio_2d(maps: torch.Tensor, period: int) -> float:
+    """
+    Power at the off-axis lattice frequencies ``(a H / P, b W / P)``, ``a, b != 0``, of the 2D power spectrum of
+    ``maps`` ``(K, H, W)`` (mean-removed, averaged over ``K``), over the mean power of their 8 neighbours.
+    """
+    maps = maps.double()
+    power = torch.fft.fft2(maps - maps.mean(dim=(-2, -1), keepdim=True)).abs().square().mean(0)
     h, w = power.shape
     if h % period or w % period:
-        raise ValueError(f"lattice_scores: map size {(h, w)} must be divisible by the period {period}.")
-    sh, sw = h // period, w // period
-    on = torch.zeros(h, w, dtype=torch.bool)
-    on[::sh, ::sw] = True
-    on[0, 0] = False
-    ratios = []
-    for i, j in on.nonzero().tolist():
-        neigh = [power[(i + di) % h, (j + dj) % w] for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
-        ratios.append(float(power[i, j] / (torch.stack(neigh).mean() + 1e-30)))
-    total = float(power.sum() - power[0, 0])
-    return {
-        "lattice_ratio": float(np.mean(ratios)),
-        "lattice_fraction": float(power[on].sum() / total) if total > 0 else 0.0,
-    }
+        raise ValueError(f"peak_ratio_2d: map size {(h, w)} must be divisible by the period {period}.")
+    peaks = [(i, j) for i in range(h // period, h, h // period) for j in range(w // period, w, w // period)]
+    offsets = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1) if (di, dj) != (0, 0)]
+    return _peak_ratio(power, peaks, offsets)
 
 
 def block_edge_ratio(maps: torch.Tensor, period: int) -> float:
@@ -241,7 +264,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "bg_variance": float(var[bg].mean()) if bg.any() else None,
                 "bg_mi": float(mi[bg].mean()) if bg.any() else None,
                 "entropy_mean": float(ent.mean()),
-                **{f"case_{key}": v for key, v in lattice_scores(ent[None], period).items()},
+                "edge_spectrum_ratio": edge_spectrum_ratio(ent[None], period),
+                "block_edge_ratio": block_edge_ratio(ent, period),
             }
             cases.append(case)
             if png_dir is not None and k < args.png_cases:
@@ -250,25 +274,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          _stretch(var.numpy()), _stretch(mi.numpy())]
                 _save_png(png_dir / f"{case['case']}_montage.png", _montage(tiles))
             print(f"{case['case']}: dice {dice:.3f}  bg entropy {case['bg_entropy']}  "
-                  f"lattice ratio {case['case_lattice_ratio']:.2f}", flush=True)
+                  f"edge spectrum ratio {case['edge_spectrum_ratio']:.2f}", flush=True)
     wall = time.perf_counter() - start
     stack = torch.stack(ent_maps)
     summary: dict[str, Any] = {"num_cases": len(cases), "period": period, "wall_s": round(wall, 1)}
-    for key in ("dice_mean_fusion_net_res", "bg_entropy", "bg_entropy_p99", "bg_variance", "bg_mi", "entropy_mean",
-                "case_lattice_ratio", "case_lattice_fraction"):
+    for key in ("dice_mean_fusion_net_res", "bg_entropy", "bg_entropy_p99", "bg_variance", "bg_mi", "entropy_mean"):
         vals = [c[key] for c in cases if c.get(key) is not None]
         summary[key] = float(np.mean(vals)) if vals else None
-    summary.update(lattice_scores(stack, period))
+    for p in (period, period // 2, period // 4):  # the coarsest and the next two decoder levels
+        if p >= 2:
+            summary[f"edge_spectrum_ratio_p{p}"] = edge_spectrum_ratio(stack, p)
+    summary["peak_ratio_2d"] = peak_ratio_2d(stack, period)
     summary["block_edge_ratio"] = block_edge_ratio(stack, period)
     summary["block_edge_ratio_prob"] = block_edge_ratio(torch.stack(prob_maps), period)
-    for p in (4, 8, 32):
-        if args.image_size[0] % p == 0 and args.image_size[1] % p == 0:
-            summary[f"lattice_ratio_period{p}"] = lattice_scores(stack, p)["lattice_ratio"]
     if png_dir is not None:
-        centred = stack - stack.mean(dim=(-2, -1), keepdim=True)
-        spec = torch.fft.fftshift(torch.fft.fft2(centred.double()).abs().square().mean(0)).log10().numpy()
-        lo, hi = np.percentile(spec, 1), spec.max()
-        _save_png(png_dir / "entropy_mean_power_spectrum.png", np.clip((spec - lo) / (hi - lo), 0, 1))
+        centred = (stack - stack.mean(dim=(-2, -1), keepdim=True)).double()
+        diff = (stack - torch.roll(stack, 1, -1)).abs().double()
+        for name, spec in (("entropy_power_spectrum", torch.fft.fft2(centred)),
+                           ("entropy_row_difference_power_spectrum", torch.fft.fft2(diff - diff.mean((-2, -1), True)))):
+            logp = torch.fft.fftshift(spec.abs().square().mean(0)).clamp_min(1e-30).log10().numpy()
+            lo, hi = np.percentile(logp, 1), logp.max()
+            _save_png(png_dir / f"{name}.png", np.clip((logp - lo) / (hi - lo), 0, 1))
     report = {"command": "python benchmarks/uncertainty_artifacts.py " + " ".join(sys.argv[1:]),
               "checkpoint": str(args.checkpoint), "network_def": network_def, "image_size": list(args.image_size),
               "steps": int(parser.get_parsed_content("num_inference_steps")),

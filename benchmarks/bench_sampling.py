@@ -12,7 +12,8 @@ Prints, for the chosen network configuration (default: the ISIC 2018 bundle's, `
    members in one batch);
 3. the **reference-cost row**: the same network run the way the public MedSegDiff code runs it (1000-step DDPM,
    batch 1, ensemble members one after another, the condition branch recomputed at every step), and the speed-up
-   of every row over it at the same image and ensemble size.
+   of every row over it at the same image and ensemble size; the smallest speed-up is printed and recorded
+   (``min_speedup``, and ``speedup_as_expected``: above ``MIN_EXPECTED_SPEEDUP``).
 
 The cost of a sampling run is ``encode + steps x step``; rows with more steps than ``--max-measured-steps`` (and
 the reference row beyond ``--reference-steps``) are extrapolated from a measured run with that many steps and are

@@ -408,7 +408,7 @@ def _test(
     anchor = diffusion and getattr(network, "anchor_head", None) is not None
     written = json.loads((output_dir / "metrics.json").read_text())
     by_case = {c["case"]: c for c in written["cases"]}
-    mi_high = display_range("mutual_information")[1]
+    mi_high = display_range("mutual_information", int(get("num_classes")))[1]  # the written map's scale
     cases: list[dict[str, Any]] = []
     bins: list = []
     for item in test_list:

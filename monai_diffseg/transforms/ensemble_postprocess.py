@@ -33,15 +33,8 @@ from monai_diffseg.transforms.fusion import (
     RandomSubsetFusion,
     look_up_named_option,
 )
+from monai_diffseg.transforms import uncertainty
 from monai_diffseg.transforms.staple import STAPLEFusion
-from monai_diffseg.transforms.uncertainty import (
-    UNCERTAINTY_MAPS,
-    AmbiguousRegion,
-    ConsistentRegion,
-    EnsembleVariance,
-    MutualInformation,
-    PredictiveEntropy,
-)
 
 __all__ = [
     "ENSEMBLE_FUSIONS",
@@ -54,8 +47,11 @@ __all__ = [
     "EnsembleScoresd",
 ]
 
+#: the methods that fuse random subsets of members, with their inner method (``None``: the ``inner_fusion`` argument)
+_SUBSET_METHODS = {"random_subset": None, "subset_crf": "crf", "subset_torch_crf": "torch_crf"}
+_INNER_FUSIONS = ("mean", "vote", "staple", "crf", "torch_crf", "squared_mean")
 #: fusion methods selectable by name in the bundles' ``fusion`` option
-ENSEMBLE_FUSIONS = ("mean", "vote", "staple", "crf", "torch_crf", "squared_mean", "random_subset")
+ENSEMBLE_FUSIONS = (*_INNER_FUSIONS, *_SUBSET_METHODS)
 #: array transform of each method that fuses the samples directly (the CRF methods refine the mean)
 _FUSIONS: dict[str, Callable[..., Callable[..., torch.Tensor]]] = {
     "mean": MeanEnsembleFusion,
@@ -92,11 +88,13 @@ class EnsembleFusiond(Randomizable, MapTransform):
       ``crf``; DiffSeg's defaults);
     - ``"torch_crf"``: mean, then the same CRF with ``backend="torch"`` (no compiler needed, GPU);
     - ``"squared_mean"``: what the MedSegDiff reference code calls "staple" (mean squared), for comparison;
-    - ``"random_subset"``: DiffSeg's K rounds of H random members (:class:`RandomSubsetFusion`), each subset fused
-      by ``inner_fusion``: any other method name (``"crf"`` / ``"torch_crf"``: DiffSeg's DenseCRF fusion) or a
-      callable ``(H, C, *S) -> (C, *S)``.
+    - ``"random_subset"``: DiffSeg's ``num_rounds`` (K) rounds of ``subset_size`` (H) random members
+      (:class:`RandomSubsetFusion`), each subset fused by ``inner_fusion``: the name of a method above or a
+      callable ``(H, C, *S) -> (C, *S)``;
+    - ``"subset_crf"`` / ``"subset_torch_crf"``: DiffSeg's DenseCRF fusion, ``"random_subset"`` with
+      ``inner_fusion="crf"`` / ``"torch_crf"`` (each subset's mean refined by the CRF).
 
-    ``random_subset`` draws its subsets from the inner :class:`RandomSubsetFusion`'s random state, which
+    The subset methods draw their subsets from the inner :class:`RandomSubsetFusion`'s random state, which
     :py:meth:`set_random_state` seeds: MONAI's ``Compose`` does so when it is built after
     ``monai.utils.set_determinism(seed)``, and MONAI's ``DataLoader`` in every worker, so runs are reproducible.
 
@@ -106,13 +104,15 @@ class EnsembleFusiond(Randomizable, MapTransform):
         guide_key: image used by the CRF methods, channel-first ``(C_img, *S)`` at the samples' resolution.
         output_keys: where to store the fused maps (one per key); default: in place (the samples are replaced).
         allow_missing_keys: don't raise if a key is missing.
-        method_kwargs: passed to the chosen fusion (e.g. ``bilateral_sxy`` for the CRFs). ``random_subset``: its
-            ``num_rounds``, ``subset_size`` and ``inner_fusion`` (default ``"mean"``); the others go to the
-            inner method.
+        num_rounds: subset methods only (ignored by the others, like ``guide_key``): number of random subsets K.
+        subset_size: subset methods only: members per subset H (``None``: ``max(1, E // 2)``).
+        method_kwargs: passed to the chosen fusion (e.g. ``bilateral_sxy`` for the CRFs, ``threshold`` for
+            ``vote``); for the subset methods, to the inner method, and ``inner_fusion`` (default ``"mean"``) for
+            ``random_subset``.
 
     Example (DiffSeg's fusion: 5 rounds of 5 members, each subset's mean refined by the torch CRF)::
 
-        t = EnsembleFusiond("pred", "random_subset", inner_fusion="torch_crf", num_rounds=5, subset_size=5)
+        t = EnsembleFusiond("pred", "subset_torch_crf", num_rounds=5, subset_size=5)
         t.set_random_state(seed=0)
         d = t({"pred": samples, "image": image})  # samples (E, 1, H, W), image (3, H, W) -> d["pred"] (1, H, W)
     """
@@ -126,6 +126,8 @@ class EnsembleFusiond(Randomizable, MapTransform):
         guide_key: Hashable | None = "image",
         output_keys: KeysCollection | None = None,
         allow_missing_keys: bool = False,
+        num_rounds: int = 10,
+        subset_size: int | None = None,
         **method_kwargs: Any,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -136,21 +138,22 @@ class EnsembleFusiond(Randomizable, MapTransform):
             raise ValueError(f"output_keys {list(self.output_keys)} must match keys {list(self.keys)} one to one.")
         self.needs_guide = self.method in ("crf", "torch_crf")
         self.fusion: Callable[..., torch.Tensor]
-        if self.method != "random_subset":
+        if self.method not in _SUBSET_METHODS:
             self.fusion = _named_fusion(self.method, method_kwargs)
             return
-        inner = method_kwargs.pop("inner_fusion", "mean")
-        rounds = {k: method_kwargs.pop(k) for k in ("num_rounds", "subset_size") if k in method_kwargs}
+        inner = _SUBSET_METHODS[self.method] or method_kwargs.pop("inner_fusion", "mean")
+        if "inner_fusion" in method_kwargs:
+            raise ValueError(f"method={self.method!r} fuses each subset with {inner!r}: remove inner_fusion.")
         if not callable(inner):
-            inner = look_up_named_option("inner_fusion", inner, ENSEMBLE_FUSIONS[:-1])
+            inner = look_up_named_option("inner_fusion", inner, _INNER_FUSIONS)
             self.needs_guide = inner in ("crf", "torch_crf")
             inner = _named_fusion(inner, method_kwargs)
         elif method_kwargs:
             raise TypeError(f"a callable inner_fusion takes no method_kwargs, got {sorted(method_kwargs)}.")
-        self.fusion = RandomSubsetFusion(inner_fusion=inner, **rounds)
+        self.fusion = RandomSubsetFusion(num_rounds=num_rounds, subset_size=subset_size, inner_fusion=inner)
 
     def set_random_state(self, seed: int | None = None, state: Any | None = None) -> EnsembleFusiond:
-        """Seed this transform and the random subsets of ``random_subset`` (MONAI's randomisable contract)."""
+        """Seed this transform and the random subsets of the subset methods (MONAI's randomisable contract)."""
         super().set_random_state(seed, state)
         if isinstance(self.fusion, Randomizable):
             self.fusion.set_random_state(seed, state)
@@ -212,7 +215,7 @@ class EnsembleUncertaintyd(MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        maps: Sequence[str] | str = UNCERTAINTY_MAPS,
+        maps: Sequence[str] | str = uncertainty.UNCERTAINTY_MAPS,
         prefix: str | None = None,
         threshold: float = 0.5,
         multi_class: bool = False,
@@ -220,9 +223,9 @@ class EnsembleUncertaintyd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        names = tuple(look_up_named_option("maps", m, UNCERTAINTY_MAPS) for m in ensure_tuple(maps))
+        names = tuple(look_up_named_option("maps", m, uncertainty.UNCERTAINTY_MAPS) for m in ensure_tuple(maps))
         if len(names) == 0:
-            raise ValueError(f"maps must name at least one of {UNCERTAINTY_MAPS}, got maps={maps}.")
+            raise ValueError(f"maps must name at least one of {uncertainty.UNCERTAINTY_MAPS}, got maps={maps}.")
         if prefix is None:
             prefix = "" if len(self.keys) == 1 else "{key}_"
         elif len(self.keys) > 1 and "{key}" not in prefix:
@@ -233,11 +236,11 @@ class EnsembleUncertaintyd(MapTransform):
         self.prefix = prefix
         self.maps = names
         factories: dict[str, Callable[[], Callable[..., torch.Tensor]]] = {
-            "variance": partial(EnsembleVariance, unbiased=unbiased),
-            "entropy": partial(PredictiveEntropy, multi_class=multi_class),
-            "mutual_information": partial(MutualInformation, multi_class=multi_class),
-            "consistent": partial(ConsistentRegion, threshold=threshold),
-            "ambiguous": partial(AmbiguousRegion, threshold=threshold),
+            "variance": partial(uncertainty.EnsembleVariance, unbiased=unbiased),
+            "entropy": partial(uncertainty.PredictiveEntropy, multi_class=multi_class),
+            "mutual_information": partial(uncertainty.MutualInformation, multi_class=multi_class),
+            "consistent": partial(uncertainty.ConsistentRegion, threshold=threshold),
+            "ambiguous": partial(uncertainty.AmbiguousRegion, threshold=threshold),
         }
         self.transforms = {name: factories[name]() for name in names}
 

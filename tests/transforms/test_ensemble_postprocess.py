@@ -61,8 +61,8 @@ HAND_COMPUTED = {
 
 @pytest.mark.parametrize("method", sorted(HAND_COMPUTED))
 def test_hand_computed_methods(method: str) -> None:
-    kwargs = {"subset_size": 3, "num_rounds": 2} if method == "random_subset" else {}
-    out = EnsembleFusiond("pred", method, **kwargs)({"pred": _samples()})["pred"]
+    # one configuration for every method (as in the bundles): the subset sizes are ignored by the other methods
+    out = EnsembleFusiond("pred", method, subset_size=3, num_rounds=2)({"pred": _samples()})["pred"]
     torch.testing.assert_close(torch.as_tensor(out), HAND_COMPUTED[method])
 
 
@@ -89,7 +89,8 @@ def test_guided_and_itk_methods_equal_their_array_transforms(method: str, blob_c
 
 
 def test_every_method_is_tested() -> None:
-    assert set(HAND_COMPUTED) | {"staple", "crf", "torch_crf"} == set(ENSEMBLE_FUSIONS)
+    tested = set(HAND_COMPUTED) | {"staple", "crf", "torch_crf", "subset_crf", "subset_torch_crf"}
+    assert tested == set(ENSEMBLE_FUSIONS)
 
 
 def test_output_keys_missing_keys_and_aliases() -> None:
@@ -110,8 +111,10 @@ def test_errors_name_the_argument() -> None:
         EnsembleFusiond("pred", "torch_crf", guide_key="img")({"pred": _samples()})
     with pytest.raises(ValueError, match="method='median'"):
         EnsembleFusiond("pred", "median")
-    with pytest.raises(ValueError, match="inner_fusion='random_subset'"):
-        EnsembleFusiond("pred", "random_subset", inner_fusion="random_subset")
+    with pytest.raises(ValueError, match="inner_fusion='subset_crf'"):
+        EnsembleFusiond("pred", "random_subset", inner_fusion="subset_crf")
+    with pytest.raises(ValueError, match="method='subset_torch_crf'.*'torch_crf'.*inner_fusion"):
+        EnsembleFusiond("pred", "subset_torch_crf", inner_fusion="mean")
     with pytest.raises(TypeError, match="callable inner_fusion"):
         EnsembleFusiond("pred", "random_subset", inner_fusion=lambda s: s.mean(0), threshold=0.5)
 
@@ -146,15 +149,24 @@ def test_random_subset_is_seeded_like_the_array_transform() -> None:
     torch.testing.assert_close(d["s"].as_tensor(), samples.as_tensor().max(0).values)
 
 
-def test_random_subset_with_crf_inner_is_diffseg_fusion(blob_case, dice) -> None:
+@pytest.mark.parametrize(
+    "method, backend",
+    [
+        ("subset_torch_crf", "torch"),
+        pytest.param("subset_crf", "pydensecrf", marks=pytest.mark.skipif(not has_crf, reason="no pydensecrf")),
+    ],
+)
+def test_subset_crf_is_diffseg_fusion(method: str, backend: str, blob_case, dice) -> None:
     """DiffSeg's fusion: random subsets, each averaged and refined by the CRF, then averaged."""
     truth, guide, samples = blob_case((40, 48), seed=9, members=6)
-    t = EnsembleFusiond("pred", "random_subset", inner_fusion="torch_crf", num_rounds=3, subset_size=3)
+    t = EnsembleFusiond("pred", method, num_rounds=3, subset_size=3)
     out = t.set_random_state(seed=0)({"pred": samples, "image": guide})["pred"]
-    crf, mean = DenseCRF(backend="torch"), MeanEnsembleFusion()
+    crf, mean = DenseCRF(backend=backend), MeanEnsembleFusion()
     expected = torch.stack([crf(mean(samples[s]), guide).as_tensor() for s in t.fusion.subsets]).mean(0)
     torch.testing.assert_close(out.as_tensor(), expected)
     assert dice(out, truth[None]) > max(0.95, dice(mean(samples), truth[None]) + 0.05)
+    inner = EnsembleFusiond("pred", "random_subset", inner_fusion=method[len("subset_") :], num_rounds=3, subset_size=3)
+    torch.testing.assert_close(inner.set_random_state(seed=0)({"pred": samples, "image": guide})["pred"], out)
 
 
 _DRAW = """

@@ -142,3 +142,54 @@ def test_shift_equivariant(spatial_dims: int, size: tuple) -> None:
     shifts = (1,) * spatial_dims
     with torch.no_grad():
         assert torch.allclose(block(torch.roll(x, shifts, dims)), torch.roll(block(x), shifts, dims), atol=1e-5)
+
+
+@pytest.mark.parametrize("spatial_dims,size", [(2, (64, 64)), (2, (8, 8)), (2, (24, 15)), (3, (32, 12, 7))])
+def test_zero_frequency_gain_at_any_size(spatial_dims: int, size: tuple) -> None:
+    """A constant input is scaled by the grid's zero-frequency entry, whatever the input size."""
+    block = _random_weights(FFParser(spatial_dims, channels=2, weight_size=16))
+    centre = (slice(None),) + (8,) * (spatial_dims - 1) + (0,)
+    with torch.no_grad():
+        out = block(torch.ones(1, 2, *size))
+    expected = block.weight_real[centre].detach()  # the imaginary part of the DC term cancels in irfftn
+    assert torch.allclose(out.flatten(2).mean(-1)[0], expected, atol=1e-5)
+
+
+def test_grid_entries_keep_their_frequency() -> None:
+    """At twice the grid size, every other frequency reads a grid entry exactly (``f * n + n // 2``)."""
+    block = _random_weights(FFParser(2, channels=1, weight_size=8))
+    weight = block._weight((16, 9), (16, 16)).detach()  # unshifted, fftfreq order
+    grid = torch.complex(block.weight_real, block.weight_imag).detach()
+    for k in range(-8, 8, 2):  # frequency k / 16 = (k / 2) / 8: grid row k // 2 + 4
+        for m in range(0, 9, 2):  # frequency m / 16 = (m / 2) / 8: grid column m // 2
+            assert torch.allclose(weight[0, k % 16, m], grid[0, k // 2 + 4, m // 2], atol=1e-6)
+
+
+def _legacy(state: dict) -> dict:
+    return {k: v for k, v in state.items() if not k.endswith("grid_version")}
+
+
+def test_legacy_checkpoint_keeps_its_mapping() -> None:
+    trained = _random_weights(FFParser(2, channels=2, weight_size=16))
+    x = torch.randn(1, 2, 40, 24)
+    block = FFParser(2, channels=2, weight_size=16)
+    with pytest.warns(UserWarning, match="grid_version"):
+        block.load_state_dict(_legacy(trained.state_dict()))  # strict
+    assert int(block.grid_version) == 0
+    spectrum = torch.fft.rfftn(x, dim=(2, 3), norm="ortho") * trained._legacy_weight((40, 13))
+    with torch.no_grad():
+        assert torch.allclose(block(x), torch.fft.irfftn(spectrum, s=(40, 24), dim=(2, 3), norm="ortho"), atol=1e-5)
+        assert not torch.allclose(block(x), trained(x), atol=1e-3)  # the mappings differ at this size
+
+
+def test_new_checkpoint_round_trip() -> None:
+    trained = _random_weights(FFParser(3, channels=2, weight_size=8))
+    block = FFParser(3, channels=2, weight_size=8)
+    block.load_state_dict(trained.state_dict())
+    x = torch.randn(1, 2, 6, 10, 12)
+    with torch.no_grad():
+        assert torch.equal(block(x), trained(x))
+    state = trained.state_dict()
+    state["grid_version"] = torch.tensor(9)
+    with pytest.raises(RuntimeError, match="grid version"):
+        block.load_state_dict(state)

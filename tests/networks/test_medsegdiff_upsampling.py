@@ -154,3 +154,22 @@ def test_partial_state_dict_is_not_taken_for_a_legacy_checkpoint() -> None:
         warnings.simplefilter("error")
         net.load_state_dict(partial, strict=False)
     assert net.upsample_mode == "linear"
+
+
+def test_pre_option_checkpoint_through_checked_loader(tmp_path) -> None:
+    """A checkpoint from before both records (upsampling, FF-Parser grid) reproduces the old network exactly."""
+    old = _tiny("nearest", seed=5)
+    for block in old.ff_parsers:
+        with torch.no_grad():
+            block.weight_real.add_(0.3 * torch.randn_like(block.weight_real))
+    state = {k: v for k, v in old.state_dict().items() if not k.endswith(("decoder_upsample_mode", "grid_version"))}
+    with pytest.warns(UserWarning, match="grid_version"):
+        old.load_state_dict(state)  # now computes as an old network did
+    assert all(int(b.grid_version) == 0 for b in old.ff_parsers)
+    expected = _outputs(old)
+    torch.save({"model": state}, tmp_path / "old.pt")
+    net = _tiny()
+    with pytest.warns(UserWarning):
+        load_network_weights(net, tmp_path / "old.pt")
+    assert net.upsample_mode == "nearest" and all(int(b.grid_version) == 0 for b in net.ff_parsers)
+    assert torch.equal(_outputs(net), expected)

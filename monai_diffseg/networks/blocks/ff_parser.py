@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -24,10 +26,18 @@ class FFParser(nn.Module):
 
     - the weight starts at ``1 + 0j`` so the block is the identity at initialisation (the reference starts near zero,
       which wipes the features out at the start of training);
-    - the weight lives on a fixed, frequency-centred grid (``weight_size``) and is resampled (bilinear/trilinear)
-      to the spectrum of whatever input arrives, so one trained model takes any input size (the reference ties it
-      to 256 px). Because the grid is centred (``fftshift``), a given weight entry always refers to the same
-      relative frequency whatever the input size.
+    - the weight lives on a fixed, frequency-centred grid (``weight_size``) and is resampled (linearly, per
+      dimension) to the spectrum of whatever input arrives, so one trained model takes any input size (the
+      reference ties it to 256 px). A weight entry always refers to the same frequency in cycles per sample,
+      whatever the input size: grid entry ``j`` of a full dimension is frequency ``(j - n // 2) / n`` and entry
+      ``j`` of the last (half-spectrum) dimension ``j / n``; the input's frequency ``f`` reads the grid at
+      ``f * n + n // 2`` (``f * n`` for the last dimension), clamped to the grid.
+
+    The block is a circular convolution at every size (it commutes with circular shifts), so it cannot draw a
+    pattern locked to a grid of positions. Checkpoints saved before the exact frequency mapping (no
+    ``grid_version`` entry in the state dict) keep the mapping they were trained with, interpolating the centred
+    grid end to end (``align_corners=True``), which misplaced the zero frequency by up to half a grid cell at
+    sizes other than ``weight_size``.
 
     The transform runs in float32 even under autocast: ``torch.fft`` on half precision only accepts power-of-two
     sizes on CUDA.
@@ -53,9 +63,84 @@ class FFParser(nn.Module):
         self.weight_real = nn.Parameter(torch.ones(channels, *grid))
         self.weight_imag = nn.Parameter(torch.zeros(channels, *grid))
         self._mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
+        self.weight_size = tuple(int(n) for n in size)
+        # how the grid maps to an input's frequencies: 1 exact (see the class docstring), 0 the mapping of the
+        # checkpoints saved before this entry existed; a tensor so that it travels with the weights
+        self.register_buffer("grid_version", torch.tensor(self.GRID_VERSION, dtype=torch.int64))
+        self._legacy_grid = False  # Python mirror of grid_version == 0, so forward has no data-dependent branch
 
-    def _weight(self, freq_shape: Sequence[int]) -> torch.Tensor:
-        """Resample the centred weight grid to ``freq_shape`` and move the zero frequency back to index 0."""
+    #: the frequency mapping of new blocks (see the class docstring)
+    GRID_VERSION = 1
+    #: state-dict entries this module fills in itself when a checkpoint lacks them (checked loaders skip them)
+    optional_state_keys = ("grid_version",)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + "grid_version"
+        if key not in state_dict and prefix + "weight_real" in state_dict:
+            state_dict[key] = torch.tensor(0, dtype=torch.int64)  # saved before the exact mapping: keep the old one
+            warnings.warn(
+                "FFParser: the checkpoint has no 'grid_version' entry, so it was saved before the exact frequency "
+                "mapping of the weight grid; keeping the old (align_corners) mapping it was trained with.",
+                stacklevel=2,
+            )
+        elif key in state_dict and int(state_dict[key]) not in (0, self.GRID_VERSION):
+            error_msgs.append(
+                f"FFParser: state-dict entry '{key}' = {int(state_dict[key])} is not a known grid version "
+                f"(0 or {self.GRID_VERSION}): was it saved by a newer monai-diffseg?"
+            )
+            return
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self._legacy_grid = int(self.grid_version) == 0
+
+    def _grid_coords(self, freq_shape: Sequence[int], spatial: Sequence[int]) -> list[torch.Tensor]:
+        """Per dimension, where each frequency of an input of size ``spatial`` reads the weight grid."""
+        coords = []
+        for d, (n_freq, n_in, n_grid) in enumerate(zip(freq_shape, spatial, self.weight_size)):
+            device = self.weight_real.device
+            if d < self.spatial_dims - 1:  # full spectrum: fftfreq order, centred grid
+                pos = torch.fft.fftfreq(int(n_in), device=device, dtype=torch.float64) * n_grid + n_grid // 2
+                top = n_grid - 1
+            else:  # half spectrum: frequencies 0 .. n_in // 2
+                pos = torch.arange(int(n_freq), device=device, dtype=torch.float64) / int(n_in) * n_grid
+                top = n_grid // 2
+            coords.append(pos.clamp(0, top))
+        return coords
+
+    @staticmethod
+    def _lerp_axis(w: torch.Tensor, dim: int, pos: torch.Tensor) -> torch.Tensor:
+        """Linear interpolation of ``w`` along ``dim`` at fractional indices ``pos``."""
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=w.shape[dim] - 1)
+        frac = (pos - lo).to(w.dtype).reshape([-1 if i == dim else 1 for i in range(w.ndim)])
+        w_lo, w_hi = w.index_select(dim, lo), w.index_select(dim, hi)
+        return w_lo + (w_hi - w_lo) * frac
+
+    def _weight(self, freq_shape: Sequence[int], spatial: Sequence[int] | None = None) -> torch.Tensor:
+        """The complex weight for a spectrum of shape ``freq_shape`` (of an input of spatial size ``spatial``)."""
+        if self._legacy_grid:
+            return self._legacy_weight(freq_shape)
+        spatial = tuple(freq_shape[:-1]) + ((freq_shape[-1] - 1) * 2,) if spatial is None else tuple(spatial)
+        coords = self._grid_coords(freq_shape, spatial)
+        weights = []
+        for w in (self.weight_real, self.weight_imag):
+            for d, pos in enumerate(coords):
+                w = self._lerp_axis(w, d + 1, pos)
+            weights.append(w)
+        return torch.complex(weights[0].float(), weights[1].float())
+
+    def _legacy_weight(self, freq_shape: Sequence[int]) -> torch.Tensor:
+        """Mapping of the checkpoints without ``grid_version``: end-to-end (align_corners) interpolation."""
         full_dims = tuple(range(1, self.spatial_dims))  # all but the last (half-spectrum) dim are full spectra
         weights = []
         for w in (self.weight_real, self.weight_imag):
@@ -71,6 +156,6 @@ class FFParser(nn.Module):
         spatial = x.shape[2:]
         with torch.autocast(device_type=x.device.type, enabled=False):
             spectrum = torch.fft.rfftn(x.float(), dim=dims, norm="ortho")
-            spectrum = spectrum * self._weight(spectrum.shape[2:])
+            spectrum = spectrum * self._weight(spectrum.shape[2:], spatial)
             out = torch.fft.irfftn(spectrum, s=spatial, dim=dims, norm="ortho")
         return out.to(x.dtype)

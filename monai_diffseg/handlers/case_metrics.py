@@ -1,6 +1,6 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Per-case segmentation scores written to JSON at the end of an evaluation/inference run."""
+"""Per-case scores of an evaluation/inference run, computed by metric objects and written once (JSON + CSV)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.data import MetaTensor
-from monai.metrics import compute_dice, compute_iou
-from monai.utils import IgniteInfo, min_version, optional_import
+from monai.metrics import CumulativeIterationMetric, DiceMetric, MeanIoU
+from monai.utils import IgniteInfo, convert_to_tensor, min_version, optional_import
 
+from monai_diffseg.metrics import GeneralizedEnergyDistanceMetric, SampleDiversityMetric
 from monai_diffseg.utils import atomic_write
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -28,61 +29,88 @@ else:
 __all__ = ["CaseMetricsWriter", "write_json_atomic"]
 
 
-def write_json_atomic(path: str, payload: Any) -> None:
+def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
     """Write ``payload`` as JSON to ``path`` through a temporary file and ``os.replace``."""
     with atomic_write(path) as f:
         json.dump(payload, f, indent=2)
 
 
-def _case_name(item: dict, image_key: str) -> str:
+def _case_name(item: Mapping, image_key: str) -> str:
     img = item.get(image_key)
     name = img.meta.get("filename_or_obj", "") if isinstance(img, MetaTensor) else ""
-    if not name:
-        meta = item.get(f"{image_key}_meta_dict", {})
-        name = meta.get("filename_or_obj", "") if isinstance(meta, dict) else ""
     return os.path.splitext(os.path.basename(str(name)))[0] if name else f"case_{id(item)}"
+
+
+def _value(x: Any) -> float | None:
+    """Mean of a score tensor as a float; ``None`` when undefined (NaN or infinite, e.g. HD95 of an empty mask)."""
+    v = float(convert_to_tensor(x, dtype=torch.float32, track_meta=False).nanmean())
+    return v if math.isfinite(v) else None
 
 
 class CaseMetricsWriter:
     """
-    Collect Dice and IoU per case during an evaluator run and write ``{"cases": [...], "mean_dice": ...}`` JSON.
+    Score every case of an evaluator run and write ``metrics.json`` (per-case scores, their means, the engine's
+    aggregate metrics and the cases that could not be read) and, optionally, the same per-case table as CSV.
 
-    Cases that a :class:`monai_diffseg.data.SkipFailedDataLoader` could not read are listed under ``"failed"``
-    (case, files, reason) with their count ``"num_failed"``.
+    Each score is computed once, by a metric object:
 
-    Works with bundles whose labels may be absent (inference on an unlabelled split): cases without a label get
-    ``null`` scores and the means are computed over labelled cases only. Expects the evaluator's decollated output
-    (a list of per-case dicts after postprocessing) with a binary ``pred_key`` ``(C, *S)`` and, when available, a
-    binary ``label_key`` of the same shape (e.g. both at the original image resolution after ``Invertd``).
+    - ``dice``, ``iou``: MONAI :class:`~monai.metrics.DiceMetric` / :class:`~monai.metrics.MeanIoU` on the binary
+      prediction and label at the original size (both-empty counts as 1, as ISIC's evaluation does); cases without
+      a label get ``null``;
+    - ``sample_diversity`` (mean ``1 - IoU`` between members) and ``sample_diversity_l2`` (DiffSeg's "GED" term):
+      :class:`~monai_diffseg.metrics.SampleDiversityMetric` on the ensemble samples;
+    - ``ged``: :class:`~monai_diffseg.metrics.GeneralizedEnergyDistanceMetric` (GED^2, PHiSeg/BerDiff/CIMD
+      convention) between the samples and the reference at the samples' resolution, when a reference exists.
+
+    A score that an attached MONAI metric handler already computes (e.g. ``MeanDice`` as an evaluator's key metric)
+    is read from its per-case details (``engine.state.metric_details``) instead of being computed again: map the
+    score's name to the handler's name in ``engine_metrics``. Cases that a
+    :class:`monai_diffseg.data.SkipFailedDataLoader` could not read are listed under ``"failed"``.
 
     Args:
         output_file: path of the JSON file (written atomically at ``COMPLETED``).
-        pred_key: key of the binarised prediction.
-        label_key: key of the binary label.
-        image_key: key whose metadata gives the case name.
-        include_background: passed to MONAI's ``compute_dice``/``compute_iou`` (keep True for one-channel masks).
-        extra_keys: scalar per-case values already in the output dict (e.g. ``"sample_diversity"``, ``"ged"``) to
-            copy into the JSON and CSV; their means are logged with the mean Dice.
-        csv_file: optional path of a CSV with one row per case (written atomically at ``COMPLETED``).
+        csv_file: optional path of a CSV with one row per case.
+        pred_key: key of the binary prediction ``(C, *S)`` at the label's size.
+        label_key: key of the binary label ``(C, *S)``.
+        samples_key: key of the ensemble samples ``(E, C, *S')`` (probabilities); ``None`` skips ensemble scores.
+        reference_key: key of the reference at the samples' resolution ``(C, *S')`` or ``(R, C, *S')`` for GED.
+        image_key: key whose metadata names the case.
+        threshold: probability from which a member is foreground for the IoU-based ensemble scores.
+        include_background: passed to the metrics (keep True for one-channel masks).
+        engine_metrics: ``{score name: engine metric name}`` to read instead of computing, e.g.
+            ``{"dice": "test_mean_dice", "hd95": "test_hd95"}``; any name may be added this way.
     """
 
     def __init__(
         self,
-        output_file: str,
+        output_file: str | os.PathLike,
+        csv_file: str | os.PathLike | None = None,
         pred_key: str = "pred",
         label_key: str = "label",
+        samples_key: str | None = "samples",
+        reference_key: str | None = "label_net",
         image_key: str = "image",
+        threshold: float = 0.5,
         include_background: bool = True,
-        extra_keys: Sequence[str] = (),
-        csv_file: str | None = None,
+        engine_metrics: Mapping[str, str] | None = None,
     ) -> None:
         self.output_file = output_file
         self.csv_file = csv_file
-        self.pred_key = pred_key
-        self.label_key = label_key
-        self.image_key = image_key
-        self.include_background = include_background
-        self.extra_keys = tuple(extra_keys)
+        self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
+        self.samples_key, self.reference_key = samples_key, reference_key
+        self.threshold = threshold
+        self.engine_metrics = dict(engine_metrics or {})
+        bg = include_background
+        # ignore_empty=False: an empty prediction of an empty label is a perfect score, not NaN
+        self.label_metrics: dict[str, CumulativeIterationMetric] = {
+            "dice": DiceMetric(include_background=bg, reduction="none", ignore_empty=False),
+            "iou": MeanIoU(include_background=bg, reduction="none", ignore_empty=False),
+        }
+        self.sample_metrics: dict[str, CumulativeIterationMetric] = {
+            "sample_diversity": SampleDiversityMetric("1-iou", include_background=bg, reduction="none"),
+            "sample_diversity_l2": SampleDiversityMetric("l2", include_background=bg, reduction="none"),
+        }
+        self.ged = GeneralizedEnergyDistanceMetric(include_background=bg, reduction="none")
         self.cases: list[dict[str, Any]] = []
         self.logger = logging.getLogger(__name__)
 
@@ -93,76 +121,94 @@ class CaseMetricsWriter:
 
     def _reset(self, engine: Engine) -> None:
         self.cases = []
+        for metric in (*self.label_metrics.values(), *self.sample_metrics.values(), self.ged):
+            metric.reset()
 
     def _collect(self, engine: Engine) -> None:
-        output = engine.state.output
-        items = output if isinstance(output, list) else [output]
-        for item in items:
-            pred = item.get(self.pred_key)
-            if pred is None:
+        output, batch = engine.state.output, engine.state.batch
+        outputs, batches = (output, batch) if isinstance(output, list) else ([output], [batch])
+        # post-processing writes the keys it creates into the output and updates of input keys (label_net) into the
+        # batch: read both
+        for out, inp in zip(outputs, batches if isinstance(batches, list) else [None] * len(outputs)):
+            item = {**inp, **out} if isinstance(inp, Mapping) else out
+            if item.get(self.pred_key) is None:
                 continue
-            record: dict[str, Any] = {"case": _case_name(item, self.image_key), "dice": None, "iou": None}
+            record: dict[str, Any] = {"case": _case_name(item, self.image_key)}
             label = item.get(self.label_key)
-            if label is not None:
-                p = torch.as_tensor(pred).float()[None]
-                y = torch.as_tensor(label).float().to(p.device)[None]
-                if p.shape != y.shape:
-                    raise ValueError(
-                        f"CaseMetricsWriter: prediction {tuple(p.shape[1:])} and label {tuple(y.shape[1:])} of case "
-                        f"'{record['case']}' differ; invert the preprocessing (Invertd) before scoring."
-                    )
-                # both-empty masks count as a perfect score, as ISIC's evaluation does
-                dice = compute_dice(p, y, include_background=self.include_background, ignore_empty=False)
-                iou = compute_iou(p, y, include_background=self.include_background, ignore_empty=False)
-                record["dice"] = float(dice.nanmean())
-                record["iou"] = float(iou.nanmean())
-            for key in self.extra_keys:
-                if key in item:
-                    record[key] = float(torch.as_tensor(item[key]).float().mean())
+            for name, metric in self.label_metrics.items():
+                if name in self.engine_metrics:
+                    continue
+                record[name] = None if label is None else self._score(metric, item[self.pred_key], label, record)
+            samples = item.get(self.samples_key) if self.samples_key else None
+            if samples is not None:
+                soft = convert_to_tensor(samples, dtype=torch.float32, track_meta=False)[None]
+                hard = (soft >= self.threshold).float()
+                record["sample_diversity"] = _value(self.sample_metrics["sample_diversity"](hard))
+                record["sample_diversity_l2"] = _value(self.sample_metrics["sample_diversity_l2"](soft))
+                ref = item.get(self.reference_key) if self.reference_key else None
+                if ref is not None:
+                    ref = (convert_to_tensor(ref, dtype=torch.float32, track_meta=False) > 0.5).float()
+                    ref = ref[None] if ref.ndim == hard.ndim - 2 else ref
+                    record["ged"] = _value(self.ged(hard, ref[None].to(hard.device))["ged"])
             self.cases.append(record)
 
+    @staticmethod
+    def _score(metric: CumulativeIterationMetric, pred: Any, label: Any, record: dict) -> float | None:
+        p = convert_to_tensor(pred, dtype=torch.float32, track_meta=False)[None]
+        y = convert_to_tensor(label, dtype=torch.float32, track_meta=False).to(p.device)[None]
+        if p.shape != y.shape:
+            raise ValueError(
+                f"CaseMetricsWriter: prediction {tuple(p.shape[1:])} and label {tuple(y.shape[1:])} of case "
+                f"'{record['case']}' differ; invert the preprocessing (Invertd) before scoring."
+            )
+        return _value(metric(p, y))
+
+    def _engine_details(self, engine: Engine) -> None:
+        """Copy per-case values of the engine's metric handlers (``save_details``) into the case records."""
+        details = getattr(engine.state, "metric_details", None) or {}
+        for score, name in self.engine_metrics.items():
+            if name not in details:
+                raise ValueError(
+                    f"CaseMetricsWriter: engine metric '{name}' (for '{score}') has no per-case details; "
+                    f"available: {sorted(details)}. Attach it with save_details=True."
+                )
+            values = torch.as_tensor(details[name]).reshape(len(self.cases), -1)
+            for record, row in zip(self.cases, values):
+                record[score] = _value(row)
+
     def _write(self, engine: Engine) -> None:
+        self._engine_details(engine)
+        scores = [k for k in dict.fromkeys(k for c in self.cases for k in c) if k != "case"]
+
         def mean(name: str) -> float | None:
-            vals = [c[name] for c in self.cases if c.get(name) is not None and not math.isnan(c[name])]
+            vals = [c[name] for c in self.cases if c.get(name) is not None]
             return sum(vals) / len(vals) if vals else None
 
+        failed = list(getattr(engine.data_loader, "failed", None) or [])  # SkipFailedDataLoader's skipped cases
         payload: dict[str, Any] = {
             "num_cases": len(self.cases),
-            "num_labelled": sum(c["dice"] is not None for c in self.cases),
-            "mean_dice": mean("dice"),
-            "mean_iou": mean("iou"),
+            "num_labelled": sum(c.get("dice") is not None for c in self.cases),
+            **{f"mean_{k}": mean(k) for k in scores},
+            "engine_metrics": {k: _value(v) for k, v in engine.state.metrics.items() if _is_number(v)},
+            "cases": self.cases,
+            "num_failed": len(failed),
+            "failed": failed,
         }
-        for key in self.extra_keys:
-            payload[f"mean_{key}"] = mean(key)
-        payload["cases"] = self.cases
-        # cases that SkipFailedDataLoader could not read: reported beside the scored ones, never silently dropped
-        failed = list(getattr(engine.data_loader, "failed", None) or [])
-        payload["num_failed"] = len(failed)
-        payload["failed"] = failed
         write_json_atomic(self.output_file, payload)
         if self.csv_file:
-            self._write_csv()
-        extras = ", ".join(
-            f"mean {k} {payload[f'mean_{k}']:.4f}" for k in self.extra_keys if payload[f"mean_{k}"] is not None
-        )
-        if payload["mean_dice"] is not None:
-            self.logger.info(
-                f"mean Dice {payload['mean_dice']:.4f}, mean IoU {payload['mean_iou']:.4f} over "
-                f"{payload['num_labelled']} labelled cases{', ' + extras if extras else ''} -> {self.output_file}"
-            )
-        else:
-            self.logger.info(f"{len(self.cases)} cases, no labels{', ' + extras if extras else ''} -> {self.output_file}")
+            with atomic_write(self.csv_file, newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=["case", *scores], extrasaction="ignore")
+                writer.writeheader()
+                for case in self.cases:
+                    writer.writerow({k: ("" if case.get(k) is None else case[k]) for k in ["case", *scores]})
+        means = ", ".join(f"mean {k} {payload[f'mean_{k}']:.4f}" for k in scores if payload[f"mean_{k}"] is not None)
+        self.logger.info(f"{len(self.cases)} cases ({payload['num_labelled']} labelled): {means} -> {self.output_file}")
         if failed:
             self.logger.warning(
                 f"{len(failed)} case(s) could not be read and were skipped (listed under 'failed' in "
                 f"{self.output_file}): {', '.join(c['case'] for c in failed[:5])}{' ...' if len(failed) > 5 else ''}"
             )
 
-    def _write_csv(self) -> None:
-        assert self.csv_file is not None
-        columns = ["case", "dice", "iou", *self.extra_keys]
-        with atomic_write(self.csv_file, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for case in self.cases:
-                writer.writerow({c: ("" if case.get(c) is None else case.get(c)) for c in columns})
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) or (isinstance(v, torch.Tensor) and v.numel() == 1)

@@ -41,12 +41,13 @@ from .ensemble_postprocess import (
     EnsembleFusionD,
     EnsembleFusiond,
     EnsembleFusionDict,
-    EnsembleScoresd,
     EnsembleUncertaintyD,
     EnsembleUncertaintyd,
     EnsembleUncertaintyDict,
 )
 from .healthy_patches import (
+    HEALTHY_SOURCES,
+    HealthySource,
     BorderFill,
     BorderFillD,
     BorderFilld,

@@ -7,7 +7,6 @@ Dictionary transforms of ensemble samples ``(E, C, H, W[, D])``: the one way to 
 
 - :py:class:`EnsembleFusiond`: fusion chosen by name (``method``), stored at ``output_keys`` (default: in place);
 - :py:class:`EnsembleUncertaintyd`: several uncertainty maps (``maps``), stored at ``f"{prefix}{map}"``;
-- :py:class:`EnsembleScoresd`: per-case sample diversity and GED as scalars.
 
 Aliases ``XD`` and ``XDict`` follow MONAI's convention.
 """
@@ -22,9 +21,8 @@ import torch
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import MapTransform, Randomizable
-from monai.utils import TransformBackends, convert_to_tensor, ensure_tuple
+from monai.utils import TransformBackends, ensure_tuple
 
-from monai_diffseg.metrics import compute_generalized_energy_distance, compute_sample_diversity
 from monai_diffseg.transforms.dense_crf import DenseCRF
 from monai_diffseg.transforms.fusion import (
     MajorityVoteFusion,
@@ -44,7 +42,6 @@ __all__ = [
     "EnsembleUncertaintyd",
     "EnsembleUncertaintyD",
     "EnsembleUncertaintyDict",
-    "EnsembleScoresd",
 ]
 
 #: the methods that fuse random subsets of members, with their inner method (``None``: the ``inner_fusion`` argument)
@@ -260,53 +257,6 @@ class EnsembleUncertaintyd(MapTransform):
         for key in self.key_iterator(d):
             for name, transform in self.transforms.items():
                 d[self.output_key(key, name)] = transform(d[key])
-        return d
-
-
-class EnsembleScoresd(MapTransform):
-    """
-    Per-case ensemble scores as scalars in the data dict: sample diversity (``1 - IoU`` and ``l2``) and, when a
-    reference annotation is present, the generalized energy distance (GED^2, PHiSeg/BerDiff/CIMD convention).
-
-    Args:
-        keys: key of the ensemble samples ``(E, C, *S)`` (probabilities; thresholded for the IoU-based scores).
-        label_key: key of the reference annotation(s): ``(C, *S)`` (one annotator) or ``(R, C, *S)``, binary, at
-            the samples' resolution. Missing -> only diversity is computed.
-        threshold: probability from which a member is foreground.
-        prefix: prefix of the output keys (``f"{prefix}sample_diversity"``, ``f"{prefix}sample_diversity_l2"``,
-            ``f"{prefix}ged"``).
-    """
-
-    def __init__(
-        self, keys: KeysCollection, label_key: Hashable | None = "label", threshold: float = 0.5, prefix: str = ""
-    ) -> None:
-        super().__init__(keys, allow_missing_keys=False)
-        if len(self.keys) != 1:
-            raise ValueError(f"EnsembleScoresd takes one samples key, got {self.keys}.")
-        self.label_key = label_key
-        self.threshold = threshold
-        self.prefix = prefix
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        d = dict(data)
-        samples = convert_to_tensor(d[self.keys[0]], track_meta=False).float()
-        if samples.ndim < 3:
-            raise ValueError(f"samples at '{self.keys[0]}' must be (E, C, *spatial), got {tuple(samples.shape)}.")
-        hard = (samples >= self.threshold).float()[None]
-        d[f"{self.prefix}sample_diversity"] = compute_sample_diversity(hard, distance="1-iou")[0].float()
-        d[f"{self.prefix}sample_diversity_l2"] = compute_sample_diversity(samples[None], distance="l2")[0].float()
-        if self.label_key is not None and self.label_key in d:
-            ref = convert_to_tensor(d[self.label_key], track_meta=False).float()
-            if ref.ndim == samples.ndim - 1:
-                ref = ref[None]
-            if ref.shape[1:] != samples.shape[1:]:
-                raise ValueError(
-                    f"reference '{self.label_key}' {tuple(ref.shape)} and samples {tuple(samples.shape)} must share "
-                    "channels and spatial shape; resize the label to the network resolution for ensemble scores."
-                )
-            d[f"{self.prefix}ged"] = compute_generalized_energy_distance(hard, (ref > 0.5).float()[None])["ged"][
-                0
-            ].float()
         return d
 
 

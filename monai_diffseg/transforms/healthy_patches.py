@@ -29,9 +29,12 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import TransformBackends, convert_to_tensor, ensure_tuple, ensure_tuple_rep
 
+from monai_diffseg.data import image_folder_datalist
 from monai_diffseg.utils import gaussian_blur
 
 __all__ = [
+    "HEALTHY_SOURCES",
+    "HealthySource",
     "BorderFill",
     "BorderFilld",
     "BorderFillD",
@@ -272,3 +275,64 @@ class RandBorderPatchd(Randomizable, MapTransform):
 
 RandBorderPatchD = RandBorderPatchDict = RandBorderPatchd
 BorderFillD = BorderFillDict = BorderFilld
+
+
+#: where DiffSeg's healthy model gets its training targets (see the module docstring and the bundle README)
+HEALTHY_SOURCES = ("border_fill", "border_patches", "folder")
+
+
+class HealthySource:
+    """
+    The training set-up of DiffSeg's healthy model for one ``source`` of healthy-skin data, so that a bundle wires
+    the choice instead of branching on it:
+
+    - ``"border_fill"``: every lesion image paired with its :class:`BorderFilld` pseudo-healthy target (key
+      ``"healthy"``), inserted before augmentation so both are flipped alike;
+    - ``"border_patches"``: unpaired :class:`RandBorderPatchd` patches from the border band, after augmentation
+      (band at least 1/4 of the image so that patches fit);
+    - ``"folder"``: the user's healthy images from ``healthy_dir`` (image-level supervision), no extra transform.
+
+    Args:
+        source: one of :data:`HEALTHY_SOURCES`.
+        healthy_dir: folder of healthy images (``"folder"`` only).
+        border_fraction: lesion-free border band, as a fraction of each side.
+        fill_sigma_fraction: ``BorderFilld``'s Gaussian width, as a fraction of the image size.
+        patch_size: ``RandBorderPatchd``'s patch size.
+        patches_per_image: ``RandBorderPatchd``'s patches drawn per image.
+
+    Attributes:
+        pre_augmentation: transforms to put before the augmentation.
+        post_augmentation: transforms to put after it.
+        target_key: key of the paired target for :class:`monai_diffseg.engines.ImageDiffusionPrepareBatch`
+            (``None``: the image is its own target).
+    """
+
+    def __init__(
+        self,
+        source: str = "border_fill",
+        healthy_dir: str | None = None,
+        border_fraction: float = 0.15,
+        fill_sigma_fraction: float = 0.25,
+        patch_size: int | Sequence[int] = 64,
+        patches_per_image: int = 4,
+    ) -> None:
+        if source not in HEALTHY_SOURCES:
+            raise ValueError(f"healthy_source must be one of {HEALTHY_SOURCES}, got {source!r}.")
+        if source == "folder" and not healthy_dir:
+            raise ValueError("healthy_source='folder' needs healthy_dir, a folder of healthy-skin images.")
+        self.source, self.healthy_dir = source, healthy_dir
+        self.pre_augmentation: list[Transform] = []
+        self.post_augmentation: list[Transform] = []
+        self.target_key: str | None = None
+        if source == "border_fill":
+            fill = BorderFilld("image", "healthy", border_fraction=border_fraction, sigma_fraction=fill_sigma_fraction)
+            self.pre_augmentation, self.target_key = [fill], "healthy"
+        elif source == "border_patches":
+            patches = RandBorderPatchd("image", patch_size, patches_per_image, max(border_fraction, 0.25))
+            self.post_augmentation = [patches]
+
+    def datalist(self, lesion_datalist: list[dict]) -> list[dict]:
+        """The healthy model's data list: the user's healthy images (``"folder"``) or the lesion images."""
+        if self.source != "folder":
+            return lesion_datalist
+        return image_folder_datalist(self.healthy_dir, None)

@@ -23,7 +23,6 @@ from monai_diffseg.transforms import (
     EnsembleFusionD,
     EnsembleFusiond,
     EnsembleFusionDict,
-    EnsembleScoresd,
     MeanEnsembleFusion,
     RandomSubsetFusion,
     STAPLEFusion,
@@ -195,21 +194,3 @@ def test_random_subset_reproducible_across_processes() -> None:
     assert runs[0]["0"][0] != runs[0]["1"][0]  # another seed draws other subsets
     subsets, fused = runs[0]["0"]
     assert fused == pytest.approx([np.mean([np.mean(s) / 8 for s in subsets])] * 4)
-
-
-def test_scores_hand_computed() -> None:
-    s = _samples()
-    label = torch.zeros(1, 8, 8)
-    label[:, 2:6, 2:6] = 1
-    d = EnsembleScoresd("pred", "label")({"pred": s, "label": label})
-    # members: A (20 px, wider) and B, B (16 px, = label). d(A,B) = 1 - 16/20 = 0.2, ordered pairs incl. i = j
-    diversity = (4 * 0.2) / 9
-    assert torch.isclose(d["sample_diversity"], torch.tensor(diversity), atol=1e-6)
-    cross = 0.2 / 3  # E[d(S, Y)]
-    assert torch.isclose(d["ged"], torch.tensor(2 * cross - diversity - 0.0), atol=1e-6)
-    assert "ged" not in EnsembleScoresd("pred", "label")({"pred": s})
-
-
-def test_scores_shape_mismatch() -> None:
-    with pytest.raises(ValueError, match="label"):
-        EnsembleScoresd("pred", "label")({"pred": _samples(), "label": torch.zeros(1, 4, 4)})

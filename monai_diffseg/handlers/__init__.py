@@ -4,6 +4,14 @@
 from __future__ import annotations
 
 from .checkpoint_loader import CheckedCheckpointLoader
-from .case_metrics import CaseMetricsWriter, write_json_atomic
+from .case_metrics import CaseMetricsWriter
 from .checkpoint_saver import AtomicCheckpointSaver, remove_stale_temp_files
 from .random_state import RandomStateHandler
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "CaseMetricsWriter",
+    "CheckedCheckpointLoader",
+    "RandomStateHandler",
+    "remove_stale_temp_files",
+]

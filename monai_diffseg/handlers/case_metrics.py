@@ -26,13 +26,7 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["CaseMetricsWriter", "write_json_atomic"]
-
-
-def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
-    """Write ``payload`` as JSON to ``path`` through a temporary file and ``os.replace``."""
-    with atomic_write(path) as f:
-        json.dump(payload, f, indent=2)
+__all__ = ["CaseMetricsWriter"]
 
 
 def _case_name(item: Mapping, image_key: str) -> str:
@@ -194,7 +188,8 @@ class CaseMetricsWriter:
             "num_failed": len(failed),
             "failed": failed,
         }
-        write_json_atomic(self.output_file, payload)
+        with atomic_write(self.output_file) as f:
+            json.dump(payload, f, indent=2)
         if self.csv_file:
             with atomic_write(self.csv_file, newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=["case", *scores], extrasaction="ignore")

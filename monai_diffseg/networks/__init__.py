@@ -5,3 +5,12 @@ from __future__ import annotations
 
 from .blocks import AnchorHead, ConditionEncoder, ConditionFusion, FFParser
 from .nets import MEDSEGDIFF_CONFIGS, MedSegDiff
+
+__all__ = [
+    "AnchorHead",
+    "ConditionEncoder",
+    "ConditionFusion",
+    "FFParser",
+    "MedSegDiff",
+    "MEDSEGDIFF_CONFIGS",
+]

@@ -7,3 +7,11 @@ from .condition_encoder import AnchorHead, ConditionEncoder
 from .condition_fusion import ConditionFusion
 from .ff_parser import FFParser
 from .torch_crf import TorchDenseCRF
+
+__all__ = [
+    "AnchorHead",
+    "ConditionEncoder",
+    "ConditionFusion",
+    "FFParser",
+    "TorchDenseCRF",
+]

@@ -5,3 +5,11 @@ from __future__ import annotations
 
 from .medsegdiff import MEDSEGDIFF_CONFIGS, MedSegDiff
 from .diffseg import DIFFSEG_CONFIGS, DiffSegDenoiser, DiffSegPair
+
+__all__ = [
+    "DIFFSEG_CONFIGS",
+    "DiffSegDenoiser",
+    "DiffSegPair",
+    "MedSegDiff",
+    "MEDSEGDIFF_CONFIGS",
+]

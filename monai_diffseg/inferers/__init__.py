@@ -17,3 +17,16 @@ from .diffusion_segmentation import (
     memory_aware_member_chunk,
     x0_to_probability,
 )
+
+__all__ = [
+    "DIFFSEG_FIXED_THRESHOLD",
+    "DIFFSEG_TIMESTEPS",
+    "DiffusionDifferenceInferer",
+    "DiffusionSegmentationInferer",
+    "DiffusionSegmentationTrainInferer",
+    "DiffusionSlidingWindowInferer",
+    "grayscale",
+    "memory_aware_member_chunk",
+    "otsu_threshold",
+    "x0_to_probability",
+]

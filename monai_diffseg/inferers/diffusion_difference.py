@@ -154,6 +154,11 @@ class DiffusionDifferenceInferer(Inferer):
         step_batch_size: int | None = None,
     ) -> None:
         super().__init__()
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise ValueError(
+                f"{type(scheduler).__name__} has no alphas_cumprod: {type(self).__name__} noises the images as "
+                "sqrt(a_t) x_0 + sqrt(1 - a_t) eps; pass the training schedule as a DDPMScheduler or DDIMScheduler."
+            )
         num_t = int(scheduler.num_train_timesteps)
         steps = [int(t) for t in timesteps]
         if len(steps) == 0:

@@ -40,34 +40,17 @@ __all__ = [
 
 #: accepted ``autocast`` values -> dtype
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 #: the keyword arguments the sampler gives ``scheduler.step`` where its signature takes them
 STEP_EXTRAS = ("eta", "generator", "next_timestep")
 
 
-def _step_batch(t: float, x: torch.Tensor) -> torch.Tensor:
-    """Step ``t`` for every row of ``x``: ``(B,)`` long for integer schedules, float32 for continuous ones (RFlow)."""
-    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long if isinstance(t, int) else torch.float32)
-
-
-def _condition(name: str, cond: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-    """The network's condition keyword: ``condition=`` the encoded tuple, or ``image=`` the image itself."""
-    return {name: cond if name == "condition" else cond[0]}
-
-
 def _parameter_dtype(module: Any) -> torch.dtype | None:
     """The floating dtype of a module's first floating parameter (``None`` without one)."""
-    if isinstance(module, nn.Module):
-        for p in module.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return None
+    params = module.parameters() if isinstance(module, nn.Module) else ()
+    return next((p.dtype for p in params if p.is_floating_point()), None)
 
 
-def memory_aware_member_chunk(
-    members: int, bytes_per_member: float, free_bytes: float, fraction: float = 0.8
-) -> int:
+def memory_aware_member_chunk(members: int, bytes_per_member: float, free_bytes: float, fraction: float = 0.8) -> int:
     """
     How many ensemble members fit in one network call.
 
@@ -227,16 +210,10 @@ class DiffusionSegmentationInferer(Inferer):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
-        if isinstance(member_batch_size, str):
-            if member_batch_size != "auto":
-                raise ValueError(f"member_batch_size must be an int >= 1, None or 'auto', got '{member_batch_size}'.")
-        elif member_batch_size is not None and member_batch_size < 1:
-            raise ValueError(f"member_batch_size must be an int >= 1, None or 'auto', got {member_batch_size}.")
-        required = [
-            p.name
-            for p in list(inspect.signature(scheduler.step).parameters.values())[3:]
-            if p.default is p.empty and p.kind is not p.VAR_POSITIONAL and p.kind is not p.VAR_KEYWORD
-        ]
+        if member_batch_size not in (None, "auto") and not (isinstance(member_batch_size, int) and member_batch_size > 0):
+            raise ValueError(f"member_batch_size must be an int >= 1, None or 'auto', got {member_batch_size!r}.")
+        after = list(inspect.signature(scheduler.step).parameters.values())[3:]  # after (model_output, t, sample)
+        required = [p.name for p in after if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
         if any(name not in STEP_EXTRAS for name in required):
             raise ValueError(
                 f"{type(scheduler).__name__}.step requires {required} besides (model_output, timestep, sample); "
@@ -305,16 +282,14 @@ class DiffusionSegmentationInferer(Inferer):
         members = self._members(num_samples)
         image = self._checked_image(inputs, network)
         base_seed = self._base_seed(seed)
-        n, device, module = image.shape[0], image.device, unwrap_network(network)
+        n, device = image.shape[0], image.device
         scheduler = self._scheduler(image)
-        fmt = self._formatter(image.ndim)
-        step_fn = self._step_network(network, image)
+        timesteps = scheduler.timesteps.tolist()
         gens = [torch.Generator(device=device).manual_seed(base_seed + e) for e in range(members)]
-        shape = (n, int(getattr(module, "out_channels", 1)), *image.shape[2:])
+        shape = (n, int(getattr(unwrap_network(network), "out_channels", 1)), *image.shape[2:])
         # member-major layout: row e * N + n is member e of image n (what MedSegDiff.forward expects)
         x = torch.cat([torch.randn(shape, generator=g, device=device) for g in gens], dim=0)
-        timesteps = scheduler.timesteps.tolist()
-        denoise = self._denoiser(step_fn, module, fmt(image), x, members, timesteps[0], fmt, args, kwargs)
+        denoise = self._denoiser(network, image, x, timesteps[0], args, kwargs)
         step = self._stepper(scheduler, n, gens)
         steps = zip(timesteps, timesteps[1:] + [0])  # (t, next t); RFlow's step size needs the next t
         if self.progress and has_tqdm:
@@ -387,11 +362,6 @@ class DiffusionSegmentationInferer(Inferer):
     def _memory_format(self, ndim: int) -> torch.memory_format | None:
         return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim) if self.channels_last else None
 
-    def _formatter(self, ndim: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Tensors of the image's rank in the ``channels_last`` memory format (identity when the option is off)."""
-        memory_format = self._memory_format(ndim)
-        return lambda v: v if memory_format is None or v.ndim != ndim else v.contiguous(memory_format=memory_format)
-
     def _step_network(self, network: Callable[..., Any], image: torch.Tensor) -> Callable[..., Any]:
         """The callable of every denoising step: the network, or its cached channels-last copy and/or compiled form."""
         memory_format = self._memory_format(image.ndim)
@@ -416,61 +386,51 @@ class DiffusionSegmentationInferer(Inferer):
         return step_fn
 
     def _denoiser(
-        self,
-        step_fn: Callable[..., Any],
-        module: Any,
-        image: torch.Tensor,
-        x: torch.Tensor,
-        members: int,
-        first_t: float,
-        fmt: Callable[[torch.Tensor], torch.Tensor],
-        args: tuple,
-        kwargs: dict,
+        self, network: Callable[..., Any], image: torch.Tensor, x: torch.Tensor, t0: float, args: tuple, kwargs: dict
     ) -> Callable[[torch.Tensor, float], torch.Tensor]:
         """
-        ``denoise(x, t)``: the float32 network output for all members of ``x`` ``(E * N, C, *S)`` at step ``t``. The
-        image condition is encoded once (``encode_condition`` when the network has it, else the image is passed),
-        tiled to one chunk of members once, and the members run a chunk at a time under the ``autocast`` option.
+        ``denoise(x, t)``: the float32 network output for all members of ``x`` ``(E * N, C, *S)`` at step ``t``, with
+        the speed options set up here, once per call: the network (:meth:`_step_network`), the image condition
+        encoded once (``encode_condition`` when the network has it, else the image is passed) and tiled to one chunk
+        of members once, the member chunk (``t0``: the first step, for the ``"auto"`` probe), ``autocast`` and the
+        ``channels_last`` format of every tensor the network sees.
         """
-        n, device = image.shape[0], image.device
-        encode = getattr(module, "encode_condition", None)
+        n, device, memory_format = image.shape[0], image.device, self._memory_format(image.ndim)
+        members = x.shape[0] // n
+
+        def fmt(v: torch.Tensor) -> torch.Tensor:
+            return v if memory_format is None or v.ndim != image.ndim else v.contiguous(memory_format=memory_format)
+
+        step_fn = self._step_network(network, image)
+        encode = getattr(unwrap_network(network), "encode_condition", None)
+        name, cond = "image", (fmt(image),)
         if callable(encode):
             with self._autocast(device):
-                name, cond = "condition", tuple(fmt(c) for c in encode(image))
-        else:
-            name, cond = "image", (image,)
+                name, cond = "condition", tuple(fmt(c) for c in encode(cond[0]))
+
+        def call(xs: torch.Tensor, t: float, c: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            dtype = torch.long if isinstance(t, int) else torch.float  # RFlow's continuous steps are float
+            steps = torch.full((xs.shape[0],), t, device=device, dtype=dtype)
+            condition = {name: c if name == "condition" else c[0]}
+            with self._autocast(device):
+                return step_fn(fmt(xs), steps, *args, **condition, **kwargs)
+
         if self.member_batch_size == "auto":
-            chunk = self._auto_chunk(step_fn, x, n, members, first_t, name, cond, args, kwargs)
+            chunk = self._auto_chunk(call, x[:n], t0, cond, members)
         else:
             chunk = members if self.member_batch_size is None else min(int(self.member_batch_size), members)
         # tiled to one chunk of members once per call, not at every step; a smaller last chunk takes a leading slice
         tiled = tuple(fmt(c.repeat(chunk, *([1] * (c.ndim - 1)))) for c in cond)
 
         def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-            outputs = []
-            for start in range(0, members, chunk):
-                xs = fmt(x[start * n : (start + chunk) * n])
-                rows = tuple(c[: xs.shape[0]] for c in tiled)
-                with self._autocast(device):
-                    pred = step_fn(xs, _step_batch(t, xs), *args, **_condition(name, rows), **kwargs)
-                outputs.append(pred.float())
+            chunks = [x[start * n : (start + chunk) * n] for start in range(0, members, chunk)]
+            outputs = [call(xs, t, tuple(c[: xs.shape[0]] for c in tiled)).float() for xs in chunks]
             return torch.cat(outputs, dim=0).contiguous()
 
         return denoise
 
-    def _auto_chunk(
-        self,
-        step_fn: Callable[..., Any],
-        x: torch.Tensor,
-        n: int,
-        members: int,
-        t: float,
-        name: str,
-        cond: tuple[torch.Tensor, ...],
-        args: tuple,
-        kwargs: dict,
-    ) -> int:
-        """Measure one member's memory with a probe call (CUDA) and return the member chunk that fits."""
+    def _auto_chunk(self, call: Callable[..., Any], x: torch.Tensor, t: float, cond: tuple, members: int) -> int:
+        """The member chunk that fits: a probe ``call`` on one member ``x`` ``(N, C, *S)`` measures its memory."""
         device = x.device
         if device.type != "cuda" or members == 1:
             return members
@@ -478,12 +438,11 @@ class DiffusionSegmentationInferer(Inferer):
         free, _ = torch.cuda.mem_get_info(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        with self._autocast(device):
-            step_fn(x[:n], _step_batch(t, x[:n]), *args, **_condition(name, cond), **kwargs)
+        call(x, t, cond)
         torch.cuda.synchronize(device)
         activations = torch.cuda.max_memory_allocated(device) - before
         tiled_condition = sum(c.numel() * c.element_size() for c in cond)
-        state = 3 * x[:n].numel() * 4  # x, model output, x0 of one member (float32)
+        state = 3 * x.numel() * 4  # x, model output, x0 of one member (float32)
         return memory_aware_member_chunk(members, activations + tiled_condition + state, free)
 
     def _stepper(

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 from monai.engines import SupervisedEvaluator
-from monai.networks.schedulers import DDPMScheduler
+from monai.networks.schedulers import DDPMScheduler, RFlowScheduler
 from skimage.filters import threshold_otsu
 
 from monai_diffseg.data import synthetic_lesion_sample
@@ -128,6 +128,8 @@ def test_bad_inputs_are_clear_errors() -> None:
         DiffusionDifferenceInferer(_sched(), timesteps=[])
     with pytest.raises(ValueError, match=r"\[1000, 1500\].*\[0, 999\]"):
         DiffusionDifferenceInferer(_sched(), timesteps=[60, 1000, 1500])
+    with pytest.raises(ValueError, match="RFlowScheduler has no alphas_cumprod"):
+        DiffusionDifferenceInferer(RFlowScheduler(1000))
     with pytest.raises(ValueError, match="threshold_method='triangle'"):
         DiffusionDifferenceInferer(_sched(), threshold_method="triangle")
     with pytest.raises(ValueError, match=r"1 channel\(s\) \(grayscale\).*in_channels=3 \(RGB\); allowed: 3"):

@@ -73,6 +73,12 @@ def test_ddp_prefix_stripped(tmp_path: Path) -> None:
     wrapped = nn.DataParallel(_mlp(seed=3))
     load_network_weights(wrapped, tmp_path / "plain.pt")
     assert _same(src, wrapped.module)
+    # a network whose own keys start with "module." keeps them
+    own = nn.ModuleDict({"module": _mlp(seed=4)})
+    torch.save(own.state_dict(), tmp_path / "own.pt")
+    target = nn.ModuleDict({"module": _mlp(seed=5)})
+    load_network_weights(target, tmp_path / "own.pt")
+    assert _same(own, target)
 
 
 def test_mismatch_message(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ class MedSegDiff(nn.Module):
       (:class:`FFParser`, learnable Fourier filter, identity at init) and are fused with the condition features of
       the same scale by **dynamic conditional encoding** (:class:`ConditionFusion`). Attention (MONAI
       ``SpatialAttentionBlock``) only where ``attention_levels`` says, by default at the coarsest level. The decoder
-    upsamples bilinearly (trilinearly in 3D) with additive skips.
+      upsamples bilinearly (trilinearly in 3D) with additive skips.
 
     Why not nearest-neighbour upsampling (the choice before ``upsample_mode`` existed): it copies every cell of the
     coarsest level (stride ``size_divisor``, 16 px for the defaults) into a flat block, and the few 3x3 convolutions

@@ -47,9 +47,7 @@ class MaskDiffusionLoss(nn.Module):
             return self.aux_loss(logits, mask)
         channels = logits.shape[1]
         if channels not in self._default_aux:
-            self._default_aux[channels] = (
-                DiceCELoss(sigmoid=True) if channels == 1 else DiceCELoss(softmax=True)
-            )
+            self._default_aux[channels] = DiceCELoss(sigmoid=True) if channels == 1 else DiceCELoss(softmax=True)
         return self._default_aux[channels](logits, mask)
 
     def forward(

@@ -95,9 +95,7 @@ class DiffusionTargetPrepareBatch(DiffusionPrepareBatch):
             scheduler's.
     """
 
-    def __init__(
-        self, scheduler: Scheduler, prediction_type: str, timestep_range: Sequence[int] | None = None
-    ) -> None:
+    def __init__(self, scheduler: Scheduler, prediction_type: str, timestep_range: Sequence[int] | None = None) -> None:
         super().__init__(num_train_timesteps=int(scheduler.num_train_timesteps))
         self.scheduler = scheduler
         self.prediction_type = look_up_option(prediction_type, PREDICTION_TARGETS)

@@ -210,7 +210,9 @@ class DiffusionSegmentationInferer(Inferer):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
-        if member_batch_size not in (None, "auto") and not (isinstance(member_batch_size, int) and member_batch_size > 0):
+        if member_batch_size not in (None, "auto") and not (
+            isinstance(member_batch_size, int) and member_batch_size > 0
+        ):
             raise ValueError(f"member_batch_size must be an int >= 1, None or 'auto', got {member_batch_size!r}.")
         after = list(inspect.signature(scheduler.step).parameters.values())[3:]  # after (model_output, t, sample)
         required = [p.name for p in after if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
@@ -552,8 +554,9 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
 
         def predictor(patch: torch.Tensor) -> torch.Tensor:
             # one full reverse process per window batch; all members of every window in one batch
-            samples = parent_sample(patch, network, *args, num_samples=members, seed=base_seed + window[0] * members,
-                                    **kwargs)
+            samples = parent_sample(
+                patch, network, *args, num_samples=members, seed=base_seed + window[0] * members, **kwargs
+            )
             window[0] += 1
             return samples.flatten(1, 2)  # (B_w, E * C, *roi)
 

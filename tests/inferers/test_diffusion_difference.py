@@ -87,7 +87,9 @@ def test_steps_stack_like_ensemble_members_and_are_seeded() -> None:
     assert torch.allclose(chunked(images, pair), scores, atol=1e-5)
     split = DiffusionDifferenceInferer(_sched(), (60, 90, 150), output="score", seed=3, healthy_network=_BorderSkin())
     assert torch.allclose(split(images, _Identity()), scores, atol=1e-5)
-    assert not torch.allclose(DiffusionDifferenceInferer(_sched(), (60, 90, 150), output="score", seed=4)(images, pair), scores)
+    assert not torch.allclose(
+        DiffusionDifferenceInferer(_sched(), (60, 90, 150), output="score", seed=4)(images, pair), scores
+    )
     # the same x_t is used by both models: with two identical models the difference is -0.5 * G(n), n = x_t - x_t = 0
     same = DiffusionDifferenceInferer(_sched(), (60,)).compute(images, DiffSegPair(_Identity(), _Identity()))
     assert torch.count_nonzero(same["difference"]) == 0
@@ -100,7 +102,9 @@ def test_fusion_uncertainty_and_scores_apply_to_the_outputs() -> None:
     )
     per_case = masks_t[0]  # (T, 1, H, W) after decollation
     assert ConsistentRegion()(per_case).shape == AmbiguousRegion()(per_case).shape == (1, 32, 32)
-    assert torch.equal(ConsistentRegion()(per_case) + AmbiguousRegion()(per_case) <= 1, torch.ones(1, 32, 32, dtype=torch.bool))
+    assert torch.equal(
+        ConsistentRegion()(per_case) + AmbiguousRegion()(per_case) <= 1, torch.ones(1, 32, 32, dtype=torch.bool)
+    )
     crf = DenseCRF(backend="torch")
     fusion = RandomSubsetFusion(num_rounds=3, subset_size=4, inner_fusion=lambda s, g: crf(MeanEnsembleFusion()(s), g))
     fusion.set_random_state(0)

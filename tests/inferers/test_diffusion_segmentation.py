@@ -128,7 +128,9 @@ def test_encode_condition_called_once(net: MedSegDiff, image: torch.Tensor, monk
         return original(img)
 
     monkeypatch.setattr(net, "encode_condition", counting)
-    inferer = DiffusionSegmentationInferer(DDIMScheduler(num_train_timesteps=1000), 4, num_samples=3, member_batch_size=2)
+    inferer = DiffusionSegmentationInferer(
+        DDIMScheduler(num_train_timesteps=1000), 4, num_samples=3, member_batch_size=2
+    )
     inferer(image, net, seed=0)
     assert calls == [image.shape]  # once per call, with the un-tiled image batch
 
@@ -253,7 +255,9 @@ class OracleDenoiser(nn.Module):
 )
 def test_schedulers_recover_the_oracle_mask(image: torch.Tensor, scheduler: Any, steps: int) -> None:
     target = (torch.rand(1, 1, *SIZE, generator=torch.Generator().manual_seed(0)) > 0.5).float() * 2 - 1
-    out = DiffusionSegmentationInferer(scheduler, steps, num_samples=2, seed=0)(image, OracleDenoiser(scheduler, target))
+    out = DiffusionSegmentationInferer(scheduler, steps, num_samples=2, seed=0)(
+        image, OracleDenoiser(scheduler, target)
+    )
     assert torch.allclose(out, x0_to_probability(target).expand(2, 1, *SIZE), atol=1e-4)
 
 

@@ -25,9 +25,7 @@ SIZE = (16, 16)
 @pytest.fixture(scope="module")
 def net() -> MedSegDiff:
     torch.manual_seed(0)
-    return MedSegDiff(
-        2, 3, 1, channels=(8, 16), cond_channels=(8, 16), norm_num_groups=8, num_head_channels=8
-    ).eval()
+    return MedSegDiff(2, 3, 1, channels=(8, 16), cond_channels=(8, 16), norm_num_groups=8, num_head_channels=8).eval()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +61,9 @@ def test_sampler_non_finite_image_names_item_and_file(net: MedSegDiff) -> None:
         _sampler()(_images(bad=2), net)
     with pytest.raises(ValueError, match=r"\[1\] \(case_1.png\) of 3"):
         _sampler()(_named(_images(bad=1)), net)
-    window = DiffusionSlidingWindowInferer(DDIMScheduler(num_train_timesteps=1000), roi_size=SIZE, num_inference_steps=2)
+    window = DiffusionSlidingWindowInferer(
+        DDIMScheduler(num_train_timesteps=1000), roi_size=SIZE, num_inference_steps=2
+    )
     with pytest.raises(ValueError, match=r"DiffusionSlidingWindowInferer: inputs .*\[0\] \(case_0.png\) of 3"):
         window(_named(_images(bad=0)), net)
 
@@ -99,7 +99,9 @@ class _OffsetScheduler(DDIMScheduler):
 
 def test_sampler_checks_scheduler_timesteps(net: MedSegDiff) -> None:
     inferer = DiffusionSegmentationInferer(_OffsetScheduler(num_train_timesteps=1000), 4, num_samples=1)
-    with pytest.raises(ValueError, match=r"_OffsetScheduler.timesteps .*in \[0, 999\].*got \[1599, 1266\] at index\(es\) \[0, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"_OffsetScheduler.timesteps .*in \[0, 999\].*got \[1599, 1266\] at index\(es\) \[0, 1\]"
+    ):
         inferer(_images(1), net)
 
 

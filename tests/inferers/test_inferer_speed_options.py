@@ -133,8 +133,14 @@ def test_sliding_window_single_window_equals_plain_sampler(image: torch.Tensor) 
     image = image[:1]  # windows are numbered across the batch, so only the first image shares the plain seeds
     plain = _inferer()(image, net)
     sw = DiffusionSlidingWindowInferer(
-        DDIMScheduler(1000), roi_size=(16, 16), num_inference_steps=4, num_samples=3, seed=0, return_samples=True,
-        overlap=0.0, mode="constant",
+        DDIMScheduler(1000),
+        roi_size=(16, 16),
+        num_inference_steps=4,
+        num_samples=3,
+        seed=0,
+        return_samples=True,
+        overlap=0.0,
+        mode="constant",
     )
     assert torch.allclose(sw(image, net), plain, atol=1e-6)
 
@@ -145,8 +151,13 @@ def test_sliding_window_3d_members_batched_per_window(monkeypatch: pytest.Monkey
     volume = torch.randn(1, 1, 24, 16, 20, generator=torch.Generator().manual_seed(1))
     steps, members = 3, 4
     inferer = DiffusionSlidingWindowInferer(
-        DDIMScheduler(1000), roi_size=(16, 16, 16), num_inference_steps=steps, num_samples=members, seed=5,
-        return_samples=True, overlap=0.25,
+        DDIMScheduler(1000),
+        roi_size=(16, 16, 16),
+        num_inference_steps=steps,
+        num_samples=members,
+        seed=5,
+        return_samples=True,
+        overlap=0.25,
     )
     out = inferer(volume, net)
     assert out.shape == (1, members, 1, 24, 16, 20)

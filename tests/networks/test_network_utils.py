@@ -194,7 +194,9 @@ def test_pickle_payload_refused_by_default(tmp_path: Path) -> None:
 def test_trusted_warns_before_unpickling(tmp_path: Path) -> None:
     marker = tmp_path / "payload_ran"
     src = _mlp(seed=0)
-    torch.save({"model": src.state_dict(), "args": argparse.Namespace(lr=0.1), "x": _Payload(marker)}, tmp_path / "a.pt")
+    torch.save(
+        {"model": src.state_dict(), "args": argparse.Namespace(lr=0.1), "x": _Payload(marker)}, tmp_path / "a.pt"
+    )
     dst = _mlp(seed=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -75,8 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=None, help="ensemble size (default: the bundle's)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--network", default=None, help="JSON dict of MedSegDiff arguments over the bundle's network_def")
-    p.add_argument("--margin", type=float, default=0.1, help="far background: this fraction of the image side "
-                   "away from the annotated and the predicted lesion")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.1,
+        help="far background: this fraction of the image side away from the annotated and the predicted lesion",
+    )
     p.add_argument("--png-dir", default=None, help="write montages and the mean spectrum here")
     p.add_argument("--png-cases", type=int, default=6, help="montages for the first N cases")
     p.add_argument("--output", default=None, help="JSON report")
@@ -214,8 +218,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     network_def = dict(train_cfg["network_def"])
     if args.network:
         network_def.update(json.loads(args.network))
-    over: dict[str, Any] = {"network_def": network_def, "image_size": list(args.image_size), "seed": args.seed,
-                            "device": "$torch.device('cpu')", "labels": True}
+    over: dict[str, Any] = {
+        "network_def": network_def,
+        "image_size": list(args.image_size),
+        "seed": args.seed,
+        "device": "$torch.device('cpu')",
+        "labels": True,
+    }
     if args.steps is not None:
         over["num_inference_steps"] = args.steps
     if args.members is not None:
@@ -270,11 +279,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cases.append(case)
             if png_dir is not None and k < args.png_cases:
                 img = image[0].permute(1, 2, 0).numpy()
-                tiles = [img, mean.numpy(), _stretch(ent.numpy(), math.log(2)), _stretch(ent.numpy()),
-                         _stretch(var.numpy()), _stretch(mi.numpy())]
+                tiles = [
+                    img,
+                    mean.numpy(),
+                    _stretch(ent.numpy(), math.log(2)),
+                    _stretch(ent.numpy()),
+                    _stretch(var.numpy()),
+                    _stretch(mi.numpy()),
+                ]
                 _save_png(png_dir / f"{case['case']}_montage.png", _montage(tiles))
-            print(f"{case['case']}: dice {dice:.3f}  bg entropy {case['bg_entropy']}  "
-                  f"edge spectrum ratio {case['edge_spectrum_ratio']:.2f}", flush=True)
+            print(
+                f"{case['case']}: dice {dice:.3f}  bg entropy {case['bg_entropy']}  "
+                f"edge spectrum ratio {case['edge_spectrum_ratio']:.2f}",
+                flush=True,
+            )
     wall = time.perf_counter() - start
     stack = torch.stack(ent_maps)
     summary: dict[str, Any] = {"num_cases": len(cases), "period": period, "wall_s": round(wall, 1)}
@@ -290,16 +308,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if png_dir is not None:
         centred = (stack - stack.mean(dim=(-2, -1), keepdim=True)).double()
         diff = (stack - torch.roll(stack, 1, -1)).abs().double()
-        for name, spec in (("entropy_power_spectrum", torch.fft.fft2(centred)),
-                           ("entropy_row_difference_power_spectrum", torch.fft.fft2(diff - diff.mean((-2, -1), True)))):
+        for name, spec in (
+            ("entropy_power_spectrum", torch.fft.fft2(centred)),
+            ("entropy_row_difference_power_spectrum", torch.fft.fft2(diff - diff.mean((-2, -1), True))),
+        ):
             logp = torch.fft.fftshift(spec.abs().square().mean(0)).clamp_min(1e-30).log10().numpy()
             lo, hi = np.percentile(logp, 1), logp.max()
             _save_png(png_dir / f"{name}.png", np.clip((logp - lo) / (hi - lo), 0, 1))
-    report = {"command": "python benchmarks/uncertainty_artifacts.py " + " ".join(sys.argv[1:]),
-              "checkpoint": str(args.checkpoint), "network_def": network_def, "image_size": list(args.image_size),
-              "steps": int(parser.get_parsed_content("num_inference_steps")),
-              "members": int(parser.get_parsed_content("num_samples")),
-              "test_cases": [c["case"] for c in cases], "summary": summary, "cases": cases}
+    report = {
+        "command": "python benchmarks/uncertainty_artifacts.py " + " ".join(sys.argv[1:]),
+        "checkpoint": str(args.checkpoint),
+        "network_def": network_def,
+        "image_size": list(args.image_size),
+        "steps": int(parser.get_parsed_content("num_inference_steps")),
+        "members": int(parser.get_parsed_content("num_samples")),
+        "test_cases": [c["case"] for c in cases],
+        "summary": summary,
+        "cases": cases,
+    }
     print(json.dumps(summary, indent=1))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -81,11 +81,28 @@ def test_smoke_run(tmp_path: Path) -> None:
     torch.manual_seed(0)
     torch.save(MedSegDiff(2, 3, 1, **net_args).state_dict(), tmp_path / "model.pt")
     output, png = tmp_path / "report.json", tmp_path / "png"
-    report = art.main([
-        "--data", str(data), "--checkpoint", str(tmp_path / "model.pt"), "--network", json.dumps(net_args),
-        "--image-size", "32", "--steps", "2", "--members", "3", "--png-dir", str(png), "--png-cases", "1",
-        "--output", str(output),
-    ])
+    report = art.main(
+        [
+            "--data",
+            str(data),
+            "--checkpoint",
+            str(tmp_path / "model.pt"),
+            "--network",
+            json.dumps(net_args),
+            "--image-size",
+            "32",
+            "--steps",
+            "2",
+            "--members",
+            "3",
+            "--png-dir",
+            str(png),
+            "--png-cases",
+            "1",
+            "--output",
+            str(output),
+        ]
+    )
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
     summary = report["summary"]
     assert summary["num_cases"] == len(report["cases"]) == 2 and summary["period"] == 4
@@ -93,6 +110,9 @@ def test_smoke_run(tmp_path: Path) -> None:
     for key in ("bg_entropy", "edge_spectrum_ratio_p4", "edge_spectrum_ratio_p2", "block_edge_ratio"):
         assert np.isfinite(summary[key]), key
     assert sorted(p.name for p in png.iterdir()) == sorted(
-        [f"{report['cases'][0]['case']}_montage.png", "entropy_power_spectrum.png",
-         "entropy_row_difference_power_spectrum.png"]
+        [
+            f"{report['cases'][0]['case']}_montage.png",
+            "entropy_power_spectrum.png",
+            "entropy_row_difference_power_spectrum.png",
+        ]
     )

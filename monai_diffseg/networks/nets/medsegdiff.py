@@ -186,7 +186,9 @@ class MedSegDiff(nn.Module):
         for lvl, ch in enumerate(channels):  # the stem / previous downsample already maps to this width
             self.down_res.append(nn.ModuleList([resblock(ch) for _ in range(num_res_blocks)]))
             self.down_attn.append(attention(ch) if attention_levels[lvl] else nn.Identity())
-            self.ff_parsers.append(FFParser(spatial_dims, ch, ff_parser_size) if ff_parser_levels[lvl] else nn.Identity())
+            self.ff_parsers.append(
+                FFParser(spatial_dims, ch, ff_parser_size) if ff_parser_levels[lvl] else nn.Identity()
+            )
             self.fusions.append(ConditionFusion(spatial_dims, ch, cond_channels[lvl]))
             if lvl < levels - 1:
                 self.downsamples.append(

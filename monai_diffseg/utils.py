@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
+
+import torch
+import torch.nn as nn
+from monai.networks.layers import separable_filtering
+from monai.networks.layers.convutils import gaussian_1d
+from monai.utils import look_up_option
 
 __all__ = ["atomic_write", "describe_error"]
 
@@ -53,9 +59,7 @@ def describe_error(err: BaseException) -> str:
 # fails. Data-dependent checks are skipped while tracing, compiling or exporting (torch.jit.trace, torch.compile,
 # torch.export), where a Python branch on tensor values would be frozen into the graph or break it.
 
-from collections.abc import Callable, Sequence  # noqa: E402
 
-import torch  # noqa: E402
 
 __all__ += ["batch_item_names", "check_finite", "check_floating", "check_timesteps", "data_checks_enabled"]
 
@@ -229,9 +233,6 @@ def check_timesteps(
 
 # --- helpers shared by the engines, inferers, networks and transforms ------------------------------------------------
 
-import torch.nn as nn  # noqa: E402
-from monai.networks.layers import separable_filtering  # noqa: E402
-from monai.networks.layers.convutils import gaussian_1d  # noqa: E402
 
 __all__ += ["unwrap_network", "image_to_diffusion", "diffusion_to_image", "gaussian_blur"]
 
@@ -289,3 +290,24 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = gaussian_1d(sigma, truncated=3.0, approx="sampled", normalize=True)
     mode = "reflect" if min(x.shape[2:]) > (kernel.numel() - 1) // 2 else "replicate"
     return separable_filtering(x, kernel.to(x), mode=mode)
+
+
+def look_up_named_option(name: str, value: Any, supported: Any) -> Any:
+    """
+    :py:func:`monai.utils.look_up_option` with the argument name in the error message.
+
+    Args:
+        name: the argument name.
+        value: the option given.
+        supported: the supported options (collection, dict or Enum).
+
+    Raises:
+        ValueError: ``value`` is not supported; the message starts with ``name``.
+    """
+    try:
+        return look_up_option(value, supported)
+    except ValueError as err:
+        raise ValueError(f"{name}={value!r} is not supported. {err}") from err
+
+
+__all__ += ["look_up_named_option"]

@@ -14,8 +14,14 @@ from monai.networks.schedulers import Scheduler
 from monai.utils import convert_to_tensor
 from skimage.filters import threshold_otsu
 
-from monai_diffseg.transforms.fusion import look_up_named_option
-from monai_diffseg.utils import batch_item_names, check_finite, gaussian_blur, image_to_diffusion, unwrap_network
+from monai_diffseg.utils import (
+    batch_item_names,
+    check_finite,
+    gaussian_blur,
+    image_to_diffusion,
+    look_up_named_option,
+    unwrap_network,
+)
 
 __all__ = [
     "DiffusionDifferenceInferer",

@@ -37,13 +37,13 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms.transform import Transform
 from monai.utils import OptionalImportError, TransformBackends, convert_to_tensor, optional_import
 
 from monai_diffseg.networks.blocks.torch_crf import TorchDenseCRF
-from monai_diffseg.transforms.fusion import check_probability_map, look_up_named_option, to_output
+from monai_diffseg.transforms.fusion import check_probability_map, to_output
+from monai_diffseg.utils import look_up_named_option
 
 __all__ = ["CRF_BACKENDS", "GUIDE_SCALINGS", "scale_guide", "DenseCRF"]
 

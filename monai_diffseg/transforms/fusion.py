@@ -32,14 +32,15 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data.meta_obj import get_track_meta
 from monai.data.meta_tensor import MetaTensor
 from monai.transforms.post.array import Ensemble
 from monai.transforms.transform import Randomizable, Transform
-from monai.utils import TransformBackends, convert_to_tensor, look_up_option
+from monai.utils import TransformBackends, convert_to_tensor
 from monai.utils.type_conversion import convert_to_dst_type
+
+from monai_diffseg.utils import look_up_named_option
 
 __all__ = [
     "check_ensemble_samples",
@@ -57,24 +58,6 @@ __all__ = [
 _PROB_ATOL = 1e-4
 
 SamplesLike = NdarrayOrTensor | Sequence[NdarrayOrTensor]
-
-
-def look_up_named_option(name: str, value: Any, supported: Any) -> Any:
-    """
-    :py:func:`monai.utils.look_up_option` with the argument name in the error message.
-
-    Args:
-        name: the argument name.
-        value: the option given.
-        supported: the supported options (collection, dict or Enum).
-
-    Raises:
-        ValueError: ``value`` is not supported; the message starts with ``name``.
-    """
-    try:
-        return look_up_option(value, supported)
-    except ValueError as err:
-        raise ValueError(f"{name}={value!r} is not supported. {err}") from err
 
 
 def _stack_members(samples: Any) -> Any:

@@ -1,13 +1,13 @@
 # monai-diffseg: two commands do everything on a fresh machine with Python >= 3.10.
 #   make demo   set up .venv, train the ISIC 2018 bundle briefly on the embedded synthetic dataset, run ensemble inference
-#   make test   set up .venv, run the whole test suite
+#   make test   set up .venv, lint (ruff check + format check), run the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.monai-diffseg-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo test clean
+.PHONY: setup demo lint test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ setup: $(STAMP)
 demo: setup
 	PY=$(PY) bash scripts/demo.sh
 
-test: setup
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
 clean:

@@ -47,7 +47,10 @@ from monai_diffseg.networks.nets import MEDSEGDIFF_CONFIGS, MedSegDiff  # noqa: 
 from monai_diffseg.schedulers import DPMSolverMultistepScheduler  # noqa: E402
 
 BUNDLE_INFERENCE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundles", "medsegdiff_isic2018", "configs",
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "bundles",
+    "medsegdiff_isic2018",
+    "configs",
     "inference.json",
 )
 SAMPLERS = ("ddpm", "ddim", "dpm++")
@@ -95,14 +98,16 @@ def size_table(size: int) -> list[dict[str, Any]]:
                 net(x, t, condition=cond)
         enc_params = sum(p.numel() for p in net.condition_encoder.parameters())
         total = sum(p.numel() for p in net.parameters())
-        rows.append({
-            "config": name,
-            "params_m": total / 1e6,
-            "cond_params_m": enc_params / 1e6,
-            "denoiser_params_m": (total - enc_params) / 1e6,
-            "cond_gflops": enc_flops.get_total_flops() / 1e9,
-            "step_gflops": step_flops.get_total_flops() / 1e9,
-        })
+        rows.append(
+            {
+                "config": name,
+                "params_m": total / 1e6,
+                "cond_params_m": enc_params / 1e6,
+                "denoiser_params_m": (total - enc_params) / 1e6,
+                "cond_gflops": enc_flops.get_total_flops() / 1e9,
+                "step_gflops": step_flops.get_total_flops() / 1e9,
+            }
+        )
     return rows
 
 
@@ -169,11 +174,18 @@ def bench_size(
     if not args.no_reference:
         # all members of all images one after another: members x 1000 steps per image
         for members in members_list:
-            rows.append({
-                "size": label, "sampler": "reference", "members": members, "steps": 1000,
-                "s_per_image": ref_step_s * 1000 * members, "peak_mib": ref_mem,
-                "extrapolated": ref_steps < 1000 or members > 1, "speedup": 1.0,
-            })
+            rows.append(
+                {
+                    "size": label,
+                    "sampler": "reference",
+                    "members": members,
+                    "steps": 1000,
+                    "s_per_image": ref_step_s * 1000 * members,
+                    "peak_mib": ref_mem,
+                    "extrapolated": ref_steps < 1000 or members > 1,
+                    "speedup": 1.0,
+                }
+            )
 
     for members in members_list:
         measure_ours(net, image, samplers[0], members, 2, opts)  # warm-up (and compile) for this batch shape
@@ -191,13 +203,22 @@ def bench_size(
                     fixed = encode_s if measured_s > encode_s else 0.0
                     seconds = fixed + (measured_s - fixed) * steps / run_steps
                 s_per_image = seconds / args.batch
-                rows.append({
-                    "size": label, "sampler": sampler, "members": members, "steps": steps,
-                    "s_per_image": s_per_image, "images_per_s": 1.0 / s_per_image, "peak_mib": peak,
-                    "extrapolated": run_steps != steps, "measured_steps": run_steps,
-                    "measured_s": measured_s, "encode_s": encode_s,
-                    "speedup": ref_step_s * 1000 * members / s_per_image,
-                })
+                rows.append(
+                    {
+                        "size": label,
+                        "sampler": sampler,
+                        "members": members,
+                        "steps": steps,
+                        "s_per_image": s_per_image,
+                        "images_per_s": 1.0 / s_per_image,
+                        "peak_mib": peak,
+                        "extrapolated": run_steps != steps,
+                        "measured_steps": run_steps,
+                        "measured_s": measured_s,
+                        "encode_s": encode_s,
+                        "speedup": ref_step_s * 1000 * members / s_per_image,
+                    }
+                )
                 row = rows[-1]
                 print(
                     f"  {label} {sampler:>6} E={members:<3} steps={steps:<5} {row['s_per_image']:9.3f} s/image"
@@ -244,11 +265,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"bundle default sampler: {default[0]}, {default[1]} steps, {default[2]} members")
 
     sizes = size_table(256)
-    print_table(sizes, [
-        ("config", "config", ""), ("params_m", "params (M)", ".2f"), ("cond_params_m", "condition (M)", ".2f"),
-        ("denoiser_params_m", "denoiser (M)", ".2f"), ("cond_gflops", "condition GFLOPs/image", ".2f"),
-        ("step_gflops", "denoiser GFLOPs/step/member", ".2f"),
-    ], title="network configurations, 2D 3->1 channels at 256x256 (FLOPs = 2 x multiply-adds)")
+    print_table(
+        sizes,
+        [
+            ("config", "config", ""),
+            ("params_m", "params (M)", ".2f"),
+            ("cond_params_m", "condition (M)", ".2f"),
+            ("denoiser_params_m", "denoiser (M)", ".2f"),
+            ("cond_gflops", "condition GFLOPs/image", ".2f"),
+            ("step_gflops", "denoiser GFLOPs/step/member", ".2f"),
+        ],
+        title="network configurations, 2D 3->1 channels at 256x256 (FLOPs = 2 x multiply-adds)",
+    )
 
     rows: list[dict[str, Any]] = []
     print(f"\nsampling, config '{args.config}', {args.batch} image(s) per call ('*' = extrapolated)")
@@ -258,11 +286,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += bench_size(args, device, 3, args.size_3d, members_3d, samplers_3d, args.steps)
 
     table = [dict(r, flag="*" if r["extrapolated"] else "") for r in rows]
-    print_table(table, [
-        ("size", "size", ""), ("sampler", "sampler", ""), ("members", "E", "d"), ("steps", "steps", "d"),
-        ("s_per_image", "s/image", ".3f"), ("flag", "", ""), ("images_per_s", "images/s", ".3g"),
-        ("peak_mib", "peak MiB", ".0f"), ("speedup", "speed-up vs ref", ".0f"),
-    ], title="sampling results")
+    print_table(
+        table,
+        [
+            ("size", "size", ""),
+            ("sampler", "sampler", ""),
+            ("members", "E", "d"),
+            ("steps", "steps", "d"),
+            ("s_per_image", "s/image", ".3f"),
+            ("flag", "", ""),
+            ("images_per_s", "images/s", ".3g"),
+            ("peak_mib", "peak MiB", ".0f"),
+            ("speedup", "speed-up vs ref", ".0f"),
+        ],
+        title="sampling results",
+    )
 
     summary = []
     for r in rows:
@@ -272,17 +310,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"\nbundle default ({default[0]} {default[1]} steps, E={default[2]}) at 256x256: "
                 f"{r['s_per_image']:.3f} s/image, {r['speedup']:.0f}x faster than the reference-cost row"
             )
-    result = {"machine": info, "args": vars(args), "bundle_default": default, "sizes": sizes, "rows": rows,
-              "default_at_256": summary}
+    result = {
+        "machine": info,
+        "args": vars(args),
+        "bundle_default": default,
+        "sizes": sizes,
+        "rows": rows,
+        "default_at_256": summary,
+    }
     ours = [r for r in rows if r["sampler"] != "reference"]
     if ours and not args.no_reference:
         slowest = min(ours, key=lambda r: r["speedup"])
         result["min_speedup"] = slowest["speedup"]
         result["speedup_as_expected"] = bool(slowest["speedup"] > MIN_EXPECTED_SPEEDUP)
-        verdict = "as expected" if result["speedup_as_expected"] else (
-            f"UNEXPECTED: not > {MIN_EXPECTED_SPEEDUP:g}x (a busy machine, or a regression of the batched sampler)")
-        print(f"\nslowest row vs the reference cost: x{slowest['speedup']:.1f} ({slowest['size']} {slowest['sampler']} "
-              f"E={slowest['members']} steps={slowest['steps']}): {verdict}")
+        verdict = (
+            "as expected"
+            if result["speedup_as_expected"]
+            else (
+                f"UNEXPECTED: not > {MIN_EXPECTED_SPEEDUP:g}x (a busy machine, or a regression of the batched sampler)"
+            )
+        )
+        print(
+            f"\nslowest row vs the reference cost: x{slowest['speedup']:.1f} ({slowest['size']} {slowest['sampler']} "
+            f"E={slowest['members']} steps={slowest['steps']}): {verdict}"
+        )
     if args.output:
         write_json(args.output, result)
     return result

@@ -108,19 +108,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for _ in range(2):
                     step(batch)  # warm-up: allocator, cuDNN autotune, optimizer state
                 with PeakMemory(device) as mem:
-                    seconds = timed(lambda: [step(batch) for _ in range(args.iterations)], device)
+                    seconds = timed(
+                        lambda step=step, batch=batch: [step(batch) for _ in range(args.iterations)], device
+                    )
                 it_s = args.iterations / seconds
-                rows.append({
-                    "model": model, "params_m": params, "size": size, "batch": batch_size, "it_per_s": it_s,
-                    "images_per_s": it_s * batch_size, "peak_mib": mem.peak_mib,
-                })
-                print(f"  {model} {size}x{size} batch {batch_size}: {it_s:.2f} it/s, peak {mem.peak_mib:.0f} MiB",
-                      flush=True)
+                rows.append(
+                    {
+                        "model": model,
+                        "params_m": params,
+                        "size": size,
+                        "batch": batch_size,
+                        "it_per_s": it_s,
+                        "images_per_s": it_s * batch_size,
+                        "peak_mib": mem.peak_mib,
+                    }
+                )
+                print(
+                    f"  {model} {size}x{size} batch {batch_size}: {it_s:.2f} it/s, peak {mem.peak_mib:.0f} MiB",
+                    flush=True,
+                )
 
-    print_table(rows, [
-        ("model", "model", ""), ("params_m", "params (M)", ".2f"), ("size", "size", "d"), ("batch", "batch", "d"),
-        ("it_per_s", "it/s", ".2f"), ("images_per_s", "images/s", ".1f"), ("peak_mib", "peak MiB", ".0f"),
-    ], title=f"training iterations ({'amp' if args.amp else 'fp32'}, {args.iterations} timed iterations per row)")
+    print_table(
+        rows,
+        [
+            ("model", "model", ""),
+            ("params_m", "params (M)", ".2f"),
+            ("size", "size", "d"),
+            ("batch", "batch", "d"),
+            ("it_per_s", "it/s", ".2f"),
+            ("images_per_s", "images/s", ".1f"),
+            ("peak_mib", "peak MiB", ".0f"),
+        ],
+        title=f"training iterations ({'amp' if args.amp else 'fp32'}, {args.iterations} timed iterations per row)",
+    )
     result = {"machine": info, "args": vars(args), "rows": rows}
     if args.output:
         write_json(args.output, result)

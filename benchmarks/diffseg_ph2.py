@@ -69,7 +69,14 @@ def bundle_run(bundle: Path, configs: list[str], args: dict, log: Path) -> float
     with open(log, "w") as f:
         f.write(" ".join(cmd) + "\n")
         f.flush()
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        subprocess.run(
+            cmd,
+            check=True,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+        )
     return time.time() - start
 
 
@@ -168,11 +175,18 @@ def main() -> None:
     if "medsegdiff" not in args.skip:
         data = work / "ph2_masks"
         write_isic(data, train, test, train_masks=True)
-        common = {"dataset_dir": str(data), "bundle_root": str(work / "medsegdiff"), "image_size": size, "num_workers": 0}
+        common = {
+            "dataset_dir": str(data),
+            "bundle_root": str(work / "medsegdiff"),
+            "image_size": size,
+            "num_workers": 0,
+        }
         train_s = bundle_run(MEDSEGDIFF, ["train.json"], {**common, "num_epochs": args.medsegdiff_epochs, "val_interval": 10,
                              "batch_size": 8}, work / "medsegdiff_train.log")  # fmt: skip
         out = work / "medsegdiff_pred"
-        infer_s = bundle_run(MEDSEGDIFF, ["inference.json"], {**common, "output_dir": str(out)}, work / "medsegdiff_infer.log")
+        infer_s = bundle_run(
+            MEDSEGDIFF, ["inference.json"], {**common, "output_dir": str(out)}, work / "medsegdiff_infer.log"
+        )
         record("medsegdiff_supervised", out, train_s=train_s, infer_s=infer_s)
     print(json.dumps(results, indent=1))
 

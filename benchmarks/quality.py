@@ -96,25 +96,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-dir", default="images", help="image sub-folder of --data")
     p.add_argument("--mask-dir", default="masks", help="mask sub-folder of --data")
     p.add_argument("--mask-suffix", default="", help="text between the image id and the mask extension")
-    p.add_argument("--mask-threshold", type=float, default=None,
-                   help="binarise masks as value > threshold (lossy JPEG masks, e.g. Kvasir-SEG: 127)")
+    p.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=None,
+        help="binarise masks as value > threshold (lossy JPEG masks, e.g. Kvasir-SEG: 127)",
+    )
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--max-test", type=int, default=None, help="test at most this many cases (first of the split)")
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle folder (configs/train.json, inference.json)")
     p.add_argument("--models", default="medsegdiff,baseline", help="comma list of: " + ", ".join(MODELS))
     p.add_argument("--image-size", type=int, nargs="+", default=[128], help="network input size (one or two ints)")
-    p.add_argument("--iterations", type=int, default=600, help="optimizer iterations per model (rounded up to whole "
-                   "epochs and whole validation intervals; identical for both models)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=600,
+        help="optimizer iterations per model (rounded up to whole "
+        "epochs and whole validation intervals; identical for both models)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="default: the bundle's")
     p.add_argument("--learning-rate", type=float, default=None, help="default: the bundle's")
     p.add_argument("--num-validations", type=int, default=4, help="validations during training (model selection)")
-    p.add_argument("--checkpoint-choice", choices=("best", "last"), default="best",
-                   help="test the best-validation checkpoint (bundle's model.pt) or the final weights")
+    p.add_argument(
+        "--checkpoint-choice",
+        choices=("best", "last"),
+        default="best",
+        help="test the best-validation checkpoint (bundle's model.pt) or the final weights",
+    )
     # MedSegDiff recipe
-    p.add_argument("--network-config", default=None,
-                   help="MEDSEGDIFF_CONFIGS name (tiny/small/base) or a JSON dict of MedSegDiff arguments; "
-                        "default: the bundle's network_def")
+    p.add_argument(
+        "--network-config",
+        default=None,
+        help="MEDSEGDIFF_CONFIGS name (tiny/small/base) or a JSON dict of MedSegDiff arguments; "
+        "default: the bundle's network_def",
+    )
     p.add_argument("--prediction-type", default=None, choices=("epsilon", "sample", "v_prediction"))
     p.add_argument("--aux-weight", type=float, default=None)
     p.add_argument("--noise-schedule", default=None, help="e.g. scaled_linear_beta, linear_beta, sigmoid_beta, cosine")
@@ -122,8 +138,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=None, help="ensemble size at test time (default: the bundle's)")
     p.add_argument("--fusion", default=None, help="ensemble fusion at test time (default: the bundle's)")
     p.add_argument("--sampler-seed", type=int, default=None, help="default: the bundle's seed")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                   help="extra override of the MedSegDiff train and inference configs, e.g. network_def#dropout=0.1")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="extra override of the MedSegDiff train and inference configs, e.g. network_def#dropout=0.1",
+    )
     p.add_argument("--checkpoint", default=None, help="test this MedSegDiff checkpoint instead of training one")
     # baseline
     p.add_argument("--baseline-channels", type=int, nargs="+", default=[16, 32, 64, 128, 256])
@@ -135,8 +156,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda:0 when available, else cpu")
     p.add_argument("--work-dir", default=None, help="checkpoints and logs (default: runs/quality/<data>_<time>)")
     p.add_argument("--output", default=None, help="JSON report (default: <work-dir>/report.json)")
-    p.add_argument("--quick", action="store_true",
-                   help="a few-minute CPU run: 40 iterations, 2 validations, 5 steps, 3 members, <= 16 test cases")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few-minute CPU run: 40 iterations, 2 validations, 5 steps, 3 members, <= 16 test cases",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-iteration training log lines")
     args = p.parse_args(argv)
     if args.quick:
@@ -231,8 +255,12 @@ def _epochs_plan(num_train: int, batch_size: int, iterations: int, num_validatio
     epochs = max(1, math.ceil(iterations / per_epoch))
     val_interval = max(1, math.ceil(epochs / max(1, num_validations)))
     epochs = val_interval * math.ceil(epochs / val_interval)
-    return {"epochs": epochs, "iterations_per_epoch": per_epoch, "iterations": epochs * per_epoch,
-            "val_interval": val_interval}
+    return {
+        "epochs": epochs,
+        "iterations_per_epoch": per_epoch,
+        "iterations": epochs * per_epoch,
+        "val_interval": val_interval,
+    }
 
 
 # ------------------------------------------------------------------------------------------------------- training
@@ -263,7 +291,8 @@ def _train(
         "best_val_epoch": int(evaluator.state.best_metric_epoch),
         "best_checkpoint": str(root / "models" / "model.pt"),
         "last_checkpoint": str(last),
-        "final_train_loss": float(trainer.state.output[0]["loss"]) if isinstance(trainer.state.output, list)
+        "final_train_loss": float(trainer.state.output[0]["loss"])
+        if isinstance(trainer.state.output, list)
         else float(trainer.state.output["loss"]),
     }
     wf.finalize()
@@ -398,8 +427,9 @@ def _test(
     ``<case>_mask.png`` / ``<case>_prob.png``; ``mutual_info_mean`` from ``<case>_mutual_information.png``.
     """
     diffusion = model == "medsegdiff"
-    wf = _workflow(bundle, "inference.json", "infer", output_dir, datalist=test_list, output_dir=str(output_dir),
-                   **overrides)
+    wf = _workflow(
+        bundle, "inference.json", "infer", output_dir, datalist=test_list, output_dir=str(output_dir), **overrides
+    )
     start = time.perf_counter()
     wf.run()
     wall = time.perf_counter() - start
@@ -414,8 +444,9 @@ def _test(
     for item in test_list:
         name = item["case"]
         if name not in by_case:
-            raise ValueError(f"case '{name}' is missing from '{output_dir / 'metrics.json'}' (failed: "
-                             f"{written.get('failed')}).")
+            raise ValueError(
+                f"case '{name}' is missing from '{output_dir / 'metrics.json'}' (failed: {written.get('failed')})."
+            )
         scored = by_case[name]
         case: dict[str, Any] = {"case": name, "dice": scored["dice"], "iou": scored["iou"]}
         pre = preprocessing(dict(item))
@@ -429,11 +460,16 @@ def _test(
         case["entropy_fg"] = float(ent.sum()) / max(float((prob >= 0.5).sum()), 1.0)
         if diffusion:
             ged = scored.get("ged")
-            case.update({
-                "ged": ged, "ged_sqrt": None if ged is None else math.sqrt(max(ged, 0.0)),
-                "diversity": scored.get("sample_diversity"), "diversity_l2": scored.get("sample_diversity_l2"),
-                "mutual_info_mean": float(_read_png(output_dir / f"{name}_mutual_information.png").mean()) * mi_high,
-            })
+            case.update(
+                {
+                    "ged": ged,
+                    "ged_sqrt": None if ged is None else math.sqrt(max(ged, 0.0)),
+                    "diversity": scored.get("sample_diversity"),
+                    "diversity_l2": scored.get("sample_diversity_l2"),
+                    "mutual_info_mean": float(_read_png(output_dir / f"{name}_mutual_information.png").mean())
+                    * mi_high,
+                }
+            )
         if anchor:
             case["anchor_dice"] = _anchor_dice(network, pre["image"], label)
         cases.append(case)
@@ -444,8 +480,11 @@ def _test(
     summary["test_wall_s"] = round(wall, 1)
     summary["test_s_per_case"] = round(wall / max(1, len(cases)), 3)
     if diffusion:
-        summary.update(steps=int(settings["num_inference_steps"]), members=int(settings["num_samples"]),
-                       fusion=str(settings["fusion"]))
+        summary.update(
+            steps=int(settings["num_inference_steps"]),
+            members=int(settings["num_samples"]),
+            fusion=str(settings["fusion"]),
+        )
     return {"summary": summary, "cases": cases}
 
 
@@ -486,14 +525,18 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     if args.learning_rate is not None:
         common["learning_rate"] = args.learning_rate
     if args.quiet:
-        common.update({f"{i}#iteration_log": False for i in _target_ids(train_cfg, "StatsHandler") if
-                       i.startswith("train#")})
+        common.update(
+            {f"{i}#iteration_log": False for i in _target_ids(train_cfg, "StatsHandler") if i.startswith("train#")}
+        )
 
     # MedSegDiff recipe
     network_def = _network_def(train_cfg["network_def"], args.network_config)
     recipe: dict[str, Any] = {"network_def": network_def}
-    for key, value in (("prediction_type", args.prediction_type), ("aux_weight", args.aux_weight),
-                       ("noise_schedule", args.noise_schedule)):
+    for key, value in (
+        ("prediction_type", args.prediction_type),
+        ("aux_weight", args.aux_weight),
+        ("noise_schedule", args.noise_schedule),
+    ):
         if value is not None:
             recipe[key] = value
     extra = _parse_sets(args.set)
@@ -505,8 +548,12 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "device": f"$torch.device('{device}')",
         **_mask_threshold_overrides(infer_cfg, args.mask_threshold),
     }
-    for key, value in (("num_inference_steps", args.steps), ("num_samples", args.members),
-                       ("fusion", args.fusion), ("seed", args.sampler_seed)):
+    for key, value in (
+        ("num_inference_steps", args.steps),
+        ("num_samples", args.members),
+        ("fusion", args.fusion),
+        ("seed", args.sampler_seed),
+    ):
         if value is not None:
             infer_over[key] = value
     infer_over.update({k: v for k, v in {**recipe, **extra}.items() if k.split("#")[0] in infer_cfg})
@@ -514,8 +561,14 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": getattr(args, "_argv", None) or "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "data": str(data),
-        "split": {"seed": args.split_seed, "fractions": list(args.fractions), "train": len(train), "val": len(val),
-                  "test": len(test), "test_cases": [d["case"] for d in test]},
+        "split": {
+            "seed": args.split_seed,
+            "fractions": list(args.fractions),
+            "train": len(train),
+            "val": len(val),
+            "test": len(test),
+            "test_cases": [d["case"] for d in test],
+        },
         "image_size": list(args.image_size),
         "batch_size": batch_size,
         "budget": plan,
@@ -532,8 +585,11 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     }
 
     for model in args.models:
-        print(f"\n=== {model}: {plan['iterations']} iterations ({plan['epochs']} epochs x "
-              f"{plan['iterations_per_epoch']}), {len(train)}/{len(val)}/{len(test)} train/val/test ===", flush=True)
+        print(
+            f"\n=== {model}: {plan['iterations']} iterations ({plan['epochs']} epochs x "
+            f"{plan['iterations_per_epoch']}), {len(train)}/{len(val)}/{len(test)} train/val/test ===",
+            flush=True,
+        )
         if model == "medsegdiff" and args.checkpoint:
             entry: dict[str, Any] = {"train": {"checkpoint": args.checkpoint, "note": "not trained in this run"}}
             ckpt = args.checkpoint
@@ -545,8 +601,9 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
                 ckpt = entry["train"]["last_checkpoint"]
         test_over = {**infer_over, "ckpt_path": ckpt}
         if model == "baseline":
-            test_over.update(network_def=_baseline_overrides(args)["network_def"], inferer=SigmoidMembersInferer(),
-                             fusion="mean")
+            test_over.update(
+                network_def=_baseline_overrides(args)["network_def"], inferer=SigmoidMembersInferer(), fusion="mean"
+            )
         entry["checkpoint"] = ckpt
         entry.update(_test(model, bundle, test_over, test, work_dir / model / "inference"))
         report["models"][model] = entry
@@ -565,34 +622,53 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def print_table(report: dict[str, Any]) -> None:
     """Side-by-side summary of the models in ``report``."""
-    rows = [("test Dice", "dice"), ("Dice std", "dice_std"), ("test IoU", "iou"), ("HD95 (px)", "hd95"),
-            ("ECE (per case)", "ece"), ("ECE (pooled)", "ece_pooled"), ("empty predictions", "empty_predictions"),
-            ("GED^2", "ged"), ("diversity (1-IoU)", "diversity"), ("anchor-head Dice", "anchor_dice"),
-            (f"Spearman({PRIMARY_UNCERTAINTY}, 1-Dice)", "spearman_primary"), ("test s/case", "test_s_per_case")]
+    rows = [
+        ("test Dice", "dice"),
+        ("Dice std", "dice_std"),
+        ("test IoU", "iou"),
+        ("HD95 (px)", "hd95"),
+        ("ECE (per case)", "ece"),
+        ("ECE (pooled)", "ece_pooled"),
+        ("empty predictions", "empty_predictions"),
+        ("GED^2", "ged"),
+        ("diversity (1-IoU)", "diversity"),
+        ("anchor-head Dice", "anchor_dice"),
+        (f"Spearman({PRIMARY_UNCERTAINTY}, 1-Dice)", "spearman_primary"),
+        ("test s/case", "test_s_per_case"),
+    ]
     models = list(report["models"])
-    print(f"\n{report['data']} | split seed {report['split']['seed']} "
-          f"({report['split']['train']}/{report['split']['val']}/{report['split']['test']}) | "
-          f"{report['image_size'][0]}x{report['image_size'][1]} | {report['budget']['iterations']} iterations")
+    print(
+        f"\n{report['data']} | split seed {report['split']['seed']} "
+        f"({report['split']['train']}/{report['split']['val']}/{report['split']['test']}) | "
+        f"{report['image_size'][0]}x{report['image_size'][1]} | {report['budget']['iterations']} iterations"
+    )
     print(f"{'':<34}" + "".join(f"{m:>14}" for m in models))
     for label, key in rows:
         print(f"{label:<34}" + "".join(f"{_fmt(report['models'][m]['summary'].get(key)):>14}" for m in models))
-    print(f"{'train wall (s)':<34}" + "".join(
-        f"{_fmt(report['models'][m]['train'].get('train_wall_s')):>14}" for m in models))
-    print(f"{'parameters (M)':<34}" + "".join(
-        f"{_fmt((report['models'][m]['train'].get('parameters') or 0) / 1e6, 2):>14}" for m in models))
+    print(
+        f"{'train wall (s)':<34}"
+        + "".join(f"{_fmt(report['models'][m]['train'].get('train_wall_s')):>14}" for m in models)
+    )
+    print(
+        f"{'parameters (M)':<34}"
+        + "".join(f"{_fmt((report['models'][m]['train'].get('parameters') or 0) / 1e6, 2):>14}" for m in models)
+    )
     if "medsegdiff" in report["models"]:
         unc = report["models"]["medsegdiff"]["summary"]["uncertainty"]
         print("\nMedSegDiff uncertainty vs error (Spearman with 1 - Dice; Dice of least / most uncertain quarter):")
         for score, v in unc.items():
-            print(f"  {score:<18}{_fmt(v['spearman']):>8}   {_fmt(v['dice_least_uncertain_quarter'])} / "
-                  f"{_fmt(v['dice_most_uncertain_quarter'])}")
+            print(
+                f"  {score:<18}{_fmt(v['spearman']):>8}   {_fmt(v['dice_least_uncertain_quarter'])} / "
+                f"{_fmt(v['dice_most_uncertain_quarter'])}"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Entry point; returns the report."""
     args = parse_args(argv)
-    args._argv = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
-                                                                                      else sys.argv[1:]))
+    args._argv = "python benchmarks/quality.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     return run_quality(args)
 
 

@@ -60,7 +60,6 @@ def describe_error(err: BaseException) -> str:
 # torch.export), where a Python branch on tensor values would be frozen into the graph or break it.
 
 
-
 __all__ += ["batch_item_names", "check_finite", "check_floating", "check_timesteps", "data_checks_enabled"]
 
 _MAX_LISTED = 10

@@ -15,7 +15,9 @@ def test_check_finite_lists_items_and_counts() -> None:
     x = torch.zeros(13, 2, 3)
     x[1:13, 0, 0] = float("nan")
     x[12, 1, 1] = float("inf")
-    with pytest.raises(ValueError, match=r"^f: y .*\(12 NaN, 1 Inf\) in batch item\(s\) \[1, 2, .*, 10\] and 2 more of 13"):
+    with pytest.raises(
+        ValueError, match=r"^f: y .*\(12 NaN, 1 Inf\) in batch item\(s\) \[1, 2, .*, 10\] and 2 more of 13"
+    ):
         check_finite(x, "y", "f")
     check_finite(torch.zeros(2, 3), "y")  # finite: no error
     check_finite(torch.full((2, 3), 255, dtype=torch.uint8), "y")  # integers are always finite

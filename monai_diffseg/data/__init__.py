@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .checked_cache_dataset import CheckedCacheDataset
 from .isic2018 import (
     ISIC2018_SPLIT_FOLDERS,
     ISIC2018_SPLITS,
@@ -15,8 +16,10 @@ from .isic2018 import (
     isic2018_train_val_datalists,
     split_datalist,
 )
-from .checked_cache_dataset import CheckedCacheDataset
 from .skip_failed_loader import SkipFailedDataLoader
+
+if TYPE_CHECKING:  # imported on first use, see __getattr__
+    from .synthetic import make_synthetic_isic2018, synthetic_lesion_sample
 
 __all__ = [
     "CheckedCacheDataset",

@@ -167,9 +167,7 @@ def isic2018_datalist(
 
     images = _index_by_case(input_dir, isic_case, "Case", "image")
     if not images:
-        raise ValueError(
-            f"No ISIC images (ISIC_<id>.jpg/.jpeg/.png) found in '{input_dir}' for split '{split}'."
-        )
+        raise ValueError(f"No ISIC images (ISIC_<id>.jpg/.jpeg/.png) found in '{input_dir}' for split '{split}'.")
 
     gt_dir = os.path.join(root, gt_name)
     use_labels = os.path.isdir(gt_dir) if labels == "auto" else bool(labels)
@@ -196,9 +194,7 @@ def isic2018_datalist(
         datalist.append({"image": images[case], "label": mask, "case": case})
     if missing:
         _raise_missing_masks(missing, gt_dir)
-    orphans = sorted(
-        os.path.basename(p) for k, p in masks.items() if k.endswith(_ISIC_MASK_SUFFIX) and k not in used
-    )
+    orphans = sorted(os.path.basename(p) for k, p in masks.items() if k.endswith(_ISIC_MASK_SUFFIX) and k not in used)
     _warn_orphan_masks(orphans, gt_dir)
     return datalist
 
@@ -350,6 +346,7 @@ def image_folder_datalist(
         return [{"image": images[case], "case": case} for case in sorted(images)]
 
     mask_root = _check_dir(mask_dir, "Mask folder")
+
     def mask_case(name: str) -> str | None:
         stem, ext = os.path.splitext(name)
         if name.startswith(".") or ext.lower() not in mask_ext_set or not stem.endswith(mask_suffix):

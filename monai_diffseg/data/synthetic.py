@@ -353,7 +353,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--mixed_sizes", action="store_true", help="vary size and aspect ratio per case")
     args = parser.parse_args(argv)
     path = make_synthetic_isic2018(
-        args.output_dir, args.num_train, args.num_val, args.num_test, tuple(args.image_size), args.seed, args.overwrite,
+        args.output_dir,
+        args.num_train,
+        args.num_val,
+        args.num_test,
+        tuple(args.image_size),
+        args.seed,
+        args.overwrite,
         args.mixed_sizes,
     )
     print(path)

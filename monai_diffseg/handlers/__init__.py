@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from .checkpoint_loader import CheckedCheckpointLoader
 from .case_metrics import CaseMetricsWriter
+from .checkpoint_loader import CheckedCheckpointLoader
 from .checkpoint_saver import AtomicCheckpointSaver, remove_stale_temp_files
 from .random_state import RandomStateHandler
 

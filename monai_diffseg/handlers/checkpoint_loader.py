@@ -179,7 +179,9 @@ class CheckedCheckpointLoader(CheckpointLoader):
         to_load = {}
         for k, obj in self.load_dict.items():
             if not isinstance(obj, nn.Module):
-                warnings.warn(f"`strict_shape` is False: loading networks only, skipping '{k}' of `load_dict`.")
+                warnings.warn(
+                    f"`strict_shape` is False: loading networks only, skipping '{k}' of `load_dict`.", stacklevel=2
+                )
                 continue
             checkpoint[k], updated, _ = copy_model_state(obj, checkpoint[k], inplace=False)
             self.logger.info(f"'{k}': {len(updated)} of {len(checkpoint[k])} tensors restored from {self.load_path}")

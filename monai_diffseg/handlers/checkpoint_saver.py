@@ -135,7 +135,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 writes).
         """
         if self._key_metric_checkpoint is None:
-            warnings.warn("AtomicCheckpointSaver.load_state_dict: no key metric saver (save_key_metric=False).")
+            warnings.warn(
+                "AtomicCheckpointSaver.load_state_dict: no key metric saver (save_key_metric=False).", stacklevel=2
+            )
             return
         fixed = getattr(self._key_metric_checkpoint.save_handler, "filename", None)  # the name on disk, if fixed
 
@@ -147,7 +149,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
         if gone:
             warnings.warn(
                 f"best-model record: {gone} no longer exist(s) in '{self.save_dir}'; the next validation result "
-                "will be saved whatever its score."
+                "will be saved whatever its score.",
+                stacklevel=2,
             )
         super().load_state_dict({"_saved": kept})
         state = getattr(self._engine, "state", None)

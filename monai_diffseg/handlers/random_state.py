@@ -153,7 +153,8 @@ class RandomStateHandler:
             warnings.warn(
                 f"the checkpoint holds the random states of {len(ranks)} process(es) but this run has {world}: "
                 f"rank {rank} restores those of rank {rank % len(ranks)}, so the resumed run will not repeat an "
-                "uninterrupted run exactly."
+                "uninterrupted run exactly.",
+                stacklevel=2,
             )
         state = ranks[rank % len(ranks)]
         torch.set_rng_state(state["torch"].cpu())
@@ -161,7 +162,9 @@ class RandomStateHandler:
             cuda = [s.cpu() for s in state["cuda"]]
             n = torch.cuda.device_count()
             if len(cuda) != n:
-                warnings.warn(f"the checkpoint holds {len(cuda)} CUDA generator states, this machine has {n} GPUs.")
+                warnings.warn(
+                    f"the checkpoint holds {len(cuda)} CUDA generator states, this machine has {n} GPUs.", stacklevel=2
+                )
             for i, s in enumerate(cuda[:n]):
                 torch.cuda.set_rng_state(s, device=i)
         np.random.set_state(_numpy_tuple(state["numpy"]))
@@ -191,5 +194,6 @@ class RandomStateHandler:
                 "the random generators of the data pipeline differ from the checkpoint's (did the transforms or the "
                 f"data loader change?): {len(missing)} not in the checkpoint (kept as seeded) {missing[:_SHOW]}, "
                 f"{len(unused)} in the checkpoint only (ignored) {unused[:_SHOW]}. The resumed run will not repeat an "
-                "uninterrupted run exactly."
+                "uninterrupted run exactly.",
+                stacklevel=2,
             )

@@ -19,7 +19,6 @@ import math
 
 import numpy as np
 import torch
-
 from monai.utils import MetricReduction, look_up_option, optional_import
 
 from .utils import PerImageMetric, check_samples_and_references, compute_pairwise_iou

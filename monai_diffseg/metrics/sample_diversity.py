@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from monai.utils import MetricReduction, look_up_option
 
 from .utils import SAMPLES_LAYOUT, PerImageMetric, check_ensemble, compute_pairwise_iou, select_classes

@@ -3,9 +3,18 @@
 
 from __future__ import annotations
 
-from .binary_mask import BinaryMask, BinaryMaskd, BinaryMaskD, BinaryMaskDict
-from .collate_padding import UnpadCollated, UnpadCollateD, UnpadCollateDict
+from .binary_mask import BinaryMask, BinaryMaskD, BinaryMaskd, BinaryMaskDict
+from .collate_padding import UnpadCollateD, UnpadCollated, UnpadCollateDict
 from .dense_crf import CRF_BACKENDS, GUIDE_SCALINGS, DenseCRF, scale_guide
+from .ensemble_postprocess import (
+    ENSEMBLE_FUSIONS,
+    EnsembleFusionD,
+    EnsembleFusiond,
+    EnsembleFusionDict,
+    EnsembleUncertaintyD,
+    EnsembleUncertaintyd,
+    EnsembleUncertaintyDict,
+)
 from .fusion import (
     FUSION_METHODS,
     MajorityVoteFusion,
@@ -13,11 +22,24 @@ from .fusion import (
     MedSegDiffSquaredMean,
     RandomSubsetFusion,
 )
+from .healthy_patches import (
+    HEALTHY_SOURCES,
+    BorderFill,
+    BorderFillD,
+    BorderFilld,
+    BorderFillDict,
+    HealthySource,
+    RandBorderPatchD,
+    RandBorderPatchd,
+    RandBorderPatchDict,
+    border_band,
+    border_patch_starts,
+)
 from .io import (
     IMAGE_MODES,
     LoadImage2D,
-    LoadImage2Dd,
     LoadImage2DD,
+    LoadImage2Dd,
     LoadImage2DDict,
     PILModeConverter,
     SaveMapsd,
@@ -33,28 +55,6 @@ from .uncertainty import (
     PredictiveEntropy,
     binary_entropy,
     categorical_entropy,
-)
-from .ensemble_postprocess import (
-    ENSEMBLE_FUSIONS,
-    EnsembleFusionD,
-    EnsembleFusiond,
-    EnsembleFusionDict,
-    EnsembleUncertaintyD,
-    EnsembleUncertaintyd,
-    EnsembleUncertaintyDict,
-)
-from .healthy_patches import (
-    HEALTHY_SOURCES,
-    HealthySource,
-    BorderFill,
-    BorderFillD,
-    BorderFilld,
-    BorderFillDict,
-    RandBorderPatchD,
-    RandBorderPatchd,
-    RandBorderPatchDict,
-    border_band,
-    border_patch_starts,
 )
 
 __all__ = [

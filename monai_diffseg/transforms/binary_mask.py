@@ -46,7 +46,9 @@ class BinaryMask(Transform):
         if t.ndim >= 3 and t.shape[0] in (3, 4):
             # PIL loads some masks as RGB(A): accept them if the colour channels agree
             if not torch.equal(t[0], t[1]) or not torch.equal(t[0], t[2]):
-                raise ValueError(f"mask '{name}' has {t.shape[0]} differing colour channels; expected a grayscale mask.")
+                raise ValueError(
+                    f"mask '{name}' has {t.shape[0]} differing colour channels; expected a grayscale mask."
+                )
             t = t[:1]
         if self.threshold is not None:
             return (t > self.threshold).float()

@@ -23,6 +23,7 @@ from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import MapTransform, Randomizable
 from monai.utils import TransformBackends, ensure_tuple
 
+from monai_diffseg.transforms import uncertainty
 from monai_diffseg.transforms.dense_crf import DenseCRF
 from monai_diffseg.transforms.fusion import (
     MajorityVoteFusion,
@@ -31,7 +32,6 @@ from monai_diffseg.transforms.fusion import (
     RandomSubsetFusion,
     look_up_named_option,
 )
-from monai_diffseg.transforms import uncertainty
 from monai_diffseg.transforms.staple import STAPLEFusion
 
 __all__ = [

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from monai.data.meta_tensor import MetaTensor
 from monai.transforms.transform import Transform
 from monai.utils import OptionalImportError, TransformBackends, optional_import

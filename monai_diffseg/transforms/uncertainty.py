@@ -24,7 +24,6 @@ References:
 from __future__ import annotations
 
 import torch
-
 from monai.transforms.transform import Transform
 from monai.utils import TransformBackends
 

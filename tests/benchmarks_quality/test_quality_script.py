@@ -52,12 +52,38 @@ def test_quality_report(folder: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     output = tmp_path / "report.json"
     tiny = json.dumps({"channels": [8, 16], "cond_channels": [8, 16], "norm_num_groups": 4})
-    report = quality.main([
-        "--data", str(folder), "--mask-threshold", "127", "--image-size", "32", "--iterations", "6",
-        "--batch-size", "4", "--num-validations", "1", "--network-config", tiny, "--steps", "2", "--members", "3",
-        "--baseline-channels", "4", "8", "--baseline-res-units", "0", "--quiet",
-        "--work-dir", str(tmp_path / "work"), "--output", str(output),
-    ])
+    report = quality.main(
+        [
+            "--data",
+            str(folder),
+            "--mask-threshold",
+            "127",
+            "--image-size",
+            "32",
+            "--iterations",
+            "6",
+            "--batch-size",
+            "4",
+            "--num-validations",
+            "1",
+            "--network-config",
+            tiny,
+            "--steps",
+            "2",
+            "--members",
+            "3",
+            "--baseline-channels",
+            "4",
+            "8",
+            "--baseline-res-units",
+            "0",
+            "--quiet",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--output",
+            str(output),
+        ]
+    )
     assert json.loads(output.read_text()) == json.loads(json.dumps(report))
     split = report["split"]
     assert (split["train"], split["val"], split["test"]) == (10, 1, 3)  # 0.7/0.1/0.2 of 14, largest remainder

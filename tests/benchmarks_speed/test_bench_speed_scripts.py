@@ -23,11 +23,33 @@ def _load(name: str) -> SimpleNamespace:
 def test_bench_sampling_rows_reference_and_extrapolation(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bench = _load("bench_sampling")
     out = tmp_path / "sampling.json"
-    result = bench.main([
-        "--device", "cpu", "--config", "tiny", "--sizes", "32", "--size-3d", "0", "--members", "1", "2",
-        "--steps", "2", "6", "--samplers", "ddim", "dpm++", "--max-measured-steps", "3", "--reference-steps", "3",
-        "--output", str(out),
-    ])
+    result = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--config",
+            "tiny",
+            "--sizes",
+            "32",
+            "--size-3d",
+            "0",
+            "--members",
+            "1",
+            "2",
+            "--steps",
+            "2",
+            "6",
+            "--samplers",
+            "ddim",
+            "dpm++",
+            "--max-measured-steps",
+            "3",
+            "--reference-steps",
+            "3",
+            "--output",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "sampling results" in printed and "reference" in printed
     rows = result["rows"]
@@ -60,10 +82,24 @@ def test_bench_sampling_rows_reference_and_extrapolation(tmp_path: Path, capsys:
 
 def test_bench_sampling_3d_row(capsys: pytest.CaptureFixture) -> None:
     bench = _load("bench_sampling")
-    result = bench.main([
-        "--device", "cpu", "--config", "tiny", "--sizes", "--size-3d", "32", "--members", "2", "--steps", "2",
-        "--samplers", "ddim", "--no-reference",
-    ])
+    result = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--config",
+            "tiny",
+            "--sizes",
+            "--size-3d",
+            "32",
+            "--members",
+            "2",
+            "--steps",
+            "2",
+            "--samplers",
+            "ddim",
+            "--no-reference",
+        ]
+    )
     rows = result["rows"]
     assert [(r["size"], r["members"], r["steps"]) for r in rows] == [("32^3", 2, 2)]
     # measured in full (no extrapolation): one image per call, so its time is the measured call
@@ -73,13 +109,28 @@ def test_bench_sampling_3d_row(capsys: pytest.CaptureFixture) -> None:
 
 def test_bench_training_rows(capsys: pytest.CaptureFixture) -> None:
     bench = _load("bench_training")
-    result = bench.main([
-        "--device", "cpu", "--models", "tiny", "unet-baseline", "--sizes", "32", "--batch-sizes", "1", "2",
-        "--iterations", "2",
-    ])
+    result = bench.main(
+        [
+            "--device",
+            "cpu",
+            "--models",
+            "tiny",
+            "unet-baseline",
+            "--sizes",
+            "32",
+            "--batch-sizes",
+            "1",
+            "2",
+            "--iterations",
+            "2",
+        ]
+    )
     rows = result["rows"]
     assert [(r["model"], r["batch"]) for r in rows] == [
-        ("tiny", 1), ("tiny", 2), ("unet-baseline", 1), ("unet-baseline", 2)
+        ("tiny", 1),
+        ("tiny", 2),
+        ("unet-baseline", 1),
+        ("unet-baseline", 2),
     ]
     for r in rows:
         assert r["it_per_s"] > 0 and r["images_per_s"] == pytest.approx(r["it_per_s"] * r["batch"])

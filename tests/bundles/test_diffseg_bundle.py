@@ -82,7 +82,9 @@ def test_train_infer_evaluate(dataset: str, tmp_path: Path) -> None:
     for name in ("model_lesion.pt", "model_healthy.pt", "lesion_checkpoint_last.pt", "healthy_checkpoint_last.pt"):
         assert (models / name).is_file(), name
     last = torch.load(models / "lesion_checkpoint_last.pt", weights_only=False)
-    assert {"model", "optimizer", "trainer"} <= set(last) and last["trainer"]["iteration"] == 2 * 2  # 2 epochs x 2 batches
+    assert {"model", "optimizer", "trainer"} <= set(last) and last["trainer"][
+        "iteration"
+    ] == 2 * 2  # 2 epochs x 2 batches
     lesion = torch.load(models / "model_lesion.pt", weights_only=False)["model"]
     healthy = torch.load(models / "model_healthy.pt", weights_only=False)["model"]
     assert lesion.keys() == healthy.keys()
@@ -116,8 +118,14 @@ def test_train_infer_evaluate(dataset: str, tmp_path: Path) -> None:
 
     eval_dir = tmp_path / "eval"
     evaluate = _workflow(
-        ["inference.json", "evaluate.json"], "eval", output_dir=str(eval_dir), timesteps=[60, 100, 150, 140],
-        fusion="subset_torch_crf", crf_rounds=2, crf_subset_size=2, **common,
+        ["inference.json", "evaluate.json"],
+        "eval",
+        output_dir=str(eval_dir),
+        timesteps=[60, 100, 150, 140],
+        fusion="subset_torch_crf",
+        crf_rounds=2,
+        crf_subset_size=2,
+        **common,
     )
     evaluate.initialize()
     evaluate.run()
@@ -137,11 +145,24 @@ def test_bundle_runs_through_monai_bundle_cli(dataset: str, tmp_path: Path) -> N
     base = [sys.executable, "-m", "monai.bundle", "run", "--meta_file", str(CONFIGS / "metadata.json"),
             "--logging_file", str(CONFIGS / "logging.conf")]  # fmt: skip
     subprocess.run(
-        [*base, "--config_file", str(CONFIGS / "train.json"), *args, "--lesion_num_epochs", "1", "--healthy_num_epochs", "1"],
-        check=True, capture_output=True, timeout=300,
+        [
+            *base,
+            "--config_file",
+            str(CONFIGS / "train.json"),
+            *args,
+            "--lesion_num_epochs",
+            "1",
+            "--healthy_num_epochs",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     subprocess.run(
         [*base, "--config_file", str(CONFIGS / "inference.json"), *args, "--timesteps", "[60, 150]"],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     assert len(list((tmp_path / "eval").glob("*_mask.png"))) == 3

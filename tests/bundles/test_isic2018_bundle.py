@@ -66,7 +66,7 @@ def test_missing_dataset_dir_is_a_clear_error(tmp_path: Path) -> None:
     wf = _workflow("train.json", "train", dataset_dir=str(tmp_path / "nope"), bundle_root=str(tmp_path), **TINY)
     wf.initialize()
     with pytest.raises(Exception) as err:
-        wf.train_dataset_data
+        _ = wf.train_dataset_data
     assert "nope" in "".join(str(e) for e in _chain(err.value))
 
 
@@ -102,7 +102,13 @@ def test_train_then_infer_and_evaluate(dataset: str, tmp_path: Path) -> None:
 
     # resume: one more epoch continues from epoch 2 instead of starting over
     resume = _workflow(
-        "train.json", "train", dataset_dir=dataset, bundle_root=str(out), num_epochs=3, val_interval=5, batch_size=4,
+        "train.json",
+        "train",
+        dataset_dir=dataset,
+        bundle_root=str(out),
+        num_epochs=3,
+        val_interval=5,
+        batch_size=4,
         **TINY,
     )
     resume.initialize()
@@ -170,8 +176,15 @@ def test_inference_fusion_choice(dataset: str, tmp_path: Path, fusion: str) -> N
     net = MedSegDiff(2, 3, 1, channels=(8, 16), cond_channels=(8, 16), norm_num_groups=4)
     torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
     infer = _workflow(
-        "inference.json", "infer", dataset_dir=dataset, bundle_root=str(tmp_path), output_dir=str(tmp_path / "o"),
-        fusion=fusion, num_samples=2, num_inference_steps=2, **TINY,
+        "inference.json",
+        "infer",
+        dataset_dir=dataset,
+        bundle_root=str(tmp_path),
+        output_dir=str(tmp_path / "o"),
+        fusion=fusion,
+        num_samples=2,
+        num_inference_steps=2,
+        **TINY,
     )
     infer.initialize()
     infer.run()
@@ -186,7 +199,11 @@ def test_mismatched_checkpoint_is_a_clear_error(dataset: str, tmp_path: Path) ->
     other = MedSegDiff(2, 3, 1, channels=(8, 16), cond_channels=(16, 32), norm_num_groups=4)
     torch.save({"model": other.state_dict()}, ckpt / "model.pt")
     infer = _workflow(
-        "inference.json", "infer", dataset_dir=dataset, bundle_root=str(tmp_path), output_dir=str(tmp_path / "o"),
+        "inference.json",
+        "infer",
+        dataset_dir=dataset,
+        bundle_root=str(tmp_path),
+        output_dir=str(tmp_path / "o"),
         **TINY,
     )
     infer.initialize()
@@ -215,13 +232,21 @@ def test_short_training_on_ph2(tmp_path: Path) -> None:
             Image.open(item["image"]).convert("RGB").save(img_dir / f"{case}.jpg", quality=95)
             Image.open(item["label"]).convert("L").save(gt_dir / f"{case}_segmentation.png")
     train = _workflow(
-        "train.json", "train", dataset_dir=str(root), bundle_root=str(tmp_path / "run"), num_epochs=4,
-        val_interval=4, batch_size=4, val_num_inference_steps=5, val_num_samples=2, image_size=[64, 64],
+        "train.json",
+        "train",
+        dataset_dir=str(root),
+        bundle_root=str(tmp_path / "run"),
+        num_epochs=4,
+        val_interval=4,
+        batch_size=4,
+        val_num_inference_steps=5,
+        val_num_samples=2,
+        image_size=[64, 64],
         num_workers=0,
     )
     train.initialize()
     train.run()
     losses = train.trainer.state.output
-    assert np.isfinite(losses[0]["loss"]) if isinstance(losses, list) else True
+    assert isinstance(losses, list) and all(np.isfinite(float(out["loss"])) for out in losses)
     dice = train.parser.get_parsed_content("validate#evaluator").state.best_metric
     assert dice > 0.3, f"validation Dice after a short PH2 training: {dice}"

@@ -83,8 +83,12 @@ def test_medsegdiff_inference_and_evaluation_on_mixed_sizes(mixed: str, tmp_path
     _random_weights(bundle, tmp_path / "models", mixed)
     out = tmp_path / "eval"
     wf = _workflow(
-        bundle, ["inference.json", "evaluate.json"], dataset_dir=mixed, bundle_root=str(tmp_path),
-        output_dir=str(out), batch_size=4,
+        bundle,
+        ["inference.json", "evaluate.json"],
+        dataset_dir=mixed,
+        bundle_root=str(tmp_path),
+        output_dir=str(out),
+        batch_size=4,
     )
     wf.initialize()
     wf.run()
@@ -108,7 +112,12 @@ def test_diffseg_inference_on_mixed_sizes(mixed: str, tmp_path: Path) -> None:
     _random_weights(bundle, tmp_path / "models", mixed)
     out = tmp_path / "pred"
     wf = _workflow(
-        bundle, ["inference.json"], dataset_dir=mixed, bundle_root=str(tmp_path), output_dir=str(out), batch_size=4,
+        bundle,
+        ["inference.json"],
+        dataset_dir=mixed,
+        bundle_root=str(tmp_path),
+        output_dir=str(out),
+        batch_size=4,
         labels=True,
     )
     wf.initialize()
@@ -154,8 +163,12 @@ def test_damaged_cases_are_skipped_and_listed(mixed: str, tmp_path: Path) -> Non
     _random_weights(bundle, tmp_path / "models", mixed)
     out = tmp_path / "pred"
     wf = _workflow(
-        bundle, ["inference.json"], dataset_dir=str(tmp_path / "data"), bundle_root=str(tmp_path),
-        output_dir=str(out), batch_size=4,
+        bundle,
+        ["inference.json"],
+        dataset_dir=str(tmp_path / "data"),
+        bundle_root=str(tmp_path),
+        output_dir=str(out),
+        batch_size=4,
     )
     wf.initialize()
     wf.run()
@@ -173,8 +186,13 @@ def test_damaged_cases_are_skipped_and_listed(mixed: str, tmp_path: Path) -> Non
         assert Image.open(out / f"{case}_mask.png").mode == "L"
 
     strict = _workflow(
-        bundle, ["inference.json"], dataset_dir=str(tmp_path / "data"), bundle_root=str(tmp_path),
-        output_dir=str(tmp_path / "strict"), batch_size=4, skip_failed=False,
+        bundle,
+        ["inference.json"],
+        dataset_dir=str(tmp_path / "data"),
+        bundle_root=str(tmp_path),
+        output_dir=str(tmp_path / "strict"),
+        batch_size=4,
+        skip_failed=False,
     )
     strict.initialize()
     with pytest.raises(Exception) as err:

@@ -67,14 +67,21 @@ def test_scores_values_and_files(tmp_path: Path) -> None:
     assert out["num_labelled"] == 1 and out["mean_dice"] == pytest.approx(0.8)
     assert out["num_failed"] == 1 and out["failed"][0]["case"] == "c"
     rows = list(csv.DictReader((tmp_path / "m.csv").open()))
-    assert [r["case"] for r in rows] == ["a", "b"] and rows[1]["dice"] == "" and float(rows[0]["iou"]) == pytest.approx(2 / 3)
+    assert (
+        [r["case"] for r in rows] == ["a", "b"]
+        and rows[1]["dice"] == ""
+        and float(rows[0]["iou"]) == pytest.approx(2 / 3)
+    )
 
 
 def test_engine_metric_details_are_read_not_recomputed(tmp_path: Path) -> None:
     a = _case("a", [1, 1, 0, 0], [1, 1, 1, 0], [[1, 1, 0, 0]])
     b = _case("b", [1, 0, 0, 0], [1, 0, 0, 0], [[1, 0, 0, 0]])
     engine = _Engine([[a], [b]])
-    engine.state.metric_details = {"test_mean_dice": torch.tensor([[0.25], [0.5]]), "test_hd95": torch.tensor([[1.0], [float("inf")]])}
+    engine.state.metric_details = {
+        "test_mean_dice": torch.tensor([[0.25], [0.5]]),
+        "test_hd95": torch.tensor([[1.0], [float("inf")]]),
+    }
     engine.state.metrics = {"test_mean_dice": 0.375}
     writer = CaseMetricsWriter(tmp_path / "m.json", engine_metrics={"dice": "test_mean_dice", "hd95": "test_hd95"})
     writer.attach(engine)

@@ -84,9 +84,7 @@ def test_member_major_batching_equals_tiling(members: int) -> None:
     with torch.no_grad():
         batched = net(x_t, t, image=image)
         tiled = net(x_t, t, image=image.repeat(members, 1, 1, 1))  # row e * N + n -> image n
-        looped = torch.cat(
-            [net(x_t[e * n : (e + 1) * n], t[e * n : (e + 1) * n], image=image) for e in range(members)]
-        )
+        looped = torch.cat([net(x_t[e * n : (e + 1) * n], t[e * n : (e + 1) * n], image=image) for e in range(members)])
     assert batched.shape == (members * n, 1, 16, 16)
     assert torch.allclose(batched, tiled, atol=1e-5, rtol=1e-4)
     assert torch.allclose(batched, looped, atol=1e-5, rtol=1e-4)

@@ -18,9 +18,7 @@ SIZE = (16, 16)
 
 def _medsegdiff() -> MedSegDiff:
     torch.manual_seed(0)
-    return MedSegDiff(
-        2, 3, 1, channels=(8, 16), cond_channels=(8, 16), norm_num_groups=8, num_head_channels=8
-    ).eval()
+    return MedSegDiff(2, 3, 1, channels=(8, 16), cond_channels=(8, 16), norm_num_groups=8, num_head_channels=8).eval()
 
 
 def _denoiser() -> DiffSegDenoiser:

@@ -9,7 +9,6 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 from monai.utils import OptionalImportError, optional_import
 

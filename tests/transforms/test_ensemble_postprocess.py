@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, Rotate90d
 from monai.utils import optional_import

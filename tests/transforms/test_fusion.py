@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 
 from monai_diffseg.transforms.fusion import (

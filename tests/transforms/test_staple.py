@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 from monai.utils import OptionalImportError, optional_import
 

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 
 from monai_diffseg.transforms.ensemble_postprocess import EnsembleUncertaintyD, EnsembleUncertaintyd

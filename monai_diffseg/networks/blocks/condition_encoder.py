@@ -64,7 +64,10 @@ class ConditionEncoder(nn.Module):
         stem.append(TwoConv(spatial_dims, stem_in, channels[0], act, norm, True, dropout))
         self.stem = nn.Sequential(*stem)
         self.downs = nn.ModuleList(
-            [Down(spatial_dims, channels[i - 1], channels[i], act, norm, True, dropout) for i in range(1, len(channels))]
+            [
+                Down(spatial_dims, channels[i - 1], channels[i], act, norm, True, dropout)
+                for i in range(1, len(channels))
+            ]
         )
         # UpCat(in, cat, out): upsample level i+1 (width channels[i+1]) and merge with the encoder skip at level i
         self.ups = nn.ModuleList(

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from .medsegdiff import MEDSEGDIFF_CONFIGS, MedSegDiff
 from .diffseg import DIFFSEG_CONFIGS, DiffSegDenoiser, DiffSegPair
+from .medsegdiff import MEDSEGDIFF_CONFIGS, MedSegDiff
 
 __all__ = [
     "DIFFSEG_CONFIGS",

@@ -5,13 +5,10 @@ STAPLE fusion of ensemble members through ITK's ``STAPLEImageFilter``.
 
 STAPLE (Simultaneous Truth And Performance Level Estimation) treats each ensemble member as a rater of unknown
 quality and estimates, by expectation-maximisation, the hidden true segmentation together with every rater's
-sensitivity and specificity. Members that disagree with the consensus are down-weighted.
-
-This is the algorithm that the public MedSegDiff code does *not* implement despite its function name; see
-:py:class:`monai_diffseg.transforms.fusion.MedSegDiffSquaredMean`.
-
-ITK is an optional dependency (``pip install "monai-diffseg[itk]"``), imported on first use; the first call
-loads ITK's filtering module, which takes several seconds.
+sensitivity and specificity, down-weighting members that disagree with the consensus. It is what the public
+MedSegDiff code does *not* implement despite its function name (see
+:py:class:`monai_diffseg.transforms.fusion.MedSegDiffSquaredMean`). ITK is an optional dependency
+(``pip install "monai-diffseg[itk]"``), imported on first use (loading its filtering module takes several seconds).
 
 Reference:
     Warfield, Zou and Wells, "Simultaneous Truth and Performance Level Estimation (STAPLE): An Algorithm for the
@@ -38,14 +35,12 @@ STAPLE_SENSITIVITY_KEY = "staple_sensitivity"
 #: ``.meta`` key of the per-channel, per-member specificities estimated by :py:class:`STAPLEFusion`.
 STAPLE_SPECIFICITY_KEY = "staple_specificity"
 
-_ITK_HINT = 'STAPLEFusion requires ITK, which is not installed: pip install "monai-diffseg[itk]"'
-
 
 def _import_itk() -> Any:
     """Import ITK lazily, raising an ``OptionalImportError`` with installation instructions when it is missing."""
     itk, has_itk = optional_import("itk")
     if not has_itk:
-        raise OptionalImportError(_ITK_HINT)
+        raise OptionalImportError('STAPLEFusion requires ITK, which is not installed: pip install "monai-diffseg[itk]"')
     return itk
 
 
@@ -53,18 +48,19 @@ class STAPLEFusion(Transform):
     """
     STAPLE fusion of binarised ensemble members: ``(E, C, ...) -> (C, ...)`` posterior foreground probability.
 
-    For every channel, each member is binarised (``p >= threshold``), cast to ``float32`` and fed to
-    ``itk.STAPLEImageFilter[itk.Image[itk.F, d], itk.Image[itk.F, d]]`` (``d`` = 2 or 3). The filter output, the
-    posterior probability of the true segmentation, is returned. The estimated performance of every member is
-    stored, when the output is a ``MetaTensor``, as lists (one per channel) of lists of floats (one per member)::
+    For every channel the members are binarised (``p >= threshold``) and fed as ``float32`` to
+    ``itk.STAPLEImageFilter[itk.Image[itk.F, d], itk.Image[itk.F, d]]`` (``d`` = 2 or 3), whose output, the
+    posterior probability of the true segmentation, is returned. ``samples`` are ensemble probabilities (or binary
+    masks) ``(E, C, H, W[, D])`` or a sequence of ``E`` ``(C, H, W[, D])`` members. The estimated performance of every
+    member is stored, when the output is a ``MetaTensor`` (meta tracking on), as lists (one per channel) of lists of
+    floats (one per member)::
 
         out.meta["staple_sensitivity"][c][e]  # true positive rate of member e for channel c
         out.meta["staple_specificity"][c][e]  # true negative rate of member e for channel c
 
-    They are also kept on the transform as ``self.sensitivity`` / ``self.specificity`` after each call.
-
-    Degenerate channels where no member has any foreground (or all members are foreground everywhere) make the EM
-    undefined; there the posterior is the (constant) vote and the undefined rate is ``nan``.
+    They are also kept on the transform as ``self.sensitivity`` / ``self.specificity`` after each call. Degenerate
+    channels where no member has any foreground (or all are foreground everywhere) make the EM undefined; there the
+    posterior is the (constant) vote and the undefined rate is ``nan``.
 
     Args:
         threshold: probability from which a member's voxel is foreground (inclusive).
@@ -99,15 +95,7 @@ class STAPLEFusion(Transform):
         self.specificity: list[list[float]] = []
 
     def _staple_channel(self, masks: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
-        """
-        Run ITK STAPLE on the binarised members of one channel.
-
-        Args:
-            masks: ``(E, H, W[, D])`` float32 array of ``0.``/``1.``.
-
-        Returns:
-            posterior ``(H, W[, D])`` float32, sensitivities and specificities (``E`` floats each).
-        """
+        """ITK STAPLE of one channel's 0/1 members ``(E, *S)``: posterior ``(*S)``, sensitivities, specificities."""
         num = masks.shape[0]
         if not masks.any():
             return np.zeros(masks.shape[1:], np.float32), [float("nan")] * num, [1.0] * num
@@ -129,29 +117,15 @@ class STAPLEFusion(Transform):
         sens = [float(s) for s in staple.GetSensitivity()]
         spec = [float(s) for s in staple.GetSpecificity()]
         if not np.isfinite(posterior).all():
-            warnings.warn("ITK STAPLE produced non-finite values; falling back to the vote fraction.", stacklevel=3)
+            warnings.warn("ITK STAPLE produced non-finite values; falling back to the vote fraction.", stacklevel=4)
             posterior = masks.mean(axis=0).astype(np.float32)
         return posterior, sens, spec
 
     def __call__(self, samples: SamplesLike) -> torch.Tensor:
-        """
-        Args:
-            samples: ensemble probabilities (or binary masks) ``(E, C, H, W[, D])``, or a sequence of ``E``
-                ``(C, H, W[, D])`` members.
-
-        Returns:
-            STAPLE posterior foreground probability ``(C, H, W[, D])``; a ``MetaTensor`` with the input's metadata
-            plus ``"staple_sensitivity"`` / ``"staple_specificity"`` when meta tracking is on.
-        """
         img, data = check_ensemble_samples(samples)
         masks = (data >= self.threshold).cpu().numpy().astype(np.float32)
-        posteriors, sens_all, spec_all = [], [], []
-        for c in range(masks.shape[1]):
-            post, sens, spec = self._staple_channel(masks[:, c])
-            posteriors.append(post)
-            sens_all.append(sens)
-            spec_all.append(spec)
-        self.sensitivity, self.specificity = sens_all, spec_all
+        posteriors, sens_all, spec_all = zip(*(self._staple_channel(masks[:, c]) for c in range(masks.shape[1])))
+        self.sensitivity, self.specificity = list(sens_all), list(spec_all)
         out = torch.as_tensor(np.stack(posteriors), device=data.device).to(data.dtype)
         result = to_output(out, img)
         if isinstance(result, MetaTensor):

@@ -3,9 +3,10 @@
 """
 Voxel-wise uncertainty maps of diffusion-model ensembles.
 
-Every transform maps ensemble samples ``(E, C, H, W[, D])`` of foreground probabilities in ``[0, 1]`` to a map
-``(C, H, W[, D])`` (or ``(1, H, W[, D])`` for the categorical ``multi_class`` variants) that keeps the input's
-``MetaTensor`` metadata, so the maps can be inverted (``Invertd``) and saved (``SaveImaged``) like a prediction.
+Every transform maps ensemble samples ``(E, C, H, W[, D])`` of foreground probabilities in ``[0, 1]`` (or a sequence
+of ``E`` ``(C, H, W[, D])`` members) to a map ``(C, H, W[, D])`` (``(1, H, W[, D])`` for the categorical
+``multi_class`` variants) that keeps the input's ``MetaTensor`` metadata, so the maps can be inverted (``Invertd``)
+and saved (``SaveImaged``) like a prediction.
 
 - :py:class:`EnsembleVariance`: variance of the member probabilities.
 - :py:class:`PredictiveEntropy`: entropy of the mean prediction (total uncertainty).
@@ -43,13 +44,8 @@ __all__ = [
 
 def binary_entropy(prob: torch.Tensor) -> torch.Tensor:
     """
-    Element-wise binary entropy in nats, ``-p log p - (1 - p) log(1 - p)`` with ``0 log 0 = 0``.
-
-    Args:
-        prob: probabilities in ``[0, 1]``, any shape.
-
-    Returns:
-        entropy in ``[0, log 2]``, same shape as ``prob``.
+    Element-wise binary entropy in nats, ``-p log p - (1 - p) log(1 - p)`` with ``0 log 0 = 0``: probabilities in
+    ``[0, 1]`` of any shape -> entropy in ``[0, log 2]`` of the same shape.
     """
     prob = prob.clamp(0.0, 1.0)
     return -(torch.xlogy(prob, prob) + torch.xlogy(1.0 - prob, 1.0 - prob))
@@ -57,48 +53,33 @@ def binary_entropy(prob: torch.Tensor) -> torch.Tensor:
 
 def categorical_entropy(prob: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """
-    Entropy in nats of a categorical distribution along ``dim``, ``-sum_c p_c log p_c`` with ``0 log 0 = 0``.
-
-    Args:
-        prob: class probabilities summing to one along ``dim``.
-        dim: the class dimension, kept with size 1.
-
-    Returns:
-        entropy in ``[0, log C]``, ``prob``'s shape with ``dim`` reduced to size 1.
+    Entropy in nats of a categorical distribution along ``dim``, ``-sum_c p_c log p_c`` with ``0 log 0 = 0``:
+    class probabilities summing to one along ``dim`` -> entropy in ``[0, log C]``, with ``dim`` kept as size 1.
     """
     prob = prob.clamp(0.0, 1.0)
     return -torch.xlogy(prob, prob).sum(dim=dim, keepdim=True)
 
 
 class _EnsembleMap(Transform):
-    """
-    Base of the uncertainty transforms: validate the samples, compute the map, keep the input's metadata.
-
-    Subclasses implement :py:meth:`_compute` on the validated ``(E, C, H, W[, D])`` tensor; validation and the
-    ``MetaTensor`` round trip live here so that every map handles its input the same way.
-    """
+    """Base of the maps: validate the samples, :py:meth:`_compute` the map of ``(E, C, ...)``, keep the metadata."""
 
     backend = [TransformBackends.TORCH]
 
     def __call__(self, samples: SamplesLike) -> torch.Tensor:
-        """
-        Args:
-            samples: ensemble probabilities ``(E, C, H, W[, D])`` or a sequence of ``(C, H, W[, D])`` members.
-
-        Returns:
-            the map ``(C, H, W[, D])`` (``(1, H, W[, D])`` for the categorical ``multi_class`` variants) with the
-            metadata of ``samples``.
-        """
         img, data = check_ensemble_samples(samples)
         return to_output(self._compute(data), img)
 
     def _compute(self, data: torch.Tensor) -> torch.Tensor:
-        """The map of the validated ensemble ``data`` ``(E, C, H, W[, D])``."""
         raise NotImplementedError(f"subclass {self.__class__.__name__} must implement this method.")
 
 
 class _RegionMap(_EnsembleMap):
-    """Base of the region maps, which binarise every member at ``threshold`` (see :py:class:`ConsistentRegion`)."""
+    """
+    Base of the region maps, binary ``(C, ...)`` floats from the members binarised at ``threshold``.
+
+    Args:
+        threshold: probability from which a member's voxel is foreground (inclusive).
+    """
 
     def __init__(self, threshold: float = 0.5) -> None:
         if not 0.0 <= float(threshold) <= 1.0:
@@ -113,17 +94,12 @@ class EnsembleVariance(_EnsembleMap):
     Args:
         unbiased: use the unbiased estimator (divide by ``E - 1``; a single member gives zeros). Defaults to the
             population variance (divide by ``E``), whose maximum is ``0.25`` for probabilities.
-
-    Example::
-
-        var = EnsembleVariance()(samples)  # (E, C, H, W) -> (C, H, W)
     """
 
     def __init__(self, unbiased: bool = False) -> None:
         self.unbiased = unbiased
 
     def _compute(self, data: torch.Tensor) -> torch.Tensor:
-        """Variance ``(C, H, W[, D])``."""
         if self.unbiased and data.shape[0] < 2:
             return torch.zeros_like(data[0])
         return data.var(dim=0, correction=1 if self.unbiased else 0)
@@ -138,17 +114,12 @@ class PredictiveEntropy(_EnsembleMap):
             entropy ``H(p_mean)`` is computed per channel -> ``(C, ...)``, in ``[0, log 2]``. ``True``: the channels
             are mutually exclusive class probabilities (softmax output, including background) and the categorical
             entropy ``-sum_c p_mean_c log p_mean_c`` is returned -> ``(1, ...)``, in ``[0, log C]``.
-
-    Example::
-
-        ent = PredictiveEntropy()(samples)  # (E, C, H, W) -> (C, H, W)
     """
 
     def __init__(self, multi_class: bool = False) -> None:
         self.multi_class = multi_class
 
     def _compute(self, data: torch.Tensor) -> torch.Tensor:
-        """Entropy ``(C, H, W[, D])``, or ``(1, H, W[, D])`` when ``multi_class``."""
         mean = data.mean(dim=0)
         return categorical_entropy(mean, dim=0) if self.multi_class else binary_entropy(mean)
 
@@ -158,23 +129,14 @@ class MutualInformation(_EnsembleMap):
     Mutual information between the prediction and the ensemble member (BALD), in nats.
 
     ``MI = H(mean_e p_e) - mean_e H(p_e)``: the part of the predictive entropy due to disagreement between members
-    (epistemic uncertainty); it is zero where all members predict the same probability. Small negative values from
-    floating point round-off are clamped to zero.
-
-    Args:
-        multi_class: as in :py:class:`PredictiveEntropy`: per-channel binary entropies (``False``, output
-            ``(C, ...)``) or categorical entropy across channels (``True``, output ``(1, ...)``).
-
-    Example::
-
-        mi = MutualInformation()(samples)  # (E, C, H, W) -> (C, H, W)
+    (epistemic uncertainty); zero where all members predict the same probability. Round-off negatives are clamped to
+    zero. ``multi_class`` as in :py:class:`PredictiveEntropy` (output ``(C, ...)`` or ``(1, ...)``).
     """
 
     def __init__(self, multi_class: bool = False) -> None:
         self.multi_class = multi_class
 
     def _compute(self, data: torch.Tensor) -> torch.Tensor:
-        """Mutual information ``(C, H, W[, D])``, or ``(1, H, W[, D])`` when ``multi_class``."""
         if self.multi_class:
             total = categorical_entropy(data.mean(dim=0), dim=0)
             expected = categorical_entropy(data, dim=1).mean(dim=0)
@@ -186,40 +148,26 @@ class MutualInformation(_EnsembleMap):
 
 class ConsistentRegion(_RegionMap):
     """
-    Voxels where all members predict foreground (``p_e >= threshold`` for every ``e``) -> ``1.``, else ``0.``.
-
-    This is the intersection of the binarised members, the "consistent" region of DiffSeg.
-
-    Args:
-        threshold: probability from which a member's voxel is foreground (inclusive).
-
-    Example::
-
-        consistent = ConsistentRegion()(samples)  # (E, C, H, W) -> (C, H, W) in {0, 1}
+    Voxels where all members predict foreground (``p_e >= threshold`` for every ``e``) -> ``1.``, else ``0.``: the
+    intersection of the binarised members, the "consistent" region of DiffSeg. ``threshold`` as in
+    :py:class:`AmbiguousRegion`.
     """
 
     def _compute(self, data: torch.Tensor) -> torch.Tensor:
-        """Binary map ``(C, H, W[, D])`` (floating point)."""
         return (data >= self.threshold).all(dim=0).to(data.dtype)
 
 
 class AmbiguousRegion(_RegionMap):
     """
-    Voxels where the binarised members disagree (some foreground, some background) -> ``1.``, else ``0.``.
-
-    This is the union minus the intersection of the binarised members, the "ambiguous" region of DiffSeg.
-    A single member is never ambiguous.
+    Voxels where the binarised members disagree (some foreground, some background) -> ``1.``, else ``0.``: the union
+    minus the intersection of the binarised members, the "ambiguous" region of DiffSeg. A single member is never
+    ambiguous.
 
     Args:
         threshold: probability from which a member's voxel is foreground (inclusive).
-
-    Example::
-
-        ambiguous = AmbiguousRegion()(samples)  # (E, C, H, W) -> (C, H, W) in {0, 1}
     """
 
     def _compute(self, data: torch.Tensor) -> torch.Tensor:
-        """Binary map ``(C, H, W[, D])`` (floating point)."""
         fg = data >= self.threshold
         return (fg.any(dim=0) & ~fg.all(dim=0)).to(data.dtype)
 

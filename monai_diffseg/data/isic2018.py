@@ -2,9 +2,8 @@
 # Licensed under the Apache License, Version 2.0
 """Data-list builders for ISIC 2018 Task 1 and flat ``images/`` + ``masks/`` folder layouts.
 
-The builders return MONAI-style data lists (``list[dict[str, str]]``) with absolute ``"image"`` and
-``"label"`` paths plus a ``"case"`` identifier, ready for :class:`monai.data.Dataset` and
-``LoadImaged(keys=["image", "label"])``.
+They return MONAI data lists ``[{"image": abs_path, "label": abs_path, "case": id}, ...]``, ready for
+:class:`monai.data.Dataset` and ``LoadImaged(keys=["image", "label"])``.
 """
 
 from __future__ import annotations
@@ -50,11 +49,7 @@ _MAX_LISTED = 5
 
 
 def _check_dir(path: PathLike, what: str) -> str:
-    """Return ``path`` as an absolute string, raising if it is not an existing folder.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist or is not a folder.
-    """
+    """``path`` as an absolute string; ``FileNotFoundError`` naming it as ``what`` if it is not a folder."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{what} not found: '{path}' does not exist or is not a folder.")
@@ -62,20 +57,16 @@ def _check_dir(path: PathLike, what: str) -> str:
 
 
 def _format_names(names: Sequence[str]) -> str:
-    """Format the first few names plus a total count for an error message."""
-    shown = ", ".join(names[:_MAX_LISTED])
-    more = f", ... ({len(names)} in total)" if len(names) > _MAX_LISTED else f" ({len(names)} in total)"
-    return shown + more
+    """The first few names plus a total count, for messages."""
+    more = ", ..." if len(names) > _MAX_LISTED else ""
+    return f"{', '.join(names[:_MAX_LISTED])}{more} ({len(names)} in total)"
 
 
 def _index_by_case(folder: str, case_of: Callable[[str], str | None], what: str, kind: str) -> dict[str, str]:
-    """Map case id -> path for the files in ``folder`` that ``case_of`` names; one case with two files is an error.
+    """Map case id -> path for the files of ``folder`` (sorted) that ``case_of`` names (``None``: ignored).
 
-    Args:
-        folder: folder to list (sorted, so results are deterministic).
-        case_of: file name -> case id, or ``None`` to ignore the file.
-        what: how the error names a case (``"Case"``, ``"Image id"``).
-        kind: how the error names the files (``"image"``, ``"mask"``).
+    Raises:
+        ValueError: a case with two files, named ``f"{what} '{case}' has more than one {kind}"``.
     """
     index: dict[str, str] = {}
     for name in sorted(os.listdir(folder)):
@@ -91,26 +82,18 @@ def _index_by_case(folder: str, case_of: Callable[[str], str | None], what: str,
     return index
 
 
-def _raise_missing_masks(missing: Sequence[tuple[str, str]], mask_dir: str) -> None:
-    """Raise one ``ValueError`` for images whose masks are absent.
-
-    Args:
-        missing: ``(image file name, expected mask path)`` pairs, sorted.
-        mask_dir: folder that was searched for masks.
+def _check_pairs(missing: Sequence[tuple[str, str]], orphans: Sequence[str], mask_dir: str) -> None:
+    """Raise for the images without masks (``(image file name, expected mask path)``), log the masks without images.
 
     Raises:
-        ValueError: always.
+        ValueError: ``missing`` is not empty.
     """
-    names = [name for name, _ in missing]
-    raise ValueError(
-        f"No mask found for image(s) {_format_names(names)} in mask folder '{mask_dir}'; "
-        f"e.g. expected '{missing[0][1]}' for '{missing[0][0]}'. Pass labels=False to list images only."
-    )
-
-
-def _warn_orphan_masks(orphans: Sequence[str], mask_dir: str) -> None:
-    """Log masks that have no matching image (harmless, but usually a sign of a partial download)."""
-    if orphans:
+    if missing:
+        raise ValueError(
+            f"No mask found for image(s) {_format_names([name for name, _ in missing])} in mask folder '{mask_dir}'; "
+            f"e.g. expected '{missing[0][1]}' for '{missing[0][0]}'. Pass labels=False to list images only."
+        )
+    if orphans:  # harmless, but usually a sign of a partial download
         logger.warning(
             "Ignoring %d mask(s) without an image in '%s': %s", len(orphans), mask_dir, _format_names(orphans)
         )
@@ -129,8 +112,7 @@ def isic2018_datalist(
         ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png
         (likewise ``Validation`` and ``Test``)
 
-    Only ``ISIC_<digits>.jpg|.jpeg|.png`` (any case) count as images; ``LICENSE.txt``,
-    ``ATTRIBUTION.txt`` and other files are ignored.
+    Only ``ISIC_<digits>.jpg|.jpeg|.png`` (any case) count as images; ``LICENSE.txt`` and other files are ignored.
 
     Args:
         dataset_dir: folder that holds the official ISIC 2018 folders.
@@ -152,50 +134,36 @@ def isic2018_datalist(
     if labels not in (True, False, "auto"):
         raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
     root = _check_dir(dataset_dir, "ISIC 2018 dataset_dir")
-    input_name, gt_name = ISIC2018_SPLIT_FOLDERS[split]
-    input_dir = os.path.join(root, input_name)
+    input_dir, gt_dir = (os.path.join(root, name) for name in ISIC2018_SPLIT_FOLDERS[split])
     if not os.path.isdir(input_dir):
-        present = sorted(os.listdir(root))
         raise FileNotFoundError(
             f"ISIC 2018 {split} input folder not found: expected '{input_dir}'. "
-            f"'{root}' contains: {present if present else 'nothing'}."
+            f"'{root}' contains: {sorted(os.listdir(root)) or 'nothing'}."
         )
-
-    def isic_case(name: str) -> str | None:
-        match = _ISIC_IMAGE_RE.match(name)
-        return match.group(1) if match else None
-
-    images = _index_by_case(input_dir, isic_case, "Case", "image")
+    images = _index_by_case(input_dir, lambda n: (m := _ISIC_IMAGE_RE.match(n)) and m.group(1), "Case", "image")
     if not images:
         raise ValueError(f"No ISIC images (ISIC_<id>.jpg/.jpeg/.png) found in '{input_dir}' for split '{split}'.")
 
-    gt_dir = os.path.join(root, gt_name)
-    use_labels = os.path.isdir(gt_dir) if labels == "auto" else bool(labels)
-    if not use_labels:
+    if not (os.path.isdir(gt_dir) if labels == "auto" else labels):
         return [{"image": images[case], "case": case} for case in sorted(images)]
     if not os.path.isdir(gt_dir):
         raise FileNotFoundError(
             f"ISIC 2018 {split} ground-truth folder not found: expected '{gt_dir}'. "
             "Pass labels=False (or 'auto') to list images only."
         )
-
     # Match masks case-insensitively so archives extracted on case-folding file systems still pair.
     masks = {name.lower(): os.path.join(gt_dir, name) for name in os.listdir(gt_dir)}
     datalist: list[dict[str, str]] = []
     missing: list[tuple[str, str]] = []
-    used: set[str] = set()
     for case in sorted(images):
-        key = (case + _ISIC_MASK_SUFFIX).lower()
-        mask = masks.get(key)
+        mask = masks.get((case + _ISIC_MASK_SUFFIX).lower())
         if mask is None or not os.path.isfile(mask):
             missing.append((os.path.basename(images[case]), os.path.join(gt_dir, case + _ISIC_MASK_SUFFIX)))
-            continue
-        used.add(key)
-        datalist.append({"image": images[case], "label": mask, "case": case})
-    if missing:
-        _raise_missing_masks(missing, gt_dir)
+        else:
+            datalist.append({"image": images[case], "label": mask, "case": case})
+    used = {os.path.basename(d["label"]).lower() for d in datalist}
     orphans = sorted(os.path.basename(p) for k, p in masks.items() if k.endswith(_ISIC_MASK_SUFFIX) and k not in used)
-    _warn_orphan_masks(orphans, gt_dir)
+    _check_pairs(missing, orphans, gt_dir)
     return datalist
 
 
@@ -258,7 +226,7 @@ def isic2018_train_val_datalists(
 
     The training list is the official training split (masks required). Validation uses the official
     validation split when both its input and ground-truth folders exist; otherwise a seeded holdout
-    of ``val_fraction`` (at least one case) of the training split is used instead.
+    of ``val_fraction`` (at least one case) of the training split (see :func:`split_datalist`).
 
     Args:
         dataset_dir: folder that holds the official ISIC 2018 folders.
@@ -277,8 +245,7 @@ def isic2018_train_val_datalists(
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
     root = _check_dir(dataset_dir, "ISIC 2018 dataset_dir")
     train = isic2018_datalist(root, "training", labels=True)
-    val_input, val_gt = (os.path.join(root, name) for name in ISIC2018_SPLIT_FOLDERS["validation"])
-    if os.path.isdir(val_input) and os.path.isdir(val_gt):
+    if all(os.path.isdir(os.path.join(root, name)) for name in ISIC2018_SPLIT_FOLDERS["validation"]):
         val = isic2018_datalist(root, "validation", labels=True)
         logger.info("ISIC 2018: official validation split (%d cases), %d training cases.", len(val), len(train))
         return train, val
@@ -289,8 +256,8 @@ def isic2018_train_val_datalists(
         )
     train, val = split_datalist(train, (1.0 - float(val_fraction), float(val_fraction)), seed=seed)
     logger.info(
-        "ISIC 2018: official validation split absent in '%s'; seeded holdout (fraction=%g, seed=%d): "
-        "%d training, %d validation cases.",
+        "ISIC 2018: official validation split absent in '%s'; seeded holdout (fraction=%g, seed=%d): %d training, "
+        "%d validation cases.",
         root,
         val_fraction,
         seed,
@@ -335,35 +302,26 @@ def image_folder_datalist(
     image_ext_set = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in image_exts}
     mask_ext_set = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in mask_exts}
 
-    def image_case(name: str) -> str | None:
+    def stem_of(name: str, ext_set: set[str], suffix: str = "") -> str | None:
         stem, ext = os.path.splitext(name)
-        return None if name.startswith(".") or ext.lower() not in image_ext_set else stem
+        if name.startswith(".") or ext.lower() not in ext_set or not stem.endswith(suffix):
+            return None
+        return stem[: len(stem) - len(suffix)] if suffix else stem
 
-    images = _index_by_case(image_root, image_case, "Image id", "file")
+    images = _index_by_case(image_root, lambda n: stem_of(n, image_ext_set), "Image id", "file")
     if not images:
         raise ValueError(f"No images with extensions {sorted(image_ext_set)} found in '{image_root}'.")
     if mask_dir is None or not labels:
         return [{"image": images[case], "case": case} for case in sorted(images)]
-
     mask_root = _check_dir(mask_dir, "Mask folder")
-
-    def mask_case(name: str) -> str | None:
-        stem, ext = os.path.splitext(name)
-        if name.startswith(".") or ext.lower() not in mask_ext_set or not stem.endswith(mask_suffix):
-            return None
-        return stem[: len(stem) - len(mask_suffix)] if mask_suffix else stem
-
-    masks = _index_by_case(mask_root, mask_case, "Image id", "mask")
-
+    masks = _index_by_case(mask_root, lambda n: stem_of(n, mask_ext_set, mask_suffix), "Image id", "mask")
     datalist: list[dict[str, str]] = []
     missing: list[tuple[str, str]] = []
     for case in sorted(images):
-        if case not in masks:
+        if case in masks:
+            datalist.append({"image": images[case], "label": masks[case], "case": case})
+        else:
             expected = os.path.join(mask_root, f"{case}{mask_suffix}{{{','.join(sorted(mask_ext_set))}}}")
             missing.append((os.path.basename(images[case]), expected))
-            continue
-        datalist.append({"image": images[case], "label": masks[case], "case": case})
-    if missing:
-        _raise_missing_masks(missing, mask_root)
-    _warn_orphan_masks(sorted(os.path.basename(masks[c]) for c in masks if c not in images), mask_root)
+    _check_pairs(missing, sorted(os.path.basename(masks[c]) for c in masks if c not in images), mask_root)
     return datalist

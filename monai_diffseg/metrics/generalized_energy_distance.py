@@ -31,8 +31,7 @@ from .utils import PerImageMetric, check_samples_and_references, compute_pairwis
 
 __all__ = ["GED_KEYS", "GeneralizedEnergyDistanceMetric", "compute_generalized_energy_distance"]
 
-#: Keys of the dictionaries returned by :func:`compute_generalized_energy_distance` and
-#: :class:`GeneralizedEnergyDistanceMetric`, in buffer order.
+#: Keys of the dicts returned by :func:`compute_generalized_energy_distance` and the metric, in buffer order.
 GED_KEYS: tuple[str, ...] = ("ged", "ged_sqrt", "cross", "sample_diversity", "reference_diversity")
 
 _CLASS_REDUCTIONS = ("mean", "none")
@@ -45,12 +44,8 @@ def compute_generalized_energy_distance(
     reduction_over_classes: str = "mean",
 ) -> dict[str, torch.Tensor]:
     """
-    Compute the squared generalized energy distance :math:`D^2_{GED}` and its three terms per image.
-
-    With :math:`d(A, B) = 1 - \\mathrm{IoU}(A, B)` (``d = 0`` when both masks are empty, ``d = 1`` when exactly one
-    is empty)::
-
-        GED^2 = 2 E[d(S, Y)] - E[d(S, S')] - E[d(Y, Y')]
+    Compute the squared generalized energy distance :math:`D^2_{GED}` (see the module docstring) and its three terms
+    per image, with ``d = 0`` when both masks are empty and ``d = 1`` when exactly one is.
 
     Each expectation is the mean over **all ordered pairs, including i = j** (the convention of the PHiSeg, BerDiff
     and CIMD evaluation code), e.g. the sample term is the mean of the full ``E x E`` distance matrix whose diagonal is
@@ -66,8 +61,7 @@ def compute_generalized_energy_distance(
         samples: binary samples of the model, shape ``(N, E, C, H, W[, D])`` (``E`` samples per image);
             bool or numeric tensor with values in {0, 1}.
         references: binary reference annotations, shape ``(N, R, C, H, W[, D])`` (``R >= 1`` annotators).
-        include_background: whether to include class channel 0. Defaults to ``True``; ignored (with a warning)
-            when ``C == 1``.
+        include_background: whether to include class channel 0; ignored (with a warning) when ``C == 1``.
         reduction_over_classes: ``"mean"`` (default) averages the distances over the selected classes, giving
             per-image values of shape ``(N,)``; ``"none"`` keeps them per class, shape ``(N, C')``.
 
@@ -83,45 +77,26 @@ def compute_generalized_energy_distance(
     Raises:
         ValueError: on non-binary, NaN, wrongly shaped, empty or mismatching inputs, or an unknown
             ``reduction_over_classes``.
-
-    Example:
-
-    .. code-block:: python
-
-        samples = (torch.rand(2, 8, 1, 64, 64) > 0.5)  # 8 samples per image
-        references = (torch.rand(2, 4, 1, 64, 64) > 0.5)  # 4 annotators
-        out = compute_generalized_energy_distance(samples, references)
-        out["ged"].shape  # torch.Size([2])
     """
     reduction_over_classes = look_up_option(reduction_over_classes, _CLASS_REDUCTIONS)
     s, r = check_samples_and_references(samples, references, include_background)
 
-    cross = (1.0 - compute_pairwise_iou(s, r)).mean(dim=(-2, -1))  # (N, C')
-    sample_div = (1.0 - compute_pairwise_iou(s, s)).mean(dim=(-2, -1))
-    reference_div = (1.0 - compute_pairwise_iou(r, r)).mean(dim=(-2, -1))
+    terms = [(1.0 - compute_pairwise_iou(a, b)).mean(dim=(-2, -1)) for a, b in ((s, r), (s, s), (r, r))]  # (N, C')
     if reduction_over_classes == "mean":
-        cross, sample_div, reference_div = cross.mean(1), sample_div.mean(1), reference_div.mean(1)
+        terms = [t.mean(1) for t in terms]
+    cross, sample_div, reference_div = terms
     ged = 2.0 * cross - sample_div - reference_div
-    return {
-        "ged": ged,
-        "ged_sqrt": ged.clamp_min(0.0).sqrt(),
-        "cross": cross,
-        "sample_diversity": sample_div,
-        "reference_diversity": reference_div,
-    }
+    return dict(zip(GED_KEYS, (ged, ged.clamp_min(0.0).sqrt(), cross, sample_div, reference_div)))
 
 
 class GeneralizedEnergyDistanceMetric(PerImageMetric):
     """
-    Cumulative squared generalized energy distance between model samples and reference annotations.
+    Cumulative :func:`compute_generalized_energy_distance` (definition and conventions there).
 
-    See :func:`compute_generalized_energy_distance` for the definition and conventions (1 - IoU distance,
-    both-empty pairs have distance 0, expectations over all ordered pairs including ``i = j``).
-
-    Each call ``metric(y_pred=samples, y=references)`` with ``samples`` of shape ``(N, E, C, H, W[, D])`` and
-    ``references`` of shape ``(N, R, C, H, W[, D])`` (or lists of ``(E, C, H, W[, D])`` / ``(R, C, H, W[, D])``
-    tensors) returns the per-image terms as a dict (see :data:`GED_KEYS`) and buffers them; the ensemble sizes
-    ``E`` and ``R`` may change between iterations. :meth:`aggregate` reduces every term over all buffered images.
+    Each call ``metric(y_pred=samples, y=references)`` with ``samples`` ``(N, E, C, H, W[, D])`` and ``references``
+    ``(N, R, C, H, W[, D])`` (or lists of ``(E, C, ...)`` / ``(R, C, ...)`` tensors) returns the per-image terms as a
+    dict (see :data:`GED_KEYS`) and buffers them; ``E`` and ``R`` may change between iterations. :meth:`aggregate`
+    reduces every term over all buffered images.
 
     Example:
 
@@ -135,16 +110,11 @@ class GeneralizedEnergyDistanceMetric(PerImageMetric):
         metric.reset()
 
     Args:
-        include_background: whether to include class channel 0. Defaults to ``True``.
-        reduction_over_classes: ``"mean"`` (default, per-image values ``(N,)``) or ``"none"`` (per-image,
-            per-class values ``(N, C')``).
-        reduction: MONAI reduction mode applied by :meth:`aggregate` over the buffered per-image values, see
-            :py:class:`monai.utils.enums.MetricReduction`; ``"mean"`` (default) gives the mean over all images,
-            ``"none"`` the per-image values. Note that ``"ged_sqrt"`` is reduced like the other terms, i.e. the
-            default aggregate is the mean over images of the per-image square root.
-
-    References:
-        Kohl et al., NeurIPS 2018; Baumgartner et al. (PHiSeg), MICCAI 2019.
+        include_background: see :func:`compute_generalized_energy_distance`.
+        reduction_over_classes: see :func:`compute_generalized_energy_distance`.
+        reduction: MONAI reduction (:py:class:`monai.utils.enums.MetricReduction`) of the buffered per-image values
+            in :meth:`aggregate`; ``"mean"`` (default) or ``"none"``. ``"ged_sqrt"`` is reduced like the other terms:
+            the default aggregate is the mean over images of the per-image square root.
     """
 
     result_keys = GED_KEYS
@@ -162,16 +132,7 @@ class GeneralizedEnergyDistanceMetric(PerImageMetric):
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """
-        Compute the per-image GED terms.
-
-        Args:
-            y_pred: binary samples, shape ``(N, E, C, H, W[, D])``.
-            y: binary references, shape ``(N, R, C, H, W[, D])``.
-
-        Returns:
-            list of tensors in the order of :data:`GED_KEYS`, each of shape ``(N,)`` (or ``(N, C')``).
-        """
+        """Per-image GED terms of samples ``y_pred`` and references ``y``, in the order of :data:`GED_KEYS`."""
         out = compute_generalized_energy_distance(
             y_pred, y, include_background=self.include_background, reduction_over_classes=self.reduction_over_classes
         )

@@ -37,12 +37,10 @@ def compute_hungarian_matched_iou(
     matching: str = "tile",
 ) -> torch.Tensor:
     """
-    Hungarian-matched IoU between ``E`` samples and ``R`` references, per image.
+    Hungarian-matched IoU between ``E`` samples and ``R`` references, per image (see the module docstring).
 
-    The ``E x R`` IoU matrix is built with :func:`~monai_diffseg.metrics.compute_pairwise_iou` (a pair of masks
-    that are both empty has IoU 1; multi-class inputs use the IoU averaged over the selected class channels),
-    a one-to-one assignment maximising the total IoU is found with :func:`scipy.optimize.linear_sum_assignment`,
-    and the mean IoU of the matched pairs is returned.
+    The ``E x R`` IoU matrix comes from :func:`~monai_diffseg.metrics.compute_pairwise_iou` (both-empty pairs have
+    IoU 1; multi-class inputs average the IoU over the selected class channels).
 
     Unequal ensemble sizes ``E != R`` are handled according to ``matching``:
 
@@ -59,8 +57,7 @@ def compute_hungarian_matched_iou(
     Args:
         samples: binary samples of the model, shape ``(N, E, C, H, W[, D])``.
         references: binary reference annotations, shape ``(N, R, C, H, W[, D])``.
-        include_background: whether to include class channel 0. Defaults to ``True``; ignored (with a warning)
-            when ``C == 1``.
+        include_background: whether to include class channel 0; ignored (with a warning) when ``C == 1``.
         matching: ``"tile"`` (default) or ``"rectangular"``, see above.
 
     Returns:
@@ -86,21 +83,15 @@ def compute_hungarian_matched_iou(
 
 class HungarianMatchedIoUMetric(PerImageMetric):
     """
-    Cumulative Hungarian-matched IoU between model samples and reference annotations.
-
-    See :func:`compute_hungarian_matched_iou` for the definition. Each call
-    ``metric(y_pred=samples, y=references)`` with ``samples`` of shape ``(N, E, C, H, W[, D])`` and ``references``
-    of shape ``(N, R, C, H, W[, D])`` (or lists of ``(E, C, ...)`` / ``(R, C, ...)`` tensors) returns and buffers
-    the per-image values of shape ``(N,)``.
+    Cumulative :func:`compute_hungarian_matched_iou`: each call ``metric(y_pred=samples, y=references)`` (shapes
+    and lists as in :class:`~monai_diffseg.metrics.GeneralizedEnergyDistanceMetric`) returns and buffers the
+    per-image values ``(N,)``.
 
     Args:
-        include_background: whether to include class channel 0. Defaults to ``True``.
+        include_background: see :func:`compute_hungarian_matched_iou`.
         matching: ``"tile"`` (default) or ``"rectangular"``, handling of ``E != R``.
-        reduction: MONAI reduction mode applied by :meth:`aggregate`, see
-            :py:class:`monai.utils.enums.MetricReduction`; ``"mean"`` (default) or ``"none"`` (per-image values).
-
-    References:
-        Kohl et al., arXiv:1905.13077, 2019.
+        reduction: MONAI reduction (:py:class:`monai.utils.enums.MetricReduction`) in :meth:`aggregate`;
+            ``"mean"`` (default) or ``"none"`` (per-image values).
     """
 
     def __init__(
@@ -116,19 +107,5 @@ class HungarianMatchedIoUMetric(PerImageMetric):
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """
-        Compute the per-image HM-IoU.
-
-        Args:
-            y_pred: binary samples, shape ``(N, E, C, H, W[, D])``.
-            y: binary references, shape ``(N, R, C, H, W[, D])``.
-
-        Returns:
-            tensor of shape ``(N,)``.
-
-        Raises:
-            ValueError: when the inputs are invalid.
-        """
-        return compute_hungarian_matched_iou(
-            y_pred, y, include_background=self.include_background, matching=self.matching
-        )
+        """Per-image HM-IoU ``(N,)`` of samples ``y_pred`` and references ``y``."""
+        return compute_hungarian_matched_iou(y_pred, y, self.include_background, self.matching)

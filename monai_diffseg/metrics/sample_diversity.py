@@ -36,26 +36,23 @@ def compute_sample_diversity(
     Mean pairwise distance :math:`\\mathbb{E}[d(S, S')]` between the ``E`` samples of each image.
 
     The expectation is the mean over **all** ``E x E`` ordered pairs, including ``i = j`` (distance 0), as in
-    the generalized energy distance (so ``E = 1`` gives 0, and the value equals the ``"sample_diversity"`` term
+    the generalized energy distance (so ``E = 1`` gives 0, and ``"1-iou"`` equals the ``"sample_diversity"`` term
     of :func:`~monai_diffseg.metrics.compute_generalized_energy_distance`). Multi-class inputs: the distance
     is computed per class channel and averaged over the (selected) classes.
 
     Distances:
 
     - ``"1-iou"``: :math:`d(A, B) = 1 - \\mathrm{IoU}(A, B)` on binary masks (``d = 0`` when both masks are
-      empty, ``d = 1`` when exactly one is empty). Requires values in {0, 1}.
+      empty, ``d = 1`` when exactly one is empty).
     - ``"l2"``: root-mean-square difference :math:`d(A, B) = \\sqrt{\\frac{1}{P}\\sum_p (A_p - B_p)^2}` over the
-      ``P`` spatial elements of a class channel, computed on probabilities (soft masks in [0, 1] are accepted;
-      for binary masks ``d^2`` is the fraction of disagreeing pixels). This is the quantity some diffusion
-      segmentation code (e.g. DiffSeg's) reports as "GED"; it is a sample-diversity term, not the generalized
-      energy distance.
+      ``P`` spatial elements of a class channel, on probabilities in [0, 1] (for binary masks ``d^2`` is the
+      fraction of disagreeing pixels): DiffSeg's "GED", see the module docstring.
 
     Args:
         samples: ensemble of segmentations, shape ``(N, E, C, H, W[, D])``; binary for ``"1-iou"``, values in
             [0, 1] for ``"l2"``.
         distance: ``"1-iou"`` (default) or ``"l2"``.
-        include_background: whether to include class channel 0. Defaults to ``True``; ignored (with a warning)
-            when ``C == 1``.
+        include_background: whether to include class channel 0; ignored (with a warning) when ``C == 1``.
 
     Returns:
         float64 tensor of shape ``(N,)``.
@@ -70,9 +67,8 @@ def compute_sample_diversity(
     if distance == "1-iou":
         return (1.0 - compute_pairwise_iou(s, s)).mean(dim=(1, 2, 3))
     n, e, c = s.shape[:3]
-    flat = s.reshape(n, e, c, -1).transpose(1, 2).to(torch.float64)  # (N, C, E, P)
+    flat = s.reshape(n, e, c, -1).transpose(1, 2).reshape(n * c, e, -1).to(torch.float64)  # (N * C, E, P)
     num_pixels = flat.shape[-1]
-    flat = flat.reshape(n * c, e, num_pixels)
     # direct (non-Gram) Euclidean distances: exact zeros for identical samples
     dist = torch.cdist(flat, flat, p=2.0, compute_mode="donot_use_mm_for_euclid_dist") / math.sqrt(num_pixels)
     return dist.reshape(n, c, e, e).mean(dim=(1, 2, 3))
@@ -80,17 +76,15 @@ def compute_sample_diversity(
 
 class SampleDiversityMetric(PerImageMetric):
     """
-    Cumulative sample diversity :math:`\\mathbb{E}[d(S, S')]` of segmentation ensembles.
-
-    See :func:`compute_sample_diversity` for the definition. Each call ``metric(y_pred=samples)`` with ``samples``
-    of shape ``(N, E, C, H, W[, D])`` (or a list of ``(E, C, H, W[, D])`` tensors) returns and buffers the per-image
-    values of shape ``(N,)``; ``y`` is accepted for compatibility with MONAI handlers/evaluators and ignored.
+    Cumulative :func:`compute_sample_diversity`: each call ``metric(y_pred=samples)`` with ``samples``
+    ``(N, E, C, H, W[, D])`` (or a list of ``(E, C, H, W[, D])`` tensors) returns and buffers the per-image values
+    ``(N,)``; ``y`` is accepted for compatibility with MONAI handlers/evaluators and ignored.
 
     Args:
         distance: ``"1-iou"`` (default, binary masks) or ``"l2"`` (root-mean-square difference, soft masks allowed).
-        include_background: whether to include class channel 0. Defaults to ``True``.
-        reduction: MONAI reduction mode applied by :meth:`aggregate`, see
-            :py:class:`monai.utils.enums.MetricReduction`; ``"mean"`` (default) or ``"none"`` (per-image values).
+        include_background: see :func:`compute_sample_diversity`.
+        reduction: MONAI reduction (:py:class:`monai.utils.enums.MetricReduction`) in :meth:`aggregate`;
+            ``"mean"`` (default) or ``"none"`` (per-image values).
     """
 
     requires_y = False
@@ -109,14 +103,5 @@ class SampleDiversityMetric(PerImageMetric):
     def _compute_tensor(  # type: ignore[override]
         self, y_pred: torch.Tensor, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """
-        Compute the per-image sample diversity.
-
-        Args:
-            y_pred: ensemble of segmentations, shape ``(N, E, C, H, W[, D])``.
-            y: ignored.
-
-        Returns:
-            tensor of shape ``(N,)``.
-        """
-        return compute_sample_diversity(y_pred, distance=self.distance, include_background=self.include_background)
+        """Per-image sample diversity ``(N,)`` of ``y_pred``; ``y`` is ignored."""
+        return compute_sample_diversity(y_pred, self.distance, self.include_background)

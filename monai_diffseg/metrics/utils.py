@@ -1,9 +1,6 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""
-Shared helpers of :mod:`monai_diffseg.metrics`: input checks of ensemble tensors ``(N, K, C, H, W[, D])``, the
-vectorised pairwise IoU, the per-image reduction and the cumulative base class of the per-image metrics.
-"""
+"""Shared helpers of :mod:`monai_diffseg.metrics`: input checks, pairwise IoU, per-image reduction, base class."""
 
 from __future__ import annotations
 
@@ -31,17 +28,14 @@ REFERENCES_LAYOUT = "(N, R, C, H, W[, D])"
 
 def check_ensemble(x: torch.Tensor, name: str, layout: str, values: str = "binary") -> None:
     """
-    Validate one ensemble tensor of layout ``(N, K, C, spatial...)``.
+    Validate one ensemble tensor ``x`` of shape ``(N, K, C, H[, W, D])``.
 
     Args:
-        x: tensor to validate, shape ``(N, K, C, H[, W, D])``.
-        name: argument name used in the error message.
-        layout: human-readable layout used in the error message, e.g. ``"(N, E, C, H, W[, D])"``.
-        values: ``"binary"`` (values must be in {0, 1}) or ``"unit"`` (values must be in [0, 1]).
+        x: tensor to validate; ``name`` and ``layout`` (e.g. ``"(N, E, C, H, W[, D])"``) name it in the errors.
+        values: ``"binary"`` (values in {0, 1}) or ``"unit"`` (values in [0, 1]).
 
     Raises:
-        ValueError: if ``x`` is not a tensor, has fewer than 4 dimensions, an empty ensemble / channel / spatial
-            dimension, contains NaN or infinite values, or values outside the allowed set.
+        ValueError: not a real tensor, fewer than 4 dimensions, an empty dimension, NaN, or values outside the set.
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}.")
@@ -50,13 +44,10 @@ def check_ensemble(x: torch.Tensor, name: str, layout: str, values: str = "binar
             f"{name} must have shape {layout} (at least 4 dimensions: batch, ensemble, channel, spatial), "
             f"got shape {tuple(x.shape)} with {x.ndim} dimensions."
         )
-    if x.shape[1] == 0:
+    if 0 in x.shape[1:]:
         raise ValueError(
-            f"{name} must contain at least one member along dim 1 of {layout}, got shape {tuple(x.shape)}."
-        )
-    if any(s == 0 for s in x.shape[2:]):
-        raise ValueError(
-            f"{name} must have non-empty channel and spatial dimensions in {layout}, got shape {tuple(x.shape)}."
+            f"{name} must contain at least one member along dim 1 of {layout} and non-empty channel and spatial "
+            f"dimensions, got shape {tuple(x.shape)}."
         )
     if x.is_complex():
         raise ValueError(f"{name} must be a real-valued (bool, integer or floating point) tensor, got dtype {x.dtype}.")
@@ -67,34 +58,22 @@ def check_ensemble(x: torch.Tensor, name: str, layout: str, values: str = "binar
             f"{name} (shape {tuple(x.shape)}) contains NaN values ({int(torch.isnan(x).sum())} elements); "
             "remove or replace them before computing the metric."
         )
-    if values == "binary":
-        bad = (x != 0) & (x != 1)
-        if bool(bad.any()):
-            raise ValueError(
-                f"{name} (shape {tuple(x.shape)}, dtype {x.dtype}) must be binary with values in {{0, 1}}, "
-                f"got {int(bad.sum())} elements outside {{0, 1}} (min {x.min().item()}, max {x.max().item()}); "
-                "threshold soft predictions first, e.g. with monai.transforms.AsDiscrete(threshold=0.5)."
-            )
-    else:
-        bad = ~((x >= 0) & (x <= 1))
-        if bool(bad.any()):
-            raise ValueError(
-                f"{name} (shape {tuple(x.shape)}, dtype {x.dtype}) must have values in [0, 1] (probabilities), "
-                f"got {int(bad.sum())} elements outside [0, 1] (min {x.min().item()}, max {x.max().item()})."
-            )
+    binary = values == "binary"
+    allowed, kind = ("{0, 1}", "binary") if binary else ("[0, 1]", "probabilities")
+    bad = (x != 0) & (x != 1) if binary else ~((x >= 0) & (x <= 1))
+    if bool(bad.any()):
+        hint = (
+            "; threshold soft predictions first, e.g. with monai.transforms.AsDiscrete(threshold=0.5)" if binary else ""
+        )
+        raise ValueError(
+            f"{name} (shape {tuple(x.shape)}, dtype {x.dtype}) must be {kind} with values in {allowed}, got "
+            f"{int(bad.sum())} elements outside {allowed} (min {x.min().item()}, max {x.max().item()}){hint}."
+        )
 
 
 def select_classes(x: torch.Tensor, include_background: bool) -> torch.Tensor:
-    """
-    Drop the background channel (index 0 of dim 2) when requested.
-
-    Args:
-        x: ensemble tensor, shape ``(N, K, C, H, W[, D])``.
-        include_background: whether to keep channel 0.
-
-    Returns:
-        ``x`` or ``x[:, :, 1:]``, shape ``(N, K, C', H, W[, D])``.
-    """
+    """``x`` ``(N, K, C, H, W[, D])``, or ``x[:, :, 1:]`` without the background channel unless
+    ``include_background`` (ignored, with a warning, when ``C == 1``)."""
     if include_background:
         return x
     if x.shape[2] == 1:
@@ -107,16 +86,8 @@ def check_samples_and_references(
     samples: torch.Tensor, references: torch.Tensor, include_background: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Validate binary ``samples`` and ``references`` (see :func:`check_ensemble`) and that they match, then select
-    the classes.
-
-    Args:
-        samples: binary samples, shape ``(N, E, C, H, W[, D])``.
-        references: binary references, shape ``(N, R, C, H, W[, D])``.
-        include_background: whether to keep class channel 0 (see :func:`select_classes`).
-
-    Returns:
-        ``(samples, references)`` with the selected classes, shapes ``(N, E, C', ...)`` and ``(N, R, C', ...)``.
+    Validate binary ``samples`` ``(N, E, C, H, W[, D])`` and ``references`` ``(N, R, C, H, W[, D])`` (see
+    :func:`check_ensemble`), check that they match and return both after :func:`select_classes`.
 
     Raises:
         ValueError: invalid tensors, or tensors that differ in batch size, channels, spatial shape or device.
@@ -150,32 +121,22 @@ def compute_pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         b: binary masks, shape ``(N, B, C, H, W[, D])``, same ``N``, ``C`` and spatial shape as ``a``.
 
     Returns:
-        float64 tensor of shape ``(N, C, A, B)`` with ``IoU(a[n, i, c], b[n, j, c])`` at ``[n, c, i, j]``.
-
-    Note:
-        No validation is performed here; the public ``compute_*`` functions validate their inputs.
+        float64 tensor of shape ``(N, C, A, B)`` with ``IoU(a[n, i, c], b[n, j, c])`` at ``[n, c, i, j]``. The inputs
+        are not validated (the ``compute_*`` functions do that).
     """
     n, na, c = a.shape[:3]
-    nb = b.shape[1]
     fa = a.reshape(n, na, c, -1).transpose(1, 2).to(torch.float64)  # (N, C, A, P)
-    fb = b.reshape(n, nb, c, -1).transpose(1, 2).to(torch.float64)  # (N, C, B, P)
+    fb = b.reshape(n, b.shape[1], c, -1).transpose(1, 2).to(torch.float64)  # (N, C, B, P)
     inter = torch.matmul(fa, fb.transpose(-1, -2))  # (N, C, A, B)
-    union = fa.sum(-1).unsqueeze(-1) + fb.sum(-1).unsqueeze(-2) - inter
-    empty = union == 0
-    return torch.where(empty, torch.ones_like(inter), inter / torch.where(empty, torch.ones_like(union), union))
+    union = fa.sum(-1).unsqueeze(-1) + fb.sum(-1).unsqueeze(-2) - inter  # integer counts: clamp_min(1) is exact
+    return torch.where(union == 0, 1.0, inter / union.clamp_min(1.0))
 
 
 def reduce_per_image(f: torch.Tensor, reduction: MetricReduction | str) -> torch.Tensor:
     """
-    Apply a MONAI :class:`~monai.utils.enums.MetricReduction` to per-image values.
-
-    Args:
-        f: per-image values, shape ``(N,)`` or ``(N, C)``.
-        reduction: reduction mode; ``"none"`` returns ``f`` unchanged.
-
-    Returns:
-        reduced tensor (``"mean"``/``"sum"``: 0-dim; ``"*_batch"``: ``(C,)``, or 0-dim for 1-D ``f``;
-        ``"*_channel"``: ``(N,)``).
+    Apply a MONAI :class:`~monai.utils.enums.MetricReduction` (``"none"``: unchanged) to per-image values ``f``
+    ``(N,)`` or ``(N, C)``; ``"mean"``/``"sum"`` give 0-dim, ``"*_batch"`` ``(C,)`` (0-dim for 1-D ``f``),
+    ``"*_channel"`` ``(N,)``.
     """
     reduction = look_up_option(reduction, MetricReduction)
     if reduction == MetricReduction.NONE:
@@ -214,14 +175,9 @@ class PerImageMetric(CumulativeIterationMetric):
         self, y_pred: torch.Tensor | list[torch.Tensor], y: torch.Tensor | list[torch.Tensor] | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """
-        Compute and buffer the per-image values of one iteration.
-
-        Args:
-            y_pred: samples, shape ``(N, E, C, H, W[, D])``, or a list of ``(E, C, H, W[, D])`` tensors.
-            y: references, shape ``(N, R, C, H, W[, D])``, or a list of ``(R, C, H, W[, D])`` tensors.
-
-        Returns:
-            per-image values ``(N,)``, or a dict of them keyed by ``result_keys``.
+        Compute and buffer the per-image values ``(N,)`` (a dict keyed by ``result_keys`` when set) of samples
+        ``y_pred`` ``(N, E, C, H, W[, D])`` and references ``y`` ``(N, R, C, H, W[, D])`` (or lists of ``(E, C, ...)``
+        / ``(R, C, ...)`` tensors).
 
         Raises:
             ValueError: when ``y`` is required and missing, or the inputs are invalid.
@@ -235,14 +191,8 @@ class PerImageMetric(CumulativeIterationMetric):
         self, reduction: MetricReduction | str | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """
-        Reduce the buffered per-image values.
-
-        Args:
-            reduction: overrides the ``reduction`` given at construction.
-
-        Returns:
-            scalar for ``"mean"``/``"sum"``, per-image tensor ``(N_total,)`` for ``"none"``; a dict of them keyed
-            by ``result_keys`` when set.
+        Reduce the buffered per-image values with ``reduction`` (default: the one given at construction): a scalar
+        for ``"mean"``/``"sum"``, ``(N_total,)`` for ``"none"``; a dict keyed by ``result_keys`` when set.
 
         Raises:
             ValueError: when nothing has been buffered yet.

@@ -16,15 +16,15 @@ from monai.networks.layers import separable_filtering
 from monai.networks.layers.convutils import gaussian_1d
 from monai.utils import look_up_option
 
-__all__ = ["atomic_write", "describe_error"]
+__all__ = ["atomic_write", "describe_error", "look_up_named_option"]
 
 
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """
-    Open a temporary file beside ``path`` for writing and move it onto ``path`` with ``os.replace`` on success,
-    so readers never see a partial file; on any error the temporary file is removed and ``path`` is untouched.
-    Missing parent folders are created.
+    Open a temporary file beside ``path`` (parent folders are created) and move it onto ``path`` with ``os.replace``
+    on success, so readers never see a partial file; on any error the temporary file is removed and ``path`` is
+    untouched.
 
     Args:
         path: destination file.
@@ -54,11 +54,9 @@ def describe_error(err: BaseException) -> str:
     return f"{type(best).__name__}: {best}"
 
 
-# --- input checks at the API boundary (networks, inferers) ------------------------------------------------------------
-# Cheap on the fast path (one reduction and one host sync per tensor); the failing items are located only when a check
-# fails. Data-dependent checks are skipped while tracing, compiling or exporting (torch.jit.trace, torch.compile,
-# torch.export), where a Python branch on tensor values would be frozen into the graph or break it.
-
+# --- input checks at the API boundary (networks, inferers): one reduction and one host sync per tensor on the fast
+# path; data-dependent checks are skipped while tracing, compiling or exporting (a branch on values would be frozen
+# into the graph or break it) ------------------------------------------------------------------------------------------
 
 __all__ += ["batch_item_names", "check_finite", "check_floating", "check_timesteps", "data_checks_enabled"]
 
@@ -79,12 +77,8 @@ def _listed(values: Any) -> str:
 
 
 def batch_item_names(x: Any) -> list[str] | None:
-    """
-    The source file of every batch item of a collated ``MetaTensor`` (``meta["filename_or_obj"]``), or ``None``.
-
-    Args:
-        x: a batch ``(N, ...)``; names come back only for a batched ``MetaTensor`` holding ``N`` names.
-    """
+    """The source file of every item of a batch ``x`` ``(N, ...)`` (``meta["filename_or_obj"]``), or ``None`` unless
+    ``x`` is a collated ``MetaTensor`` holding ``N`` names."""
     meta = getattr(x, "meta", None)
     names = meta.get("filename_or_obj") if isinstance(meta, dict) else None
     if isinstance(names, (list, tuple)) and len(names) == int(x.shape[0]):
@@ -101,20 +95,15 @@ def check_finite(
 ) -> None:
     """
     Raise a ``ValueError`` naming ``name`` and the batch items (dim 0) of ``x`` that hold NaN or infinite values.
-
-    One ``torch.isfinite(x).all()`` on the fast path; integer and bool tensors are always finite. Skipped while
-    tracing/compiling/exporting (:func:`data_checks_enabled`).
+    Integer and bool tensors are always finite; skipped while tracing (:func:`data_checks_enabled`).
 
     Args:
         x: ``(B, ...)`` tensor.
         name: the argument name, e.g. ``"image"``.
         owner: prefix of the message, e.g. ``"MedSegDiff.forward"``.
-        item_names: a label per batch item (e.g. file names from :func:`batch_item_names`), or a callable mapping an
-            index to its label; shown beside the indices.
+        item_names: a label per batch item (e.g. from :func:`batch_item_names`), or a callable mapping an index to
+            its label; shown beside the indices.
         hint: the likely cause and fix; a generic one when empty.
-
-    Raises:
-        ValueError: ``x`` holds NaN/Inf.
     """
     if not (torch.is_floating_point(x) or torch.is_complex(x)) or x.numel() == 0 or not data_checks_enabled():
         return
@@ -142,9 +131,9 @@ def check_floating(
     x: torch.Tensor, name: str, owner: str = "", dtype: torch.dtype | None = None, value_hint: str = ""
 ) -> torch.Tensor:
     """
-    The dtype rule of the networks and inferers: floating inputs are cast to ``dtype`` (e.g. float64 -> the network's
-    float32), integer/bool inputs raise, because an integer image (uint8 0-255) fed to a model trained on scaled
-    intensities (0-1) is a silent error; scaling is the preprocessing's job.
+    Return floating ``x`` cast to ``dtype`` (when given); raise a ``TypeError`` for an integer, bool or complex ``x``:
+    an integer image (uint8 0-255) fed to a model trained on scaled intensities is a silent error, and scaling is
+    the preprocessing's job.
 
     Args:
         x: input tensor.
@@ -152,12 +141,6 @@ def check_floating(
         owner: prefix of the message, e.g. ``"MedSegDiff.encode_condition"``.
         dtype: floating dtype to cast floating inputs to; ``None`` keeps them.
         value_hint: what intensities the model expects (default: ``"intensities scaled as in training, e.g. [0, 1]"``).
-
-    Returns:
-        ``x``, cast to ``dtype`` when given and different.
-
-    Raises:
-        TypeError: ``x`` is an integer, bool or complex tensor.
     """
     if torch.is_floating_point(x):
         return x if dtype is None or x.dtype == dtype else x.to(dtype)
@@ -179,22 +162,17 @@ def check_timesteps(
     owner: str = "",
 ) -> None:
     """
-    Check diffusion steps: a scalar or ``(B,)`` (or ``(1,)``) tensor of finite values in ``[0, T - 1]``.
-
-    Without ``num_train_timesteps`` only the lower bound is checked (a network does not know ``T``; the upper bound
-    is checked where ``T`` is known: the scheduler side, the prepare-batch, the inferers). The shape check always
-    runs; the value check is skipped while tracing/compiling/exporting (:func:`data_checks_enabled`).
+    Check diffusion steps: a scalar or ``(B,)`` (or ``(1,)``) tensor of finite values in ``[0, T - 1]``; a
+    ``TypeError`` for a non-tensor, a ``ValueError`` otherwise. The shape check always runs, the value check not
+    while tracing (:func:`data_checks_enabled`).
 
     Args:
         timesteps: ``()`` or ``(B,)``.
         batch_size: ``B``, the batch of the tensor the steps belong to (``None``: any length).
-        num_train_timesteps: ``T``; ``None`` checks ``>= 0`` only.
+        num_train_timesteps: ``T``; ``None`` checks ``>= 0`` only (a network does not know ``T``: the upper bound is
+            checked where it is known, by the schedulers, the prepare-batch and the inferers).
         name: the argument name.
         owner: prefix of the message.
-
-    Raises:
-        TypeError: ``timesteps`` is not a tensor.
-        ValueError: wrong shape, or a step that is negative, non-finite or ``> T - 1``.
     """
     prefix = f"{owner}: " if owner else ""
     if not isinstance(timesteps, torch.Tensor):
@@ -232,17 +210,12 @@ def check_timesteps(
 
 # --- helpers shared by the engines, inferers, networks and transforms ------------------------------------------------
 
-
 __all__ += ["unwrap_network", "image_to_diffusion", "diffusion_to_image", "gaussian_blur"]
 
 
 def unwrap_network(network: Any) -> Any:
-    """
-    The module inside a ``torch.nn.DataParallel`` / ``DistributedDataParallel`` wrapper, to reach its attributes
-    (``encode_condition``, ``out_channels``, ``anchor_head`` ...) and its state dict; anything else (a plain module, a
-    plain callable) comes back unchanged. Only these two wrapper types are unwrapped: a network's own attribute that
-    happens to be called ``module`` is left alone.
-    """
+    """The module inside a ``torch.nn.DataParallel`` / ``DistributedDataParallel`` wrapper (to reach its attributes
+    and state dict); anything else, including a network with its own ``module`` attribute, comes back unchanged."""
     if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         return network.module
     return network
@@ -250,15 +223,9 @@ def unwrap_network(network: Any) -> Any:
 
 def image_to_diffusion(x: torch.Tensor, value_range: Sequence[float] = (0.0, 1.0)) -> torch.Tensor:
     """
-    Map intensities (an image, or a ``{0, 1}`` mask with the default range) from ``value_range`` to the diffusion
-    sample space ``[-1, 1]``: ``(x - low) / (high - low) * 2 - 1``, as float.
-
-    Args:
-        x: ``(N, C, *S)`` image or mask.
-        value_range: ``(low, high)`` mapped to ``-1`` and ``1``.
-
-    Raises:
-        ValueError: ``high <= low``.
+    Map intensities ``(N, C, *S)`` (an image, or a ``{0, 1}`` mask with the default range) from ``value_range`` to
+    the diffusion sample space ``[-1, 1]``: ``(x - low) / (high - low) * 2 - 1``, as float. Raises a ``ValueError``
+    unless ``high > low``.
     """
     low, high = float(value_range[0]), float(value_range[1])
     if not high > low:
@@ -274,17 +241,10 @@ def diffusion_to_image(x: torch.Tensor, value_range: Sequence[float] = (0.0, 1.0
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """
-    Separable Gaussian blur of every channel: MONAI's :func:`~monai.networks.layers.separable_filtering` with a
-    sampled, sum-normalised kernel truncated at ``3 sigma`` (:func:`~monai.networks.layers.convutils.gaussian_1d`)
-    and reflect padding (replicate when a side is not longer than the kernel radius). Unlike MONAI's
-    ``GaussianFilter`` (zero padding), borders are not darkened.
-
-    Args:
-        x: ``(B, C, *S)`` float tensor.
-        sigma: standard deviation in pixels (> 0).
-
-    Returns:
-        ``(B, C, *S)``.
+    Separable Gaussian blur ``(B, C, *S) -> (B, C, *S)`` of every channel with standard deviation ``sigma`` (pixels,
+    > 0): MONAI's :func:`~monai.networks.layers.separable_filtering` with a sampled, sum-normalised kernel truncated
+    at ``3 sigma`` (:func:`~monai.networks.layers.convutils.gaussian_1d`) and reflect padding (replicate when a side
+    is not longer than the kernel radius). Unlike MONAI's ``GaussianFilter`` (zero padding), borders are not darkened.
     """
     kernel = gaussian_1d(sigma, truncated=3.0, approx="sampled", normalize=True)
     mode = "reflect" if min(x.shape[2:]) > (kernel.numel() - 1) // 2 else "replicate"
@@ -292,21 +252,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def look_up_named_option(name: str, value: Any, supported: Any) -> Any:
-    """
-    :py:func:`monai.utils.look_up_option` with the argument name in the error message.
-
-    Args:
-        name: the argument name.
-        value: the option given.
-        supported: the supported options (collection, dict or Enum).
-
-    Raises:
-        ValueError: ``value`` is not supported; the message starts with ``name``.
-    """
+    """:py:func:`monai.utils.look_up_option` (``value`` among ``supported``) whose ``ValueError`` starts with the
+    argument's ``name``."""
     try:
         return look_up_option(value, supported)
     except ValueError as err:
         raise ValueError(f"{name}={value!r} is not supported. {err}") from err
-
-
-__all__ += ["look_up_named_option"]

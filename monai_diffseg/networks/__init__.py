@@ -6,11 +6,4 @@ from __future__ import annotations
 from .blocks import AnchorHead, ConditionEncoder, ConditionFusion, FFParser
 from .nets import MEDSEGDIFF_CONFIGS, MedSegDiff
 
-__all__ = [
-    "AnchorHead",
-    "ConditionEncoder",
-    "ConditionFusion",
-    "FFParser",
-    "MedSegDiff",
-    "MEDSEGDIFF_CONFIGS",
-]
+__all__ = ["AnchorHead", "ConditionEncoder", "ConditionFusion", "FFParser", "MedSegDiff", "MEDSEGDIFF_CONFIGS"]

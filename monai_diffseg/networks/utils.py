@@ -31,20 +31,15 @@ _SHOW = 5
 
 def read_checkpoint(path: PathLike, map_location: Any = "cpu", trusted: bool = False) -> Any:
     """
-    ``torch.load`` a checkpoint file with ``weights_only=True``, turning failures into clear errors.
-
-    A file that stores Python objects other than tensors and containers (a pickled ``argparse.Namespace``, a whole
-    network ...) is refused by default: full unpickling (``weights_only=False``) can run arbitrary code hidden in the
-    file. Pass ``trusted=True`` only for a file from a source you trust; a warning is issued before it is unpickled.
+    ``torch.load`` a checkpoint file with ``weights_only=True``, turning failures into clear errors. A file that
+    stores Python objects other than tensors and containers (a pickled ``argparse.Namespace``, a whole network ...)
+    is refused: full unpickling can run arbitrary code hidden in the file.
 
     Args:
         path: checkpoint file.
         map_location: passed to ``torch.load``.
-        trusted: when the safe (``weights_only=True``) load fails with an unpickling error, warn and retry with
-            ``weights_only=False``. Default ``False``: raise instead.
-
-    Returns:
-        the loaded object.
+        trusted: for a file from a source you trust: when the safe load fails with an unpickling error, warn and
+            retry with ``weights_only=False``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -83,17 +78,10 @@ def _corrupt_message(path: str, err: Exception) -> str:
     return f"checkpoint '{path}' is not a readable PyTorch checkpoint (corrupt or truncated file?): {first}"
 
 
-def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
 def extract_state_dict(checkpoint: Any, key: str | None = "model", source: str = "<checkpoint>") -> Mapping[str, Any]:
     """
-    The network state dict inside a loaded checkpoint.
-
-    Accepts a raw state dict (what ``torch.save(net.state_dict())`` and MONAI ``CheckpointSaver`` with a one-entry
-    ``save_dict`` write) or a dict holding it under ``key`` (``CheckpointSaver`` with several entries, e.g.
-    ``{"model": ..., "optimizer": ...}``).
+    The network state dict inside a loaded checkpoint: a raw state dict (``torch.save(net.state_dict())``, MONAI
+    ``CheckpointSaver`` with a one-entry ``save_dict``) or a dict holding it under ``key`` (several entries).
 
     Args:
         checkpoint: the loaded checkpoint.
@@ -110,7 +98,7 @@ def extract_state_dict(checkpoint: Any, key: str | None = "model", source: str =
         )
     if key is not None and key in checkpoint and isinstance(checkpoint[key], Mapping):
         return checkpoint[key]
-    if _is_state_dict(checkpoint):
+    if len(checkpoint) > 0 and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):  # a raw state dict
         return checkpoint
     keys = list(checkpoint.keys())
     shown = ", ".join(repr(k) for k in keys[:10]) + (" ..." if len(keys) > 10 else "")
@@ -140,17 +128,10 @@ def state_dict_mismatch_message(
     network: nn.Module, state_dict: Mapping[str, Any], source: str, strict: bool = True
 ) -> str | None:
     """
-    Compare a state dict's keys and shapes with a network's; ``None`` when they are compatible.
-
-    Args:
-        network: the target network (compared through ``network.state_dict()``).
-        state_dict: the checkpoint's state dict.
-        source: the checkpoint's name (path) for the message.
-        strict: also report missing and unexpected keys (as ``load_state_dict(strict=True)`` would refuse them);
-            shape mismatches are always reported because ``load_state_dict`` refuses them either way.
-
-    Returns:
-        the error message, or ``None``.
+    The message listing the missing/unexpected keys and shape mismatches of ``state_dict`` (a checkpoint's, named
+    ``source``) against ``network.state_dict()``, or ``None`` when they are compatible. ``strict=False`` reports
+    shape mismatches only (``load_state_dict`` refuses those either way). Keys a module lists in its
+    ``optional_state_keys`` (it fills them in itself) may be missing.
     """
     own = network.state_dict()
     missing = [k for k in own if k not in state_dict and not _optional_key(network, k)] if strict else []
@@ -184,15 +165,7 @@ def state_dict_mismatch_message(
 
 
 def check_state_dict(network: nn.Module, state_dict: Mapping[str, Any], source: str, strict: bool = True) -> None:
-    """
-    Raise one clear ``ValueError`` unless ``state_dict`` fits ``network`` (see :func:`state_dict_mismatch_message`).
-
-    Args:
-        network: the target network.
-        state_dict: the checkpoint's state dict.
-        source: the checkpoint's name (path) for the message.
-        strict: also require the same key set.
-    """
+    """Raise one clear ``ValueError`` unless ``state_dict`` fits ``network`` (:func:`state_dict_mismatch_message`)."""
     msg = state_dict_mismatch_message(network, state_dict, source, strict=strict)
     if msg is not None:
         raise ValueError(msg)
@@ -207,19 +180,10 @@ def load_network_weights(
     trusted: bool = False,
 ) -> nn.Module:
     """
-    Load a checkpoint's weights into ``network``, checking keys and shapes first.
-
-    Usage::
-
-        net = MedSegDiff(**MEDSEGDIFF_CONFIGS["small"])
-        load_network_weights(net, "runs/model_final.pt")
-
-    The file is read with ``torch.load(weights_only=True)``; a file that needs full unpickling is refused unless
-    ``trusted=True`` (see :func:`read_checkpoint`). The state dict may be stored raw or under
-    ``key`` (MONAI ``CheckpointSaver`` writes both forms); a ``module.`` prefix left by ``DataParallel`` /
-    ``DistributedDataParallel`` is stripped. Before ``load_state_dict`` the keys and shapes are compared with the
-    network's, and any mismatch raises one ``ValueError`` listing missing keys, unexpected keys and shape
-    mismatches.
+    Load a checkpoint's weights into ``network`` (``load_network_weights(net, "runs/model_final.pt")``): read with
+    :func:`read_checkpoint`, the state dict found by :func:`extract_state_dict`, a ``module.`` prefix left by
+    ``DataParallel`` / ``DDP`` stripped, keys and shapes checked by :func:`check_state_dict` before
+    ``load_state_dict``.
 
     Args:
         network: the network to load into (a ``DataParallel``/``DDP`` wrapper is unwrapped).
@@ -227,8 +191,7 @@ def load_network_weights(
         map_location: ``torch.load``'s ``map_location``.
         key: entry of the checkpoint dict holding the state dict; ``None`` for a raw state dict only.
         strict: require exactly the network's keys (shapes must match in any case).
-        trusted: allow ``torch.load(weights_only=False)``, with a warning, for a file that stores Python objects
-            other than tensors. Only for files from a trusted source: unpickling can run arbitrary code.
+        trusted: see :func:`read_checkpoint`.
 
     Returns:
         ``network``, with the weights loaded.

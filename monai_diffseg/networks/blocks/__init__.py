@@ -8,10 +8,4 @@ from .condition_fusion import ConditionFusion
 from .ff_parser import FFParser
 from .torch_crf import TorchDenseCRF
 
-__all__ = [
-    "AnchorHead",
-    "ConditionEncoder",
-    "ConditionFusion",
-    "FFParser",
-    "TorchDenseCRF",
-]
+__all__ = ["AnchorHead", "ConditionEncoder", "ConditionFusion", "FFParser", "TorchDenseCRF"]

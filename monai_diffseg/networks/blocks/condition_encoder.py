@@ -19,10 +19,9 @@ class ConditionEncoder(nn.Module):
     """
     U-Net over the image that returns its decoder features at every scale, finest first.
 
-    It depends on the image only, so a diffusion sampler runs it once per image and reuses the features for every
-    denoising step and every ensemble member; this is where the model's capacity should live (MedSegDiff's
-    condition branch). Built from MONAI's ``BasicUNet`` blocks (``TwoConv``, ``Down``, ``UpCat``). Returning
-    decoder (not encoder) features gives the denoiser semantic context at every scale, including the finest.
+    MedSegDiff's condition branch, built from MONAI's ``BasicUNet`` blocks (``TwoConv``, ``Down``, ``UpCat``): it
+    depends on the image only, so a sampler runs it once per image. Its decoder (not encoder) features give the
+    denoiser semantic context at every scale, including the finest.
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -31,8 +30,7 @@ class ConditionEncoder(nn.Module):
         act: activation, MONAI ``Act`` spec.
         norm: normalisation, MONAI ``Norm`` spec.
         dropout: dropout ratio inside the conv blocks.
-        stem_stride: stride of the first convolution (1 or 2). With 2, every level works at half the resolution,
-            which divides the cost by ``2 ** spatial_dims``; level 0 then has shape ``S / 2``.
+        stem_stride: stride of the first convolution (1 or 2); 2 halves every level's resolution.
 
     Shapes:
         input ``(N, in_channels, *S)`` with every ``S`` divisible by ``stem_stride * 2 ** (len(channels) - 1)``;
@@ -57,24 +55,14 @@ class ConditionEncoder(nn.Module):
         self.stem_stride = stem_stride
         stem: list[nn.Module] = []
         if stem_stride > 1:
-            stem.append(
-                Convolution(spatial_dims, in_channels, channels[0], strides=stem_stride, act=act, norm=norm, padding=1)
-            )
+            stem.append(Convolution(spatial_dims, in_channels, channels[0], strides=stem_stride, act=act, norm=norm))
         stem_in = channels[0] if stem_stride > 1 else in_channels
-        stem.append(TwoConv(spatial_dims, stem_in, channels[0], act, norm, True, dropout))
-        self.stem = nn.Sequential(*stem)
-        self.downs = nn.ModuleList(
-            [
-                Down(spatial_dims, channels[i - 1], channels[i], act, norm, True, dropout)
-                for i in range(1, len(channels))
-            ]
-        )
+        self.stem = nn.Sequential(*stem, TwoConv(spatial_dims, stem_in, channels[0], act, norm, True, dropout))
+        pairs = list(zip(channels[:-1], channels[1:]))  # (level i, level i + 1) widths
+        self.downs = nn.ModuleList([Down(spatial_dims, a, b, act, norm, True, dropout) for a, b in pairs])
         # UpCat(in, cat, out): upsample level i+1 (width channels[i+1]) and merge with the encoder skip at level i
         self.ups = nn.ModuleList(
-            [
-                UpCat(spatial_dims, channels[i + 1], channels[i], channels[i], act, norm, True, dropout, halves=True)
-                for i in range(len(channels) - 1)
-            ]
+            [UpCat(spatial_dims, b, a, a, act, norm, True, dropout, halves=True) for a, b in pairs]
         )
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -20,27 +20,16 @@ class FFParser(nn.Module):
     """
     Frequency-domain feature parser: ``irfftn(rfftn(h) * W)`` with a learnable complex, per-channel weight ``W``.
 
-    MedSegDiff applies it to the noisy-mask features to damp the high-frequency components that the diffusion
-    noise injects before they are fused with the image condition. Two things differ from the public reference
-    code, on purpose:
-
-    - the weight starts at ``1 + 0j`` so the block is the identity at initialisation (the reference starts near zero,
-      which wipes the features out at the start of training);
-    - the weight lives on a fixed, frequency-centred grid (``weight_size``) and is resampled (linearly, per
-      dimension) to the spectrum of whatever input arrives, so one trained model takes any input size (the
-      reference ties it to 256 px). A weight entry always refers to the same frequency in cycles per sample,
-      whatever the input size: grid entry ``j`` of a full dimension is frequency ``(j - n // 2) / n`` and entry
-      ``j`` of the last (half-spectrum) dimension ``j / n``; the input's frequency ``f`` reads the grid at
-      ``f * n + n // 2`` (``f * n`` for the last dimension), clamped to the grid.
-
-    The block is a circular convolution at every size (it commutes with circular shifts), so it cannot draw a
-    pattern locked to a grid of positions. Checkpoints saved before the exact frequency mapping (no
-    ``grid_version`` entry in the state dict) keep the mapping they were trained with, interpolating the centred
-    grid end to end (``align_corners=True``), which misplaced the zero frequency by up to half a grid cell at
-    sizes other than ``weight_size``.
-
-    The transform runs in float32 even under autocast: ``torch.fft`` on half precision only accepts power-of-two
-    sizes on CUDA.
+    MedSegDiff applies it to the noisy-mask features to damp the high-frequency noise before fusion with the image
+    condition. Unlike the public reference code, the weight starts at ``1 + 0j`` (identity at initialisation; the
+    reference starts near zero) and lives on a fixed, frequency-centred grid (``weight_size``) resampled linearly to
+    any input's spectrum (the reference is tied to 256 px). A grid entry is one frequency in cycles per sample at
+    every input size: entry ``j`` of a full dimension is ``(j - n // 2) / n``, of the last (half-spectrum) dimension
+    ``j / n``; frequency ``f`` reads the grid at ``f * n + n // 2`` (``f * n`` in the last dimension), clamped.
+    The block is a circular convolution, so it cannot draw a pattern locked to positions. Checkpoints without a
+    ``grid_version`` entry keep their old mapping (the centred grid interpolated end to end, ``align_corners=True``,
+    which misplaced the zero frequency by up to half a cell). The FFT runs in float32 even under autocast
+    (half-precision ``torch.fft`` on CUDA needs power-of-two sizes).
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -64,8 +53,7 @@ class FFParser(nn.Module):
         self.weight_imag = nn.Parameter(torch.zeros(channels, *grid))
         self._mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
         self.weight_size = tuple(int(n) for n in size)
-        # how the grid maps to an input's frequencies: 1 exact (see the class docstring), 0 the mapping of the
-        # checkpoints saved before this entry existed; a tensor so that it travels with the weights
+        # grid-to-frequency mapping, 1 exact, 0 that of checkpoints saved before this entry; travels with the weights
         self.register_buffer("grid_version", torch.tensor(self.GRID_VERSION, dtype=torch.int64))
         self._legacy_grid = False  # Python mirror of grid_version == 0, so forward has no data-dependent branch
 
@@ -74,16 +62,9 @@ class FFParser(nn.Module):
     #: state-dict entries this module fills in itself when a checkpoint lacks them (checked loaders skip them)
     optional_state_keys = ("grid_version",)
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Load as usual (``args``: torch's ``local_metadata, strict, missing_keys, unexpected_keys, error_msgs``);
+        a checkpoint without ``grid_version`` keeps the old grid mapping."""
         key = prefix + "grid_version"
         if key not in state_dict and prefix + "weight_real" in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.int64)  # saved before the exact mapping: keep the old one
@@ -93,21 +74,18 @@ class FFParser(nn.Module):
                 stacklevel=2,
             )
         elif key in state_dict and int(state_dict[key]) not in (0, self.GRID_VERSION):
-            error_msgs.append(
+            args[-1].append(
                 f"FFParser: state-dict entry '{key}' = {int(state_dict[key])} is not a known grid version "
                 f"(0 or {self.GRID_VERSION}): was it saved by a newer monai-diffseg?"
             )
             return
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        super()._load_from_state_dict(state_dict, prefix, *args)
         self._legacy_grid = int(self.grid_version) == 0
 
     def _grid_coords(self, freq_shape: Sequence[int], spatial: Sequence[int]) -> list[torch.Tensor]:
         """Per dimension, where each frequency of an input of size ``spatial`` reads the weight grid."""
-        coords = []
+        coords, device = [], self.weight_real.device
         for d, (n_freq, n_in, n_grid) in enumerate(zip(freq_shape, spatial, self.weight_size)):
-            device = self.weight_real.device
             if d < self.spatial_dims - 1:  # full spectrum: fftfreq order, centred grid
                 pos = torch.fft.fftfreq(int(n_in), device=device, dtype=torch.float64) * n_grid + n_grid // 2
                 top = n_grid - 1

@@ -6,10 +6,4 @@ from __future__ import annotations
 from .diffseg import DIFFSEG_CONFIGS, DiffSegDenoiser, DiffSegPair
 from .medsegdiff import MEDSEGDIFF_CONFIGS, MedSegDiff
 
-__all__ = [
-    "DIFFSEG_CONFIGS",
-    "DiffSegDenoiser",
-    "DiffSegPair",
-    "MedSegDiff",
-    "MEDSEGDIFF_CONFIGS",
-]
+__all__ = ["DIFFSEG_CONFIGS", "DiffSegDenoiser", "DiffSegPair", "MedSegDiff", "MEDSEGDIFF_CONFIGS"]

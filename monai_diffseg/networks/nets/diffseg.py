@@ -29,15 +29,11 @@ class DiffSegDenoiser(nn.Module):
     Based on Diffusion Difference", 2024, arXiv:2404.16474): ``x0_hat = network(x_t, t)``, the clean image predicted
     from the noised image (x0-prediction, as in the paper's models), 2D or 3D, any number of image channels.
 
-    The core is MONAI's :class:`~monai.networks.nets.DiffusionModelUNet`. Its resnet blocks run at the input
-    resolution with GroupNorm, which is slow on a CPU; with ``stem_stride=2`` (default) a strided convolution halves
-    the resolution first, the ``DiffusionModelUNet`` runs at half resolution, and a narrow full-resolution head
-    (nearest upsampling, concatenation with ``x_t``, two 3x3 convolutions) predicts ``x0``. That divides the cost of
-    a step by about ``2 ** spatial_dims`` (about 4x in 2D) at a small loss of fine detail, which the difference map
-    (a smooth lesion-scale signal) does not need. ``stem_stride=1`` is the plain ``DiffusionModelUNet``.
-
-    Configurations (:data:`DIFFSEG_CONFIGS`): ``tiny`` (16-32-64, default, CPU-trainable), ``small`` (32-64-128),
-    ``base`` (64-128-256-256, 2 resnet blocks, attention at the coarsest level; GPU).
+    The core is MONAI's :class:`~monai.networks.nets.DiffusionModelUNet`. With ``stem_stride=2`` (default) a strided
+    convolution halves the resolution first and a narrow full-resolution head (nearest upsampling, concatenation
+    with ``x_t``, two 3x3 convolutions) predicts ``x0``: about ``2 ** spatial_dims`` times cheaper per step, losing
+    fine detail the (smooth, lesion-scale) difference map does not need. ``stem_stride=1``: the plain U-Net.
+    Configurations (:data:`DIFFSEG_CONFIGS`): ``tiny`` (default, CPU-trainable), ``small``, ``base`` (GPU).
 
     Args:
         spatial_dims: 2 or 3.
@@ -87,14 +83,12 @@ class DiffSegDenoiser(nn.Module):
         #: every input spatial size must be a multiple of this
         self.size_divisor = stem_stride * 2 ** (levels - 1)
 
-        inner_channels = in_channels
-        if stem_stride > 1:
-            inner_channels = channels[0]
-            self.stem: nn.Module = Convolution(
-                spatial_dims, in_channels, inner_channels, strides=stem_stride, kernel_size=3, conv_only=True
-            )
-        else:
-            self.stem = nn.Identity()
+        inner_channels = channels[0] if stem_stride > 1 else in_channels
+        self.stem: nn.Module = (
+            Convolution(spatial_dims, in_channels, inner_channels, strides=stem_stride, kernel_size=3, conv_only=True)
+            if stem_stride > 1
+            else nn.Identity()
+        )
         self.unet = DiffusionModelUNet(
             spatial_dims=spatial_dims,
             in_channels=inner_channels,
@@ -120,20 +114,10 @@ class DiffSegDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """
-        Args:
-            x: noised image ``x_t`` ``(N, in_channels, *S)``.
-            timesteps: diffusion steps ``(N,)`` (a scalar tensor is broadcast).
-
-        Returns:
-            the predicted clean image ``x_0`` ``(N, in_channels, *S)``.
-
-        Raises:
-            ValueError: wrong shape or size; NaN/Inf in ``x`` (the message names the batch items); a negative or
-                non-finite timestep (the upper bound ``T - 1`` is checked where ``T`` is known:
-                ``ImageDiffusionPrepareBatch`` and ``DiffusionDifferenceInferer``).
-            TypeError: an integer ``x``; floating inputs are cast to the parameters' dtype (float64 -> float32).
-
-        The value checks cost one reduction each and are skipped while tracing, compiling or exporting.
+        The predicted clean image ``x_0`` ``(N, in_channels, *S)`` from the noised image ``x`` ``(N, in_channels, *S)``
+        at diffusion steps ``timesteps`` ``(N,)`` (a scalar tensor is broadcast). Raises a ``ValueError`` for a wrong
+        shape or size, NaN/Inf in ``x`` or a negative timestep, a ``TypeError`` for an integer ``x`` (the same checks
+        as :meth:`MedSegDiff.forward <monai_diffseg.networks.nets.MedSegDiff.forward>`).
         """
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
             raise ValueError(
@@ -160,17 +144,16 @@ class DiffSegDenoiser(nn.Module):
 
 class DiffSegPair(nn.Module):
     """
-    The two DiffSeg semantic models in one module: ``lesion`` (trained on lesion images) and ``healthy`` (initialised
-    from it and trained toward healthy-skin semantics). This is the ``network`` a MONAI ``SupervisedEvaluator`` hands
-    to :class:`monai_diffseg.inferers.DiffusionDifferenceInferer`; checkpoints can be loaded into ``pair.lesion`` and
-    ``pair.healthy`` separately.
+    The two DiffSeg semantic models in one module (the ``network`` of
+    :class:`monai_diffseg.inferers.DiffusionDifferenceInferer`): ``lesion`` (trained on lesion images) and
+    ``healthy`` (initialised from it, trained toward healthy-skin semantics); each can load its own checkpoint.
 
     Args:
         lesion: the lesion-image denoiser (e.g. :class:`DiffSegDenoiser`).
         healthy: the healthy-skin denoiser, same architecture.
 
     Shapes:
-        ``forward(x_t, t)`` returns the two ``x0`` predictions ``((N, C, *S), (N, C, *S))``.
+        ``forward(x_t, t)``: ``x_t`` ``(N, C, *S)``, ``t`` ``(N,)`` -> ``(lesion x0, healthy x0)``, each ``(N, C, *S)``.
     """
 
     def __init__(self, lesion: nn.Module, healthy: nn.Module) -> None:
@@ -182,12 +165,4 @@ class DiffSegPair(nn.Module):
                 setattr(self, name, getattr(lesion, name))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            x: noised images ``(N, C, *S)``.
-            timesteps: ``(N,)``.
-
-        Returns:
-            ``(lesion x0, healthy x0)``, each ``(N, C, *S)``.
-        """
         return self.lesion(x, timesteps), self.healthy(x, timesteps)

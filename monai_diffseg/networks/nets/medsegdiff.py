@@ -25,8 +25,7 @@ from monai_diffseg.utils import batch_item_names, check_finite, check_floating, 
 
 __all__ = ["MedSegDiff", "MEDSEGDIFF_CONFIGS", "UPSAMPLE_MODES"]
 
-#: Decoder upsampling modes: ``"linear"`` (bilinear/trilinear, the default) or ``"nearest"`` (the networks saved
-#: before this option; it draws a block lattice into the output, see :class:`MedSegDiff`).
+#: Decoder upsampling modes: ``"linear"`` (bilinear/trilinear, default) or ``"nearest"`` (before this option).
 UPSAMPLE_MODES = ("linear", "nearest")
 
 #: Named configurations; parameter counts are for 2D, 3 image channels, 1 mask channel.
@@ -42,30 +41,18 @@ class MedSegDiff(nn.Module):
     MedSegDiff denoiser (Wu et al., "MedSegDiff: Medical Image Segmentation with Diffusion Probabilistic Model",
     MIDL 2023, arXiv:2211.00611), 2D or 3D, any number of image channels and mask channels.
 
-    Two branches:
+    - **condition branch** (:class:`ConditionEncoder`, a U-Net over the image), run once per image by the sampler
+      (:meth:`encode_condition`, passed as ``condition`` to every step and member), so the capacity sits here;
+      optionally an **anchor head** on it predicts the mask (MedSegDiff's auxiliary output and loss).
+    - **denoiser** over the noisy mask ``x_t``, run ``steps x members`` times, so it stays narrow: a U-Net of MONAI
+      ``DiffusionUNetResnetBlock`` s with a sinusoidal timestep embedding. At every encoder level the features pass
+      the **FF-Parser** (:class:`FFParser`) and are fused with the condition features of the same scale
+      (**dynamic conditional encoding**, :class:`ConditionFusion`). Attention (MONAI ``SpatialAttentionBlock``)
+      where ``attention_levels`` says. The decoder upsamples linearly with additive skips: nearest upsampling
+      (before ``upsample_mode`` existed) copies each coarsest cell into a ``size_divisor``-pixel block that the
+      ensemble's entropy/MI maps show as a lattice of boxes (measured on PH2, ``docs/design.md``).
 
-    - **condition branch** (:class:`ConditionEncoder`, a U-Net over the image). It depends on the image only: call
-      :meth:`encode_condition` once per image and pass the result as ``condition`` to every denoising step and
-      every ensemble member. Optionally an **anchor head** predicts the mask from it (MedSegDiff's auxiliary
-      output), trained with an auxiliary segmentation loss.
-    - **denoiser** over the noisy mask ``x_t``, a light U-Net of MONAI ``DiffusionUNetResnetBlock`` s with a
-      sinusoidal timestep embedding. At every encoder level the noisy-mask features pass the **FF-Parser**
-      (:class:`FFParser`, learnable Fourier filter, identity at init) and are fused with the condition features of
-      the same scale by **dynamic conditional encoding** (:class:`ConditionFusion`). Attention (MONAI
-      ``SpatialAttentionBlock``) only where ``attention_levels`` says, by default at the coarsest level. The decoder
-      upsamples bilinearly (trilinearly in 3D) with additive skips.
-
-    Why not nearest-neighbour upsampling (the choice before ``upsample_mode`` existed): it copies every cell of the
-    coarsest level (stride ``size_divisor``, 16 px for the defaults) into a flat block, and the few 3x3 convolutions
-    after it cannot smooth a block that large. The trained model's predicted ``x0`` then carries small
-    block-constant offsets with sharp edges on a ``size_divisor`` grid, which the ensemble's entropy and mutual
-    information maps turn into a visible lattice of boxes on the background (measured on PH2, see
-    ``docs/design.md``). Linear upsampling removes it at the same parameter count.
-
-    The cost split follows the sampler: the condition branch runs once per image, the denoiser ``steps x members``
-    times, so the capacity sits in the condition branch and the denoiser stays narrow.
-
-    Configurations (``MEDSEGDIFF_CONFIGS``; parameters for 2D, 3 image channels, 1 mask channel):
+    Configurations (:data:`MEDSEGDIFF_CONFIGS`; parameters for 2D, 3 image channels, 1 mask channel):
 
     ======  ====================  ======================  ==============  ==========  ======================
     name    channels (denoiser)   cond_channels           num_res_blocks  parameters  denoiser (per step)
@@ -97,17 +84,14 @@ class MedSegDiff(nn.Module):
             resolution; only a narrow input/output path runs at full resolution, which divides the per-step cost by
             about ``2 ** spatial_dims``.
         dropout: dropout in the condition branch.
-        upsample_mode: decoder upsampling, ``"linear"`` (default; bilinear in 2D, trilinear in 3D) or ``"nearest"``
-            (the behaviour before this option). Both have the same parameters. The mode is saved in the state dict
-            (buffer ``decoder_upsample_mode``) and a loaded checkpoint's mode wins, with a warning when it differs:
-            a checkpoint saved before the option (no such entry) loads as ``"nearest"``, what it was trained with,
-            so old checkpoints give the same outputs as before.
+        upsample_mode: decoder upsampling (no parameters), ``"linear"`` (bi/trilinear) or ``"nearest"``. Saved in
+            the state dict (buffer ``decoder_upsample_mode``); a loaded checkpoint's mode wins, with a warning when
+            it differs; a checkpoint without the entry (saved before the option) loads as ``"nearest"``.
 
     Shapes:
         ``x_t``: ``(B, out_channels, *S)``; ``timesteps``: ``(B,)`` or a scalar tensor; ``image``:
-        ``(N, in_channels, *S)``; returns ``(B, out_channels, *S)``. ``B`` must be a multiple ``k`` of ``N``:
-        ensemble members are laid out member-major, ``x_t[e * N + n]`` belongs to image ``n`` (so one batch
-        can carry ``k`` members per image without tiling the condition beforehand).
+        ``(N, in_channels, *S)``; returns ``(B, out_channels, *S)``. ``B = k * N``, member-major: ``x_t[e * N + n]``
+        belongs to image ``n`` (``k`` members per image without tiling the condition).
     """
 
     def __init__(
@@ -222,9 +206,8 @@ class MedSegDiff(nn.Module):
             nn.SiLU(),
             Convolution(spatial_dims, head_ch, out_channels, kernel_size=3, conv_only=True),
         )
-        # the upsampling mode as a tensor in the state dict (index into UPSAMPLE_MODES), so that a checkpoint says what
-        # its weights were trained with; a tensor, not `_extra_state`, because MONAI's copy_model_state and other
-        # state-dict tools expect tensors only
+        # index into UPSAMPLE_MODES, so a checkpoint says what it was trained with (a tensor, not `_extra_state`:
+        # MONAI's copy_model_state and other state-dict tools expect tensors only)
         self.register_buffer("decoder_upsample_mode", torch.tensor(0, dtype=torch.int64))
         self.upsample_mode = ""
         self._set_upsample_mode(upsample_mode)
@@ -243,17 +226,9 @@ class MedSegDiff(nn.Module):
         self.decoder_upsample_mode.fill_(UPSAMPLE_MODES.index(mode))
         self.upsample_mode = mode
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        """Load as usual, then adopt the checkpoint's upsampling mode (its weights were trained with it)."""
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Load as usual (``args``: torch's ``local_metadata, strict, missing_keys, unexpected_keys, error_msgs``),
+        then adopt the checkpoint's upsampling mode (its weights were trained with it)."""
         key = prefix + "decoder_upsample_mode"
         legacy = key not in state_dict and any(k.startswith(prefix + "upsamples.") for k in state_dict)
         if legacy:  # a full MedSegDiff state dict without the record predates `upsample_mode`: it was nearest
@@ -261,15 +236,13 @@ class MedSegDiff(nn.Module):
         elif key in state_dict:
             index = state_dict[key]
             if not (isinstance(index, torch.Tensor) and index.numel() == 1 and 0 <= int(index) < len(UPSAMPLE_MODES)):
-                error_msgs.append(
+                args[-1].append(
                     f"MedSegDiff: state-dict entry '{key}' must be a one-element tensor with an index into "
                     f"{UPSAMPLE_MODES}, got {index!r}: is it the checkpoint of another network?"
                 )
                 return
         built = self.upsample_mode
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        super()._load_from_state_dict(state_dict, prefix, *args)
         mode = UPSAMPLE_MODES[int(self.decoder_upsample_mode)]
         if mode == built:
             return
@@ -301,19 +274,10 @@ class MedSegDiff(nn.Module):
 
     def encode_condition(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """
-        Image-condition features; depend on the image only, so compute them once per image.
-
-        Args:
-            image: ``(N, in_channels, *S)``.
-
-        Returns:
-            tuple of ``len(channels)`` tensors, level ``l``: ``(N, cond_channels[l], *S / (stem_stride * 2**l))``.
-
-        Raises:
-            ValueError: wrong shape, or NaN/Inf in ``image`` (the message names the batch items, and their files
-                for a collated ``MetaTensor``).
-            TypeError: an integer image (scale it in preprocessing); floating images are cast to the parameters'
-                dtype (float64 -> float32).
+        Image-condition features of ``image`` ``(N, in_channels, *S)``, once per image: a tuple of ``len(channels)``
+        tensors, level ``l``: ``(N, cond_channels[l], *S / (stem_stride * 2**l))``. Raises a ``ValueError`` for a
+        wrong shape or NaN/Inf (naming the batch items and their files), a ``TypeError`` for an integer image;
+        floating images are cast to the parameters' dtype.
         """
         if image.ndim != self.spatial_dims + 2 or image.shape[1] != self.in_channels:
             raise ValueError(
@@ -354,14 +318,9 @@ class MedSegDiff(nn.Module):
             ``(B, out_channels, *S)``, or ``(prediction, anchor_logits)`` when ``return_anchor``.
 
         Raises:
-            ValueError: wrong shapes; NaN/Inf in ``x_t`` or ``image`` (the message names the batch items); a
-                negative or non-finite timestep. The network does not know the schedule length ``T``, so
-                ``timesteps <= T - 1`` is checked where ``T`` is known: ``MaskDiffusionPrepareBatch``
-                (``timestep_range``), the inferers and the schedulers.
+            ValueError: wrong shapes; NaN/Inf in ``x_t`` or ``image`` (naming the batch items); a negative or
+                non-finite timestep (``<= T - 1`` is checked where ``T`` is known, see :func:`check_timesteps`).
             TypeError: an integer ``x_t``/``image``; floating inputs are cast to the parameters' dtype.
-
-        The value checks (NaN/Inf, timesteps) cost one reduction each and are skipped while tracing, compiling or
-        exporting (``torch.jit.trace``, ``torch.compile``, ``torch.export``).
         """
         if x_t.ndim != self.spatial_dims + 2 or x_t.shape[1] != self.out_channels:
             raise ValueError(

@@ -29,12 +29,6 @@ else:
 __all__ = ["CaseMetricsWriter"]
 
 
-def _case_name(item: Mapping, image_key: str) -> str:
-    img = item.get(image_key)
-    name = img.meta.get("filename_or_obj", "") if isinstance(img, MetaTensor) else ""
-    return os.path.splitext(os.path.basename(str(name)))[0] if name else f"case_{id(item)}"
-
-
 def _value(x: Any) -> float | None:
     """Mean of a score tensor as a float; ``None`` when undefined (NaN or infinite, e.g. HD95 of an empty mask)."""
     v = float(convert_to_tensor(x, dtype=torch.float32, track_meta=False).nanmean())
@@ -44,22 +38,17 @@ def _value(x: Any) -> float | None:
 class CaseMetricsWriter:
     """
     Score every case of an evaluator run and write ``metrics.json`` (per-case scores, their means, the engine's
-    aggregate metrics and the cases that could not be read) and, optionally, the same per-case table as CSV.
+    aggregate metrics and the cases a :class:`monai_diffseg.data.SkipFailedDataLoader` could not read, under
+    ``"failed"``) and optionally the per-case table as CSV. Each score is computed once, by a metric object:
 
-    Each score is computed once, by a metric object:
-
-    - ``dice``, ``iou``: MONAI :class:`~monai.metrics.DiceMetric` / :class:`~monai.metrics.MeanIoU` on the binary
-      prediction and label at the original size (both-empty counts as 1, as ISIC's evaluation does); cases without
-      a label get ``null``;
-    - ``sample_diversity`` (mean ``1 - IoU`` between members) and ``sample_diversity_l2`` (DiffSeg's "GED" term):
+    - ``dice``, ``iou``: MONAI ``DiceMetric`` / ``MeanIoU`` on the binary prediction and label at the original size
+      (both-empty counts as 1, as ISIC's evaluation does; ``null`` without a label);
+    - ``sample_diversity`` (mean ``1 - IoU`` between members), ``sample_diversity_l2`` (DiffSeg's "GED" term):
       :class:`~monai_diffseg.metrics.SampleDiversityMetric` on the ensemble samples;
     - ``ged``: :class:`~monai_diffseg.metrics.GeneralizedEnergyDistanceMetric` (GED^2, PHiSeg/BerDiff/CIMD
-      convention) between the samples and the reference at the samples' resolution, when a reference exists.
-
-    A score that an attached MONAI metric handler already computes (e.g. ``MeanDice`` as an evaluator's key metric)
-    is read from its per-case details (``engine.state.metric_details``) instead of being computed again: map the
-    score's name to the handler's name in ``engine_metrics``. Cases that a
-    :class:`monai_diffseg.data.SkipFailedDataLoader` could not read are listed under ``"failed"``.
+      convention) between the samples and the reference at the samples' resolution, when a reference exists;
+    - any score an attached MONAI metric handler computes (``save_details=True``), read from
+      ``engine.state.metric_details`` instead of computed again (``engine_metrics``).
 
     Args:
         output_file: path of the JSON file (written atomically at ``COMPLETED``).
@@ -72,7 +61,7 @@ class CaseMetricsWriter:
         threshold: probability from which a member is foreground for the IoU-based ensemble scores.
         include_background: passed to the metrics (keep True for one-channel masks).
         engine_metrics: ``{score name: engine metric name}`` to read instead of computing, e.g.
-            ``{"dice": "test_mean_dice", "hd95": "test_hd95"}``; any name may be added this way.
+            ``{"dice": "test_mean_dice", "hd95": "test_hd95"}``.
     """
 
     def __init__(
@@ -88,8 +77,7 @@ class CaseMetricsWriter:
         include_background: bool = True,
         engine_metrics: Mapping[str, str] | None = None,
     ) -> None:
-        self.output_file = output_file
-        self.csv_file = csv_file
+        self.output_file, self.csv_file = output_file, csv_file
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.samples_key, self.reference_key = samples_key, reference_key
         self.threshold = threshold
@@ -121,13 +109,15 @@ class CaseMetricsWriter:
     def _collect(self, engine: Engine) -> None:
         output, batch = engine.state.output, engine.state.batch
         outputs, batches = (output, batch) if isinstance(output, list) else ([output], [batch])
-        # post-processing writes the keys it creates into the output and updates of input keys (label_net) into the
-        # batch: read both
+        # post-processing writes new keys into the output and updated input keys (label_net) into the batch
         for out, inp in zip(outputs, batches if isinstance(batches, list) else [None] * len(outputs)):
             item = {**inp, **out} if isinstance(inp, Mapping) else out
             if item.get(self.pred_key) is None:
                 continue
-            record: dict[str, Any] = {"case": _case_name(item, self.image_key)}
+            img = item.get(self.image_key)
+            src = img.meta.get("filename_or_obj", "") if isinstance(img, MetaTensor) else ""
+            stem = os.path.splitext(os.path.basename(str(src)))[0] if src else f"case_{id(item)}"
+            record: dict[str, Any] = {"case": stem}
             label = item.get(self.label_key)
             for name, metric in self.label_metrics.items():
                 if name in self.engine_metrics:
@@ -157,9 +147,8 @@ class CaseMetricsWriter:
             )
         return _value(metric(p, y))
 
-    def _engine_details(self, engine: Engine) -> None:
-        """Copy per-case values of the engine's metric handlers (``save_details``) into the case records."""
-        details = getattr(engine.state, "metric_details", None) or {}
+    def _write(self, engine: Engine) -> None:
+        details = getattr(engine.state, "metric_details", None) or {}  # per-case values of the metric handlers
         for score, name in self.engine_metrics.items():
             if name not in details:
                 raise ValueError(
@@ -169,9 +158,6 @@ class CaseMetricsWriter:
             values = torch.as_tensor(details[name]).reshape(len(self.cases), -1)
             for record, row in zip(self.cases, values):
                 record[score] = _value(row)
-
-    def _write(self, engine: Engine) -> None:
-        self._engine_details(engine)
         scores = [k for k in dict.fromkeys(k for c in self.cases for k in c) if k != "case"]
 
         def mean(name: str) -> float | None:

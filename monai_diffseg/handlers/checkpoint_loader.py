@@ -30,23 +30,15 @@ class CheckedCheckpointLoader(CheckpointLoader):
     :class:`monai.handlers.CheckpointLoader` that validates every network in ``load_dict`` against the checkpoint
     before loading, and optionally tolerates a missing checkpoint (resume-if-present).
 
-    A network whose checkpoint was trained with another configuration (other ``channels``, ``num_classes`` ...)
-    makes ``load_state_dict`` print hundreds of key names; this handler instead raises one ``ValueError`` naming the
-    checkpoint path and the network class, with the first missing keys, unexpected keys and shape mismatches
-    (``'name': checkpoint (a, b) vs network (c, d)``) and their counts. The comparison is
-    :func:`monai_diffseg.networks.utils.check_state_dict`, shared with
-    :func:`monai_diffseg.networks.utils.load_network_weights`. Then loading is left to the parent class.
+    Instead of ``load_state_dict``'s hundreds of key names for a checkpoint of another configuration, one
+    ``ValueError`` names the path, the network class and the first mismatches
+    (:func:`monai_diffseg.networks.utils.check_state_dict`). The checkpoint is read once, with ``weights_only=True``
+    (:func:`~monai_diffseg.networks.utils.read_checkpoint`). ``strict_shape=False`` (load the layers whose name and
+    shape fit, networks only) is done here: MONAI 1.6.1's ``CheckpointLoader`` passes the whole checkpoint instead of
+    ``checkpoint[key]`` to ``copy_model_state`` and silently loads nothing (MONAI issue #2506).
 
-    ``strict_shape=False`` (load the layers whose name and shape fit, for transfer learning) is handled here rather
-    than by the parent: MONAI 1.6.1's ``CheckpointLoader`` calls ``copy_model_state(obj, checkpoint)`` with the
-    whole checkpoint instead of ``checkpoint[key]``, so it silently loads nothing (MONAI issue #2506). Only the
-    networks of ``load_dict`` are loaded in that mode (as in the parent), and ``load_dict`` is not modified.
-
-    The checkpoint is read once, with ``weights_only=True`` (:func:`monai_diffseg.networks.utils.read_checkpoint`).
-
-    Resuming a trainer (the engine itself is in ``load_dict``): when the checkpoint is already at the engine's
-    ``max_epochs`` the run has nothing left to do; this is logged as a warning that says how to train further
-    (``--<epochs_key> N``) or start over (``--resume false``), instead of an empty run that exits silently. A
+    Resuming a trainer (the engine is in ``load_dict``) from a checkpoint already at ``max_epochs`` logs a warning
+    saying how to train further (``--<epochs_key> N``) or start over (``--resume false``) instead of an empty run; a
     checkpoint beyond ``max_epochs`` raises a ``ValueError`` saying the same.
 
     Usage (bundle ``train#handlers``)::
@@ -92,17 +84,9 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     def validate(self, checkpoint: dict | None = None) -> dict:
         """
-        Check every ``torch.nn.Module`` of ``load_dict`` against the checkpoint.
-
-        Args:
-            checkpoint: the checkpoint already read (as ``{load_dict key: state}``); ``None`` reads ``load_path``.
-
-        Returns:
-            the checkpoint as ``{load_dict key: state}``.
-
-        Raises:
-            FileNotFoundError: the checkpoint does not exist.
-            ValueError: unreadable checkpoint, no entry for a network, or a key/shape mismatch.
+        Check every ``torch.nn.Module`` of ``load_dict`` against ``checkpoint`` (``{load_dict key: state}``; ``None``
+        reads ``load_path``) and return it. Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for an
+        unreadable checkpoint, no entry for a network, or a key/shape mismatch.
         """
         checkpoint = self._entries() if checkpoint is None else checkpoint
         for k, obj in self.load_dict.items():
@@ -111,10 +95,6 @@ class CheckedCheckpointLoader(CheckpointLoader):
         return checkpoint
 
     def __call__(self, engine: Engine) -> None:
-        """
-        Args:
-            engine: Ignite Engine, it can be a trainer, validator or evaluator.
-        """
         if not os.path.isfile(self.load_path):
             if self.optional:
                 self.logger.info(f"No checkpoint at '{self.load_path}' (optional=True): starting without loading.")

@@ -28,18 +28,13 @@ _TEMP_NAME = re.compile(r"tmp[a-z0-9_]{8}")
 
 def remove_stale_temp_files(save_dir: str | os.PathLike, logger: logging.Logger | None = None) -> list[str]:
     """
-    Delete the temporary files that an atomic checkpoint write leaves in ``save_dir`` when the process is killed
-    mid-write (ignite's ``DiskSaver(atomic=True)`` writes ``save_dir/tmpXXXXXXXX`` then renames it).
-
-    Only regular files directly in ``save_dir`` whose whole name matches that pattern are removed. Call it when no
-    checkpoint is being written into ``save_dir``.
+    Delete (and return the paths of) the temporary files ``save_dir/tmpXXXXXXXX`` that ignite's
+    ``DiskSaver(atomic=True)`` leaves when the process is killed mid-write: regular files directly in ``save_dir``
+    whose whole name matches. Call it when no checkpoint is being written there.
 
     Args:
         save_dir: the checkpoint folder; a missing folder is not an error.
         logger: where to report the removed files (a warning); ``None`` logs to this module's logger.
-
-    Returns:
-        the paths removed.
     """
     save_dir = os.fspath(save_dir)
     if not os.path.isdir(save_dir):
@@ -58,24 +53,13 @@ def remove_stale_temp_files(save_dir: str | os.PathLike, logger: logging.Logger 
 
 class AtomicCheckpointSaver(CheckpointSaver):
     """
-    MONAI ``CheckpointSaver`` whose files are written to a temporary file in the same folder and then moved into
-    place with ``os.replace``, so a checkpoint on disk is always complete; and whose best-metric record survives a
-    restart.
-
-    MONAI turns ignite's atomic mode off because older ignite versions made atomic files private to their owner;
-    current ignite (>= 0.4.11) restores group/others read permission after the move, so the reason is gone.
-
-    Resuming:
-
-    - A file with a fixed name (``interval_filename``, ``key_metric_filename``, ``final_filename``) is overwritten in
-      place by the atomic replace instead of delete-then-write, so there is never a moment without it.
-    - ignite's ``Checkpoint`` keeps the best key-metric score in memory only, so after a restart the first
-      validation would replace the best model (``model.pt``) even with a worse one. :meth:`state_dict` /
-      :meth:`load_state_dict` carry that record (and the attached engine's ``best_metric`` /
-      ``best_metric_epoch``): put this saver into the ``save_dict`` of the trainer's interval saver and the
-      ``load_dict`` of the resume loader.
-    - Temporary files left by a process killed mid-save are deleted when the saver is created
-      (:func:`remove_stale_temp_files`, rank 0 only).
+    MONAI ``CheckpointSaver`` that writes a temporary file in the same folder and moves it into place with
+    ``os.replace`` (ignite's atomic mode, which MONAI turns off for ignite < 0.4.11's file permissions), so a
+    checkpoint on disk is always complete and a fixed-name file is never missing; and whose best-metric record
+    survives a restart: ignite keeps the best key-metric score in memory only, so a resumed run would replace
+    ``model.pt`` with a worse model. :meth:`state_dict` / :meth:`load_state_dict` carry that record (and the engine's
+    ``best_metric`` / ``best_metric_epoch``): put this saver into the interval saver's ``save_dict`` and the resume
+    loader's ``load_dict``. Stale temporary files are deleted at creation (:func:`remove_stale_temp_files`, rank 0).
 
     Args:
         args: positional arguments of :class:`monai.handlers.CheckpointSaver`.
@@ -103,19 +87,14 @@ class AtomicCheckpointSaver(CheckpointSaver):
             remove_stale_temp_files(self.save_dir, self.logger)
 
     def attach(self, engine: Engine) -> None:
-        """
-        Args:
-            engine: Ignite Engine, it can be a trainer, validator or evaluator.
-        """
         super().attach(engine)
         self._engine = engine
 
     def state_dict(self) -> dict[str, Any]:
         """
         The best-metric record: ``{"_saved": [(score, filename), ...], "best_metric": ..., "best_metric_epoch": ...}``
-        (``_saved`` is ignite's ``Checkpoint`` state, empty without ``save_key_metric``; the best metric and its epoch
-        are the attached engine's, ``-1`` when unknown). Numbers are python floats/ints so that the checkpoint loads
-        with ``weights_only=True``.
+        (ignite's ``Checkpoint`` state; the attached engine's values, ``-1`` when unknown), as python numbers so that
+        the checkpoint loads with ``weights_only=True``.
         """
         saved = [] if self._key_metric_checkpoint is None else self._key_metric_checkpoint._saved
         state = getattr(self._engine, "state", None)
@@ -127,12 +106,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """
-        Restore :meth:`state_dict`'s record, so the key-metric file is replaced only by a better model. A recorded
-        file that no longer exists in ``save_dir`` is dropped from the record (the next model is then saved).
-
-        Args:
-            state_dict: :meth:`state_dict`'s output (or the ``checkpointer`` entry MONAI's ``key_metric_save_state``
-                writes).
+        Restore :meth:`state_dict`'s record (or the ``checkpointer`` entry of MONAI's ``key_metric_save_state``), so
+        the key-metric file is replaced only by a better model; a recorded file no longer in ``save_dir`` is dropped.
         """
         if self._key_metric_checkpoint is None:
             warnings.warn(

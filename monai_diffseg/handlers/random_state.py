@@ -42,49 +42,34 @@ def _find_generators(obj: Any, path: str, found: dict[str, Any], seen: set[int])
     if id(obj) in seen:
         return
     if isinstance(obj, (np.random.RandomState, torch.Generator)):
-        seen.add(id(obj))
-        found[path] = obj
+        found[path], children = obj, []
     elif isinstance(obj, Mapping):
-        seen.add(id(obj))
-        for k, v in obj.items():
-            _find_generators(v, f"{path}.{k}", found, seen)
+        children = list(obj.items())
     elif isinstance(obj, (list, tuple)):
-        seen.add(id(obj))
-        for i, v in enumerate(obj):
-            _find_generators(v, f"{path}.{i}", found, seen)
+        children = list(enumerate(obj))
     elif isinstance(obj, _SEARCHED):
-        seen.add(id(obj))
-        for k, v in vars(obj).items():
-            if not k.startswith("__"):
-                _find_generators(v, f"{path}.{k}", found, seen)
+        children = [(k, v) for k, v in vars(obj).items() if not k.startswith("__")]
+    else:
+        return
+    seen.add(id(obj))
+    for k, v in children:
+        _find_generators(v, f"{path}.{k}", found, seen)
 
 
 class RandomStateHandler:
     """
     The random number generator states of a training run as one object with ``state_dict()`` /
-    ``load_state_dict()``: put it in the ``save_dict`` of the interval :class:`AtomicCheckpointSaver` and in the
+    ``load_state_dict()``: put it in the ``save_dict`` of the interval :class:`AtomicCheckpointSaver` and the
     ``load_dict`` of :class:`CheckedCheckpointLoader`, and a resumed run draws the same random numbers as a run that
-    never stopped (bit-identical weights on CPU).
-
-    Saved and restored:
-
-    - torch's CPU generator (noise and timesteps drawn by the prepare-batch step, the train ``DataLoader``'s
-      shuffling: its ``RandomSampler`` and worker seeds draw from it at the start of every epoch), the CUDA
-      generators when CUDA is in use, numpy's and python ``random``'s global generators;
-    - every ``np.random.RandomState`` and ``torch.Generator`` reachable from ``sources``: a ``DataLoader``'s
-      ``generator`` and its sampler's, and the ``R`` of every MONAI ``Randomizable`` transform in its dataset's
-      transform chain. With ``num_workers=0`` the random augmentations run in the main process and draw from these
-      states (seeded once, when MONAI's ``DataLoader`` is built), so they must be saved for the augmentation
-      sequence to continue; with workers they are re-seeded from torch's generator every epoch (saved anyway).
-      ``persistent_workers=True`` keeps the workers' states in the worker processes, out of reach: a resumed run then
-      differs from an uninterrupted one.
-
-    Generators are found again at every save and load (MONAI's ``set_random_state`` replaces the ``R`` objects) and
-    matched by attribute path, e.g. ``sources.0.dataset.transform.transforms.5.R``; a path present on one side only
-    (the transform chain changed between runs) is reported with a warning and keeps its fresh state.
-
-    With ``torch.distributed`` initialised, ``state_dict`` gathers the states of every rank (a collective: ignite's
-    ``Checkpoint`` calls it on every rank and writes on rank 0) and ``load_state_dict`` restores each rank's own.
+    never stopped (bit-identical weights on CPU). Saved: torch's CPU generator (prepare-batch noise and timesteps,
+    ``DataLoader`` shuffling and worker seeds), the CUDA generators in use, numpy's and python's global generators,
+    and every ``np.random.RandomState`` / ``torch.Generator`` reachable from ``sources`` (a ``DataLoader``'s and its
+    sampler's ``generator``, the ``R`` of every MONAI ``Randomizable`` transform: with ``num_workers=0`` the
+    augmentations draw from these). ``persistent_workers=True`` keeps the workers' states out of reach, so a resumed
+    run then differs. Generators are found again at every save and load and matched by attribute path (e.g.
+    ``sources.0.dataset.transform.transforms.5.R``); a path on one side only is reported with a warning and keeps its
+    fresh state. Under ``torch.distributed``, ``state_dict`` gathers every rank's states (a collective) and
+    ``load_state_dict`` restores each rank's own.
 
     Usage (bundle ``train.json``)::
 
@@ -93,7 +78,7 @@ class RandomStateHandler:
         saver:  "save_dict": {"model": "@network", ..., "random_states": "@train#random_states"}
         loader: "load_dict": {"model": "@network", ..., "random_states": "@train#random_states"}
 
-    The states are stored as tensors and numbers, so the checkpoint loads with ``torch.load(weights_only=True)``.
+    The states are tensors and numbers, so the checkpoint loads with ``torch.load(weights_only=True)``.
 
     Args:
         sources: objects (or a list of them) whose own generators are saved too: ``DataLoader``, ``Dataset``,
@@ -135,12 +120,8 @@ class RandomStateHandler:
         return {"ranks": [local]}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """
-        Restore the generators from :meth:`state_dict`'s output (this process's rank's entry).
-
-        Raises:
-            ValueError: ``state_dict`` is not in :meth:`state_dict`'s format.
-        """
+        """Restore the generators from :meth:`state_dict`'s output (this rank's entry); ``ValueError`` for another
+        format."""
         if not isinstance(state_dict, Mapping) or not isinstance(state_dict.get("ranks"), (list, tuple)):
             got = f"keys {list(state_dict)[:5]}" if isinstance(state_dict, Mapping) else type(state_dict).__name__
             raise ValueError(

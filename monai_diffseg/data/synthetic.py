@@ -2,7 +2,7 @@
 # Licensed under the Apache License, Version 2.0
 """A small, deterministic, dermoscopy-like synthetic dataset in the ISIC 2018 Task 1 layout.
 
-It lets tests, tutorials and smoke runs exercise the full pipeline without downloading ISIC data::
+Tests, tutorials and smoke runs use it instead of ISIC data::
 
     python -m monai_diffseg.data.synthetic --output_dir /tmp/isic_synth --num_train 48 --image_size 96 128
 
@@ -38,20 +38,8 @@ _LICENSE_STUB = (
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], max_cycles: float, terms: int = 8) -> np.ndarray:
-    """Low-frequency random field in [-1, 1] as a sum of random plane waves.
-
-    A handful of cosines is much cheaper than upsampling or blurring noise at these sizes and is
-    smooth by construction.
-
-    Args:
-        rng: random generator.
-        shape: output (H, W).
-        max_cycles: highest spatial frequency, in cycles per image side.
-        terms: number of plane waves.
-
-    Returns:
-        float array (H, W).
-    """
+    """Low-frequency random field (H, W) in [-1, 1]: a sum of ``terms`` random plane waves of at most ``max_cycles``
+    cycles per image side (cheaper than blurring noise, and smooth by construction)."""
     h, w = shape
     fy = rng.uniform(-max_cycles, max_cycles, terms) / h
     fx = rng.uniform(-max_cycles, max_cycles, terms) / w
@@ -70,10 +58,6 @@ def _lesion_mask(
     rng: np.random.Generator, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """Irregular star-shaped lesion with a Fourier-perturbed, noise-roughened boundary.
-
-    Args:
-        rng: random generator.
-        shape: image (H, W).
 
     Returns:
         ``(mask, depth, centre)``: bool mask (H, W), float "depth" (H, W) that is 1 at the centre and
@@ -123,16 +107,8 @@ def _lesion_mask(
 
 
 def _hair_map(rng: np.random.Generator, shape: tuple[int, int], through: tuple[float, float]) -> np.ndarray:
-    """Opacity map (H, W) in [0, 1] of a few thin dark curved hairs.
-
-    Args:
-        rng: random generator.
-        shape: image (H, W).
-        through: a (y, x) point that the first hair passes near, so hairs also cross the lesion.
-
-    Returns:
-        float array (H, W).
-    """
+    """Opacity map (H, W) in [0, 1] of a few thin dark curved hairs, the first passing near the (y, x) point
+    ``through`` so that hairs also cross the lesion."""
     h, w = shape
     scale = min(h, w)
     canvas = np.zeros(shape, dtype=float)
@@ -218,11 +194,7 @@ def synthetic_lesion_sample(
 
 
 def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
-    """Validate ``image_size`` as (H, W) integers >= 16.
-
-    Raises:
-        ValueError: anything else.
-    """
+    """``image_size`` as (H, W); ``ValueError`` unless two integers >= 16."""
     try:
         size = tuple(np.asarray(image_size).tolist()) if np.ndim(image_size) == 1 else ()
     except (TypeError, ValueError):
@@ -334,16 +306,9 @@ def make_synthetic_isic2018(
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    """Command-line entry point: write the synthetic dataset and print its path.
-
-    Args:
-        argv: arguments (defaults to ``sys.argv[1:]``).
-
-    Returns:
-        The dataset path.
-    """
+    """Command line (``argv``, default ``sys.argv[1:]``): write the synthetic dataset, print and return its path."""
     parser = argparse.ArgumentParser(description="Write a synthetic ISIC 2018 Task 1-style dataset.")
-    parser.add_argument("--output_dir", required=True, help="dataset folder to write")
+    parser.add_argument("--output_dir", dest="root", metavar="OUTPUT_DIR", required=True, help="dataset folder")
     parser.add_argument("--num_train", type=int, default=48)
     parser.add_argument("--num_val", type=int, default=8)
     parser.add_argument("--num_test", type=int, default=8)
@@ -351,17 +316,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--mixed_sizes", action="store_true", help="vary size and aspect ratio per case")
-    args = parser.parse_args(argv)
-    path = make_synthetic_isic2018(
-        args.output_dir,
-        args.num_train,
-        args.num_val,
-        args.num_test,
-        tuple(args.image_size),
-        args.seed,
-        args.overwrite,
-        args.mixed_sizes,
-    )
+    path = make_synthetic_isic2018(**vars(parser.parse_args(argv)))
     print(path)
     return path
 

@@ -2,8 +2,8 @@
 # Licensed under the Apache License, Version 2.0
 """Segmentation overlays: predicted mask as red fill + red contour, ground truth as green contour.
 
-:func:`overlay_mask` renders an RGB uint8 array, :func:`save_overlay` writes it as a PNG atomically
-and :class:`SaveOverlayd` does so inside a MONAI post-processing chain, on the original image.
+:func:`overlay_mask` renders an RGB uint8 array, :func:`save_overlay` writes it as a PNG atomically and
+:class:`SaveOverlayd` does so inside a MONAI post-processing chain, on the original image.
 """
 
 from __future__ import annotations
@@ -31,14 +31,7 @@ _GREEN = np.array([0.0, 255.0, 0.0])
 
 
 def _to_rgb_uint8(image: Any) -> np.ndarray:
-    """Convert an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image of any dtype to (H, W, 3) uint8.
-
-    uint8 is used as is; bool maps to {0, 255}; floats in [0, 1] are scaled by 255; anything else
-    outside [0, 255] is min-max rescaled.
-
-    Raises:
-        ValueError: unsupported shape.
-    """
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image -> (H, W, 3) uint8 (dtypes as in :func:`overlay_mask`)."""
     img = convert_to_numpy(image)
     is_float = np.issubdtype(img.dtype, np.floating)
     if img.ndim == 3 and img.shape[-1] in (1, 3, 4):
@@ -60,18 +53,14 @@ def _to_rgb_uint8(image: Any) -> np.ndarray:
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
-def _to_mask(mask: Any, name: str) -> np.ndarray:
-    """Convert a (H, W), (1, H, W) or (H, W, 1) mask to bool (H, W), foreground = value > 0.5.
-
-    Raises:
-        ValueError: unsupported shape.
-    """
-    arr = convert_to_numpy(mask)
+def _to_plane(x: Any, name: str, spatial: tuple[int, ...]) -> np.ndarray:
+    """(H, W), (1, H, W) or (H, W, 1) array -> (H, W); ``ValueError`` naming ``name`` unless (H, W) is ``spatial``."""
+    arr = convert_to_numpy(x)
     if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
         arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must have shape (H, W), got {tuple(arr.shape)}.")
-    return arr > 0.5
+    if arr.shape != spatial:
+        raise ValueError(f"{name} shape {arr.shape} does not match image shape {spatial} (H, W).")
+    return arr
 
 
 def _contour(mask: np.ndarray, mode: str, thickness: int) -> np.ndarray:
@@ -92,57 +81,42 @@ def overlay_mask(
 ) -> np.ndarray:
     """Render a predicted mask (and optionally ground truth) over an image.
 
-    The prediction is a semi-transparent red fill plus a red contour on its inner boundary; the
-    ground truth is a green contour on its outer boundary, so both stay visible where they agree.
+    The prediction is a semi-transparent red fill plus a red contour on its inner boundary; the ground truth is a green
+    contour on its outer boundary, so both stay visible where they agree.
 
     Args:
-        image: (H, W) or (H, W, 3) array/tensor of any dtype (floats in [0, 1] are scaled by 255,
-            other ranges outside [0, 255] are min-max rescaled).
+        image: (H, W) or (H, W, 3) (or 1/4 channels) array/tensor of any dtype: uint8 as is, bool -> {0, 255}, floats
+            in [0, 1] scaled by 255, other ranges outside [0, 255] min-max rescaled.
         mask: predicted mask (H, W), foreground where > 0.5 (a singleton channel is squeezed).
         label: optional ground-truth mask (H, W), same convention.
-        prob: optional foreground probability (H, W) in [0, 1]; when given, the red fill opacity is
-            ``alpha * prob`` everywhere (showing uncertain regions) instead of ``alpha`` inside ``mask``.
+        prob: optional foreground probability (H, W) in [0, 1]; when given, the red fill opacity is ``alpha * prob``
+            everywhere (showing uncertain regions) instead of ``alpha`` inside ``mask``.
         alpha: fill opacity in [0, 1].
-        thickness: contour width in pixels; default ``max(1, min(H, W) // 256)`` so contours stay
-            visible on full-resolution dermoscopy images.
+        thickness: contour width in pixels; default ``max(1, min(H, W) // 256)`` so contours stay visible on
+            full-resolution dermoscopy images.
 
     Returns:
         RGB uint8 array (H, W, 3).
 
     Raises:
-        ValueError: unsupported shapes, mismatched shapes (both are named), ``alpha`` outside
-            [0, 1] or ``prob`` outside [0, 1].
+        ValueError: unsupported or mismatched shapes (both are named), ``alpha`` or ``prob`` outside [0, 1].
     """
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
     rgb = _to_rgb_uint8(image)
     spatial = rgb.shape[:2]
-    pred = _to_mask(mask, "mask")
-    if pred.shape != spatial:
-        raise ValueError(f"mask shape {pred.shape} does not match image shape {spatial} (H, W).")
+    pred = _to_plane(mask, "mask", spatial) > 0.5
     if thickness is None:
         thickness = max(1, min(spatial) // 256)
-
-    if prob is None:
-        weight = pred.astype(np.float64) * float(alpha)
-    else:
-        p = convert_to_numpy(prob).astype(np.float64)
-        if p.ndim == 3 and 1 in (p.shape[0], p.shape[-1]):
-            p = p[0] if p.shape[0] == 1 else p[..., 0]
-        if p.shape != spatial:
-            raise ValueError(f"prob shape {p.shape} does not match image shape {spatial} (H, W).")
-        if p.size and (p.min() < 0.0 or p.max() > 1.0):
-            raise ValueError(f"prob must be in [0, 1], got range [{p.min():.3g}, {p.max():.3g}].")
-        weight = p * float(alpha)
+    weight = pred if prob is None else _to_plane(prob, "prob", spatial).astype(np.float64)
+    if prob is not None and weight.size and (weight.min() < 0.0 or weight.max() > 1.0):
+        raise ValueError(f"prob must be in [0, 1], got range [{weight.min():.3g}, {weight.max():.3g}].")
+    weight = weight * float(alpha)
     out = rgb.astype(np.float64) * (1.0 - weight[..., None]) + _RED * weight[..., None]
     out[_contour(pred, "inner", thickness)] = _RED
-
     if label is not None:
-        gt = _to_mask(label, "label")
-        if gt.shape != spatial:
-            raise ValueError(f"label shape {gt.shape} does not match image shape {spatial} (H, W).")
         # Outer boundary: a perfect prediction shows both the red and the green line side by side.
-        out[_contour(gt, "outer", thickness)] = _GREEN
+        out[_contour(_to_plane(label, "label", spatial) > 0.5, "outer", thickness)] = _GREEN
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
@@ -154,18 +128,11 @@ def save_overlay(
     prob: Any | None = None,
     alpha: float = 0.4,
 ) -> str:
-    """Render :func:`overlay_mask` and write it as a PNG atomically.
-
-    The PNG is written to a temporary file in the same folder and moved into place with
-    :func:`os.replace`, so readers never see a partial file.
+    """Render :func:`overlay_mask` (the other arguments are its own) and write it as a PNG atomically (a temporary
+    file in the same folder moved into place with :func:`os.replace`, so readers never see a partial file).
 
     Args:
         path: output file, must end with ``.png``; missing parent folders are created.
-        image: see :func:`overlay_mask`.
-        mask: see :func:`overlay_mask`.
-        label: see :func:`overlay_mask`.
-        prob: see :func:`overlay_mask`.
-        alpha: see :func:`overlay_mask`.
 
     Returns:
         Absolute path of the written PNG.
@@ -183,19 +150,18 @@ def save_overlay(
 
 
 class SaveOverlayd(MapTransform):
-    """Save PNG overlays of predicted masks on the original RGB images (MONAI dictionary transform).
+    """Save PNG overlays (:func:`save_overlay`) of predicted masks on the original RGB images.
 
-    Meant for the post-processing chain after ``Invertd``: each ``d[key]`` is a channel-first mask
-    ``(1, W, H)`` in the axis order of MONAI's ``PILReader`` (which reverses PIL's (H, W)), at the
-    original image size. The source file is read from ``d[image_key].meta["filename_or_obj"]`` (or
-    ``d[f"{image_key}_meta_dict"]``), reloaded with PIL as RGB (H, W, 3), and the overlay is written to
-    ``<output_dir>/<image basename without extension>_<output_postfix>.png`` (with ``_<key>`` before
-    the postfix when several keys are given). A mask of another size (e.g. no ``Invertd``) is resized
-    with nearest neighbour to the image size, with a single warning per transform instance.
+    Meant for the post-processing chain after ``Invertd``: each ``d[key]`` is a channel-first mask ``(1, W, H)`` in the
+    axis order of MONAI's ``PILReader`` (which reverses PIL's (H, W)), at the original image size. The source file is
+    read from ``d[image_key].meta["filename_or_obj"]`` (or ``d[f"{image_key}_meta_dict"]``), reloaded with PIL as RGB
+    (H, W, 3), and the overlay is written to ``<output_dir>/<image basename without extension>_<output_postfix>.png``
+    (with ``_<key>`` before the postfix when several keys are given). A mask of another size (e.g. no ``Invertd``) is
+    resized with nearest neighbour to the image size, with a single warning per transform instance.
 
     Args:
-        keys: key(s) of predicted masks (1, W, H); several channels are reduced by argmax (> 0 is
-            foreground), as for one-hot predictions.
+        keys: key(s) of predicted masks (1, W, H); several channels are reduced by argmax (> 0 is foreground), as for
+            one-hot predictions.
         output_dir: folder for the PNGs (created if needed).
         image_key: key of the input image whose metadata names the source file.
         label_key: optional key of a ground-truth mask (1, W, H), drawn as a green contour.
@@ -204,9 +170,8 @@ class SaveOverlayd(MapTransform):
         allow_missing_keys: skip absent mask/label keys instead of raising.
 
     Raises:
-        ValueError: at call time, when the image's source file name cannot be found, refers to a
-            batch, ``label_key`` is absent (unless ``allow_missing_keys``) or a mask/label has an
-            unsupported shape.
+        ValueError: at call time, when the image's source file name cannot be found, refers to a batch, ``label_key``
+            is absent (unless ``allow_missing_keys``) or a mask/label has an unsupported shape.
         FileNotFoundError: at call time, when the source image file does not exist.
     """
 
@@ -230,28 +195,6 @@ class SaveOverlayd(MapTransform):
         self.alpha = float(alpha)
         self._warned_resize = False
 
-    def _source_file(self, d: Mapping[Hashable, Any]) -> str:
-        """Source image path from the MetaTensor metadata (or the legacy ``*_meta_dict``)."""
-        if self.image_key not in d:
-            raise ValueError(f"SaveOverlayd: image key '{self.image_key}' not in data (keys: {list(d)}).")
-        img = d[self.image_key]
-        meta = img.meta if isinstance(img, MetaTensor) else d.get(f"{self.image_key}_meta_dict", {})
-        filename = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
-        if isinstance(filename, (list, tuple)):
-            raise ValueError(
-                f"SaveOverlayd expects one item, but d['{self.image_key}'] metadata 'filename_or_obj' lists "
-                f"{len(filename)} files; apply it after monai.data.decollate_batch."
-            )
-        if not filename:
-            raise ValueError(
-                f"SaveOverlayd: no 'filename_or_obj' in the metadata of d['{self.image_key}']; load it with "
-                "LoadImaged (image_only=True gives a MetaTensor) so the source file is known."
-            )
-        filename = os.fspath(filename)
-        if not os.path.isfile(filename):
-            raise FileNotFoundError(f"SaveOverlayd: source image '{filename}' of d['{self.image_key}'] not found.")
-        return filename
-
     def _to_hw(self, value: Any, name: str, size_hw: tuple[int, int]) -> np.ndarray:
         """Channel-first (C, W, H) mask -> uint8 (H, W) at ``size_hw``, resized by nearest neighbour if needed."""
         arr = convert_to_numpy(value)
@@ -274,34 +217,43 @@ class SaveOverlayd(MapTransform):
         return hw
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Write one overlay per key.
-
-        Args:
-            data: dictionary with the image (carrying its source file in metadata) and the masks.
-
-        Returns:
-            ``data`` unchanged.
-        """
+        """Write one overlay per key of ``data`` (the image, carrying its source file in metadata, and the masks);
+        returns ``data`` unchanged."""
         d = dict(data) if not isinstance(data, dict) else data
         keys = list(self.key_iterator(d))
         if not keys:
             return d
-        filename = self._source_file(d)
+        if self.image_key not in d:
+            raise ValueError(f"SaveOverlayd: image key '{self.image_key}' not in data (keys: {list(d)}).")
+        # the source file: MetaTensor metadata, or the legacy ``*_meta_dict``
+        img = d[self.image_key]
+        meta = img.meta if isinstance(img, MetaTensor) else d.get(f"{self.image_key}_meta_dict", {})
+        filename = meta.get("filename_or_obj") if isinstance(meta, Mapping) else None
+        if isinstance(filename, (list, tuple)):
+            raise ValueError(
+                f"SaveOverlayd expects one item, but d['{self.image_key}'] metadata 'filename_or_obj' lists "
+                f"{len(filename)} files; apply it after monai.data.decollate_batch."
+            )
+        if not filename:
+            raise ValueError(
+                f"SaveOverlayd: no 'filename_or_obj' in the metadata of d['{self.image_key}']; load it with "
+                "LoadImaged (image_only=True gives a MetaTensor) so the source file is known."
+            )
+        filename = os.fspath(filename)
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f"SaveOverlayd: source image '{filename}' of d['{self.image_key}'] not found.")
         with Image.open(filename) as pil:
             rgb = np.asarray(pil.convert("RGB"))
         size_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
-        label = None
-        if self.label_key is not None:
-            if self.label_key in d:
-                # None = an unlabelled case (SupervisedEvaluator sets the label key to None): no contour
-                if d[self.label_key] is not None:
-                    label = self._to_hw(d[self.label_key], self.label_key, size_hw)
-            elif not self.allow_missing_keys:
-                raise ValueError(f"SaveOverlayd: label key '{self.label_key}' not in data (keys: {list(d)}).")
+        if self.label_key is not None and self.label_key not in d and not self.allow_missing_keys:
+            raise ValueError(f"SaveOverlayd: label key '{self.label_key}' not in data (keys: {list(d)}).")
+        # None = no label key, or an unlabelled case (SupervisedEvaluator sets the label key to None): no contour
+        label = None if self.label_key is None else d.get(self.label_key)
+        label = None if label is None else self._to_hw(label, str(self.label_key), size_hw)
         base = os.path.splitext(os.path.basename(filename))[0]
-        several = len(self.keys) > 1
         for key in keys:
+            infix = f"_{key}" if len(self.keys) > 1 else ""
             mask = self._to_hw(d[key], str(key), size_hw)
-            name = f"{base}_{key}_{self.output_postfix}.png" if several else f"{base}_{self.output_postfix}.png"
-            save_overlay(os.path.join(self.output_dir, name), rgb, mask, label=label, alpha=self.alpha)
+            path = os.path.join(self.output_dir, f"{base}{infix}_{self.output_postfix}.png")
+            save_overlay(path, rgb, mask, label=label, alpha=self.alpha)
         return d

@@ -19,10 +19,10 @@ class MaskDiffusionLoss(nn.Module):
     """
     ``loss = diffusion_loss(pred, target) + aux_weight * aux_loss(anchor_logits, mask)``.
 
-    MedSegDiff (Wu et al. 2022) trains the denoiser with the usual MSE on the diffusion target; its condition branch
-    gets an extra supervised segmentation loss on the anchor output (MedSegDiff-V2, arXiv:2301.11798). Pairs with
-    :class:`monai_diffseg.engines.MaskDiffusionPrepareBatch` (targets dict) and
-    :class:`monai_diffseg.inferers.DiffusionSegmentationTrainInferer` (prediction dict).
+    MedSegDiff (Wu et al. 2022) trains the denoiser with MSE on the diffusion target, plus a supervised loss on the
+    anchor output of its condition branch (MedSegDiff-V2, arXiv:2301.11798). Pairs with
+    :class:`~monai_diffseg.engines.MaskDiffusionPrepareBatch` and
+    :class:`~monai_diffseg.inferers.DiffusionSegmentationTrainInferer`.
 
     Args:
         diffusion_loss: ``"mse"`` or ``"l1"`` on the diffusion target (eps, x0 or v).
@@ -42,14 +42,6 @@ class MaskDiffusionLoss(nn.Module):
         self.aux_loss = aux_loss
         self._default_aux: dict[int, nn.Module] = {}
 
-    def _aux(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if self.aux_loss is not None:
-            return self.aux_loss(logits, mask)
-        channels = logits.shape[1]
-        if channels not in self._default_aux:
-            self._default_aux[channels] = DiceCELoss(sigmoid=True) if channels == 1 else DiceCELoss(softmax=True)
-        return self._default_aux[channels](logits, mask)
-
     def forward(
         self, pred: torch.Tensor | Mapping[str, torch.Tensor], target: torch.Tensor | Mapping[str, torch.Tensor]
     ) -> torch.Tensor:
@@ -66,5 +58,11 @@ class MaskDiffusionLoss(nn.Module):
                     "MaskDiffusionLoss: aux_weight > 0 needs the anchor logits (network built with anchor_head=True, "
                     "trained through DiffusionSegmentationTrainInferer) and the {0, 1} mask in the targets dict."
                 )
-            loss = loss + self.aux_weight * self._aux(pred["anchor"].float(), target["mask"].float())
+            logits, aux = pred["anchor"].float(), self.aux_loss
+            if aux is None:
+                c = logits.shape[1]
+                if c not in self._default_aux:
+                    self._default_aux[c] = DiceCELoss(sigmoid=c == 1, softmax=c > 1)
+                aux = self._default_aux[c]
+            loss = loss + self.aux_weight * aux(logits, target["mask"].float())
         return loss

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.schedulers import Scheduler
+from monai.networks.utils import one_hot
 from monai.utils import convert_to_tensor, look_up_option
 
 from monai_diffseg.utils import diffusion_to_image, image_to_diffusion
@@ -27,19 +28,15 @@ PREDICTION_TARGETS = ("epsilon", "sample", "v_prediction")
 
 def mask_to_diffusion(label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """
-    Map a segmentation label to the diffusion sample space ``[-1, 1]``.
+    Map a label to the diffusion sample space: ``(N, num_classes, *S)`` float in ``{-1, 1}``.
 
     Args:
-        label: ``(N, 1, *S)`` label; binary ``{0, 1}`` when ``num_classes == 1``, else class indices
-            ``0 .. num_classes - 1`` (``0`` is background). A ``(N, num_classes, *S)`` one-hot label is accepted too.
-        num_classes: 1 for binary segmentation (one foreground channel), otherwise the number of one-hot channels
-            including background.
-
-    Returns:
-        ``(N, num_classes, *S)`` float tensor with values in ``{-1, 1}``.
+        label: ``(N, 1, *S)``: binary ``{0, 1}`` when ``num_classes == 1``, else class indices ``0 .. num_classes - 1``
+            (0: background); or ``(N, num_classes, *S)`` one-hot.
+        num_classes: 1 for binary segmentation, otherwise the number of one-hot channels including background.
 
     Raises:
-        ValueError: when the label has the wrong channel count or values outside the expected set.
+        ValueError: a wrong channel count or values outside the expected set.
     """
     label = torch.as_tensor(label)
     if label.ndim < 3:
@@ -66,8 +63,7 @@ def mask_to_diffusion(label: torch.Tensor, num_classes: int) -> torch.Tensor:
                 f"class-index label values must lie in [0, {num_classes - 1}], found "
                 f"[{int(idx.min())}, {int(idx.max())}]."
             )
-        onehot = torch.zeros((label.shape[0], num_classes, *label.shape[2:]), device=label.device)
-        onehot.scatter_(1, idx, 1.0)
+        onehot = one_hot(idx, num_classes)
     else:
         raise ValueError(
             f"label must have 1 (class indices) or {num_classes} (one-hot) channels, got shape {tuple(label.shape)}."
@@ -77,22 +73,20 @@ def mask_to_diffusion(label: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 class DiffusionTargetPrepareBatch(DiffusionPrepareBatch):
     """
-    Base of the family: MONAI's :class:`~monai.engines.utils.DiffusionPrepareBatch` hooks (``get_noise``,
-    ``get_timesteps``, ``get_target``) with a checked timestep range and prediction type. Unlike MONAI's class, which
-    hands ``x_0`` and the noise to a ``DiffusionInferer``, the batch is noised here
-    (``x_t = scheduler.add_noise(x_0, eps, t)``, :meth:`noise_sample`), so the trainer's inferer calls the network on
-    ``x_t`` directly. Subclasses build ``x_0`` from the batch (:meth:`batch_tensors`) and return the trainer's tuple.
+    Base of the family: MONAI's :class:`~monai.engines.utils.DiffusionPrepareBatch` hooks with a checked timestep
+    range and prediction type. Unlike MONAI's class, the batch is noised here (:meth:`noise_sample`:
+    ``eps ~ N(0, I)``, ``t`` uniform in ``timestep_range``, ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` by
+    ``scheduler.add_noise``), so the trainer's inferer calls the network on ``x_t`` directly. Subclasses build ``x_0``
+    from the batch (:meth:`batch_tensors`) and return the trainer's tuple.
 
     Args:
-        scheduler: a MONAI noise scheduler (``DDPMScheduler``, ``DDIMScheduler`` ...) defining ``add_noise`` (and
-            ``get_velocity`` for ``"v_prediction"``).
-        prediction_type: ``"epsilon"`` (target ``eps``), ``"sample"`` (``x_0``) or ``"v_prediction"`` (``v``); must
-            match the scheduler's.
+        scheduler: a MONAI noise scheduler (``DDPMScheduler``, ...) with ``add_noise`` (``get_velocity`` for ``v``).
+        prediction_type: ``"epsilon"`` (target ``eps``), ``"sample"`` (``x_0``) or ``"v_prediction"`` (``v``), as the
+            scheduler's.
         timestep_range: ``(low, high)`` to draw ``t`` uniformly from ``[low, high)``; ``None`` uses ``[0, T)``.
 
     Raises:
-        ValueError: an empty or out-of-schedule ``timestep_range``, or a ``prediction_type`` that differs from the
-            scheduler's.
+        ValueError: an empty or out-of-schedule ``timestep_range``, or a ``prediction_type`` unlike the scheduler's.
     """
 
     def __init__(self, scheduler: Scheduler, prediction_type: str, timestep_range: Sequence[int] | None = None) -> None:
@@ -139,32 +133,24 @@ class DiffusionTargetPrepareBatch(DiffusionPrepareBatch):
         if not isinstance(batchdata, Mapping) or any(k not in batchdata for k in keys):
             got = list(batchdata.keys()) if isinstance(batchdata, Mapping) else type(batchdata).__name__
             raise ValueError(f"{type(self).__name__} needs a dict batch with keys {list(keys)}, got {got}.")
-        return [
-            convert_to_tensor(batchdata[k], track_meta=False).to(device, non_blocking=non_blocking, **kwargs)
-            for k in keys
-        ]
+        to_kwargs = {"non_blocking": non_blocking, **kwargs}
+        return [convert_to_tensor(batchdata[k], track_meta=False).to(device, **to_kwargs) for k in keys]
 
 
 class MaskDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
     """
-    ``prepare_batch`` for MONAI's ``SupervisedTrainer`` that trains a mask-diffusion model such as
-    :class:`monai_diffseg.networks.nets.MedSegDiff`.
-
-    For each batch it maps the label to ``x_0`` in ``[-1, 1]`` (binary, or one-hot for multi-class), draws
-    ``t ~ U{0, T-1}`` and ``eps ~ N(0, I)``, builds ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` with the scheduler, and
-    returns ``(x_t, targets, (), {"timesteps": t, "image": image})``. The trainer's inferer then calls
-    ``network(x_t, timesteps=t, image=image)``; see
-    :class:`monai_diffseg.inferers.DiffusionSegmentationTrainInferer`. ``targets`` is a dict:
-    ``{"target": eps | x_0 | v, "mask": x_0 mapped back to {0, 1}}``, consumed by
-    :class:`monai_diffseg.engines.MaskDiffusionLoss` (``"mask"`` feeds the auxiliary anchor loss).
+    ``prepare_batch`` for ``SupervisedTrainer`` training a mask-diffusion model such as
+    :class:`monai_diffseg.networks.nets.MedSegDiff`: ``x_0`` is the label in ``[-1, 1]`` (binary, or one-hot,
+    :func:`mask_to_diffusion`), noised as in :class:`DiffusionTargetPrepareBatch`. Returns
+    ``(x_t, {"target": eps | x_0 | v, "mask": {0, 1} mask}, (), {"timesteps": t, "image": image})`` for
+    :class:`monai_diffseg.inferers.DiffusionSegmentationTrainInferer` and :class:`MaskDiffusionLoss` (``"mask"``
+    feeds the auxiliary anchor loss).
 
     Args:
-        scheduler: a MONAI noise scheduler (``DDPMScheduler``, ``DDIMScheduler`` ...) defining ``alphas_cumprod``.
+        scheduler, prediction_type, timestep_range: as in :class:`DiffusionTargetPrepareBatch`.
         num_classes: mask channels (1 = binary).
-        prediction_type: ``"epsilon"``, ``"sample"`` (x0) or ``"v_prediction"``.
         image_key: key of the image in the batch dict.
         label_key: key of the label in the batch dict.
-        timestep_range: optional ``(low, high)`` to draw ``t`` from ``[low, high)`` instead of ``[0, T)``.
     """
 
     def __init__(
@@ -196,34 +182,23 @@ class MaskDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
 
 class ImageDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
     """
-    ``prepare_batch`` for MONAI's ``SupervisedTrainer`` that trains an unconditional image diffusion model, e.g.
+    ``prepare_batch`` for ``SupervisedTrainer`` training an unconditional image diffusion model without labels, e.g.
     DiffSeg's lesion and healthy models (Shuai et al. 2024, arXiv:2404.16474;
-    :class:`monai_diffseg.networks.nets.DiffSegDenoiser`).
-
-    For each batch it maps the image to ``x_0`` in ``[-1, 1]``, draws ``t`` uniformly from ``timestep_range``
-    (``[low, high)``; DiffSeg trains on and reads out a band of small-to-moderate noise levels) and ``eps ~ N(0, I)``,
-    builds ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` with the scheduler, and returns
-    ``(x_t, target, (), {"timesteps": t})``. The trainer's default ``SimpleInferer`` then calls
-    ``network(x_t, timesteps=t)`` and a plain ``torch.nn.MSELoss`` compares it with ``target``:
-
-    - ``prediction_type="sample"`` (default, DiffSeg's x0-prediction): ``target = x_0``, or the image at
-      ``target_key`` when given (paired training toward another image, as the reference code's healthy model that
-      maps lesion images to lesion-free versions);
-    - ``"epsilon"``: ``target = eps``; ``"v_prediction"``: ``target = v``.
-
-    No label is read: this trains without pixel masks.
+    :class:`monai_diffseg.networks.nets.DiffSegDenoiser`; DiffSeg trains on a band of small-to-moderate noise levels,
+    ``timestep_range``): ``x_0`` is the image in ``[-1, 1]``, noised as in :class:`DiffusionTargetPrepareBatch`.
+    Returns ``(x_t, target, (), {"timesteps": t})`` for the default ``SimpleInferer`` and a plain ``MSELoss``; with
+    ``"sample"`` (DiffSeg's x0-prediction) and ``target_key``, ``target`` is that image instead of ``x_0`` (paired
+    training, as the reference code's healthy model mapping lesion images to lesion-free versions).
 
     Args:
-        scheduler: a MONAI noise scheduler (``DDPMScheduler`` ...) defining ``alphas_cumprod``.
-        timestep_range: ``(low, high)`` to draw ``t`` from ``[low, high)``; ``None`` uses ``[0, T)``.
-        prediction_type: ``"sample"``, ``"epsilon"`` or ``"v_prediction"``; must match the scheduler's.
-        image_key: key of the image in the batch dict.
+        scheduler, timestep_range, prediction_type: as in :class:`DiffusionTargetPrepareBatch`.
+        image_key: key of the image in the batch dict (or pass the image tensor itself as the batch).
         target_key: optional key of a paired target image (``"sample"`` only).
         value_range: image intensities mapped to ``[-1, 1]`` (default ``(0, 1)``).
 
     Raises:
-        ValueError: an empty or out-of-schedule ``timestep_range``, a ``prediction_type`` that differs from the
-            scheduler's, ``target_key`` without ``"sample"``, or ``value_range`` with ``high <= low``.
+        ValueError: as in :class:`DiffusionTargetPrepareBatch`, ``target_key`` without ``"sample"``, or
+            ``value_range`` with ``high <= low``.
     """
 
     def __init__(
@@ -250,15 +225,6 @@ class ImageDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict[str, torch.Tensor]]:
-        """
-        Args:
-            batchdata: dict batch with ``image_key`` ``(N, C, *S)`` (or the image tensor itself).
-            device: target device.
-            non_blocking: passed to ``Tensor.to``.
-
-        Returns:
-            ``(x_t, target, (), {"timesteps": t})``.
-        """
         if isinstance(batchdata, torch.Tensor):
             batchdata = {self.image_key: batchdata}
         keys = [self.image_key] + ([self.target_key] if self.target_key is not None else [])

@@ -42,40 +42,26 @@ THRESHOLD_METHODS = ("fixed", "otsu")
 NORMALIZATIONS = ("minmax", "percentile")
 POLARITIES = ("dark", "bright")
 OUTPUTS = ("mask", "score")
-_LUMA = (0.299, 0.587, 0.114)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
     """
-    Grayscale ``G`` of a channel-first batch: ITU-R 601 luma for 3 channels (the weights the reference code uses),
-    the identity for 1 channel, the channel mean otherwise.
-
-    Args:
-        x: ``(B, C, *S)``.
-
-    Returns:
-        ``(B, 1, *S)``.
+    Grayscale ``G`` ``(B, 1, *S)`` of ``x`` ``(B, C, *S)``: ITU-R 601 luma for 3 channels (the reference code's
+    weights), the identity for 1 channel, the channel mean otherwise.
     """
     if x.shape[1] == 1:
         return x
     if x.shape[1] == 3:
-        w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).reshape(1, 3, *([1] * (x.ndim - 2)))
+        w = torch.tensor((0.299, 0.587, 0.114), dtype=x.dtype, device=x.device).reshape(1, 3, *([1] * (x.ndim - 2)))
         return (x * w).sum(dim=1, keepdim=True)
     return x.mean(dim=1, keepdim=True)
 
 
 def otsu_threshold(maps: torch.Tensor, bins: int = 256) -> torch.Tensor:
     """
-    Otsu's threshold of every map of a batch: :func:`skimage.filters.threshold_otsu` (maximum between-class variance
-    over a ``bins``-bin histogram of the map's own value range), one map at a time on the CPU. The copy of the maps to
-    the host is one per inferer call and negligible next to the network calls, so no GPU implementation is kept.
-
-    Args:
-        maps: ``(B, ...)``.
-        bins: histogram bins.
-
-    Returns:
-        ``(B,)`` float32 thresholds on ``maps``' device; foreground is ``maps > threshold`` (none for a constant map).
+    ``(B,)`` float32 Otsu thresholds (on ``maps``' device) of ``maps`` ``(B, ...)``: foreground is ``maps > threshold``
+    (none for a constant map). :func:`skimage.filters.threshold_otsu` over a ``bins``-bin histogram of each map's own
+    range, on the CPU (one copy per inferer call, negligible next to the network calls).
     """
     flat = maps.detach().reshape(maps.shape[0], -1).float().cpu().numpy()
     return torch.tensor([float(threshold_otsu(m, nbins=bins)) for m in flat], device=maps.device)
@@ -84,63 +70,48 @@ def otsu_threshold(maps: torch.Tensor, bins: int = 256) -> torch.Tensor:
 class DiffusionDifferenceInferer(Inferer):
     """
     DiffSeg inference (Shuai et al., "DiffSeg: A Segmentation Model for Skin Lesions Based on Diffusion Difference",
-    2024, arXiv:2404.16474): a lesion map from the difference between two image diffusion models, one trained on
-    lesion images, one toward healthy-skin semantics, swept over several noise steps.
+    2024, arXiv:2404.16474): a lesion map from the difference between two image diffusion models (one trained on
+    lesion images, one toward healthy skin), for every ``t`` in ``timesteps`` and image ``x`` (``x_0`` in ``[-1, 1]``):
 
-    For every ``t`` in ``timesteps`` and every image ``x`` (mapped to ``x_0`` in ``[-1, 1]``):
+    1. ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps_t``, the **same** ``x_t`` for both models (``eps_t`` from a
+       generator seeded ``seed + k`` for the ``k``-th step);
+    2. noise maps ``n = x_t - x0_model(x_t, t)`` (``epsilon``/``v_prediction`` outputs are converted to ``x_0``);
+    3. ``D = G(n_healthy) - lesion_weight * G(n_lesion)`` (``G``: :func:`grayscale`; lambda = 1.5 as in the paper),
+       optionally Gaussian-smoothed;
+    4. per image and step normalised to ``D_norm`` in ``[0, 1]``. The healthy model turns a dark lesion into lighter
+       skin, so ``D`` is **negative** on the lesion: the score is ``1 - D_norm`` (``"dark"``, the reference's
+       ``gray < threshold``) or ``D_norm`` (``"bright"``);
+    5. thresholded: ``"fixed"`` (``score >= threshold``; :data:`DIFFSEG_FIXED_THRESHOLD` = 0.412 is the reference
+       code's ``clip(1.2 * 255 * D_norm) < 180``) or ``"otsu"`` (per map).
 
-    1. ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps_t``, **the same** ``x_t`` (same noise ``eps_t``) for both models;
-       ``eps_t`` is drawn from a generator seeded ``seed + k`` for the ``k``-th step;
-    2. noise maps ``n = x_t - model(x_t, t)`` for the lesion and the healthy model (the models predict ``x_0``;
-       ``epsilon``/``v_prediction`` schedulers are converted to ``x_0`` first);
-    3. grayscale difference ``D = G(n_healthy) - lesion_weight * G(n_lesion)`` (``G``: :func:`grayscale`,
-       ``lesion_weight`` = lambda = 1.5 by default, as in the paper); optionally Gaussian-smoothed
-       (``smooth_sigma``);
-    4. per image and step, normalised to ``D_norm`` in ``[0, 1]`` (``"minmax"`` as the reference code, or
-       ``"percentile"``: 1st-99th percentiles, clipped). The healthy model turns a dark lesion into lighter skin, so
-       ``n_healthy - n_lesion = x0_lesion - x0_healthy`` is **negative** on the lesion: the lesion score is
-       ``1 - D_norm`` (``polarity="dark"``, the reference's ``gray < threshold``) or ``D_norm`` (``"bright"``);
-    5. thresholded: ``"fixed"`` (``score >= threshold``; the default :data:`DIFFSEG_FIXED_THRESHOLD` = 0.412 is the
-       reference code's ``clip(1.2 * 255 * D_norm) < 180``) or ``"otsu"`` (per map).
-
-    The ``T`` per-step outputs come back stacked like ensemble members, ``(N, T, 1, *S)``, so the fusion and
-    uncertainty transforms of :mod:`monai_diffseg.transforms` apply directly: mean over steps = the consistent
-    region's support, variance/ambiguous region = DiffSeg's uncertainty, :class:`~monai_diffseg.metrics`
-    sample diversity (DiffSeg's "GED" is the ``l2`` form) and GED against a ground truth, and DiffSeg's DenseCRF
-    fusion of K random subsets of H outputs (:class:`~monai_diffseg.transforms.EnsembleFusiond`, ``random_subset``).
-
-    The two models: ``inferer(inputs, network)`` with ``network`` a
-    :class:`~monai_diffseg.networks.nets.DiffSegPair` (its ``forward`` returns both predictions; what a bundle's
-    ``SupervisedEvaluator`` passes), or ``network`` the lesion model and ``healthy_network`` given here.
+    The ``T`` outputs are stacked like ensemble members, so the fusion, uncertainty (DiffSeg's) and diversity metrics
+    (DiffSeg's "GED" is the ``l2`` sample diversity) apply directly, as does DiffSeg's DenseCRF fusion of K random
+    subsets of H outputs (:class:`~monai_diffseg.transforms.EnsembleFusiond`, ``random_subset``).
 
     Args:
-        scheduler: MONAI scheduler with ``alphas_cumprod`` and ``num_train_timesteps`` (e.g. ``DDPMScheduler``
-            with the training schedule); its ``prediction_type`` says what the networks predict.
-        timesteps: the noise steps (default 60, 70, ..., 150); each in ``[0, num_train_timesteps - 1]``.
-        lesion_weight: lambda in ``D = G(n_healthy) - lambda * G(n_lesion)``.
+        scheduler: the training schedule (with ``alphas_cumprod``, e.g. ``DDPMScheduler``); its ``prediction_type``
+            says what the networks predict.
+        timesteps: the noise steps (default 60, 70, ..., 150), each in ``[0, num_train_timesteps - 1]``.
+        lesion_weight: lambda in step 3.
         threshold_method: ``"fixed"`` or ``"otsu"``.
         threshold: score threshold of ``"fixed"``, in ``[0, 1]``.
-        normalization: ``"minmax"`` or ``"percentile"``.
+        normalization: ``"minmax"`` (the reference code's) or ``"percentile"`` (1st-99th percentiles, clipped).
         polarity: ``"dark"`` (lesions darker than skin, dermoscopy) or ``"bright"``.
         smooth_sigma: Gaussian smoothing (pixels) of ``D`` before normalisation; 0 disables it.
-        output: ``"mask"`` (binary per-step masks) or ``"score"`` (per-step lesion scores in ``[0, 1]``).
-        healthy_network: the healthy model when ``network`` is the lesion model alone.
+        output: ``"mask"`` (binary) or ``"score"`` (lesion scores in ``[0, 1]``), per step.
+        healthy_network: the healthy model, when ``network`` is the lesion model alone rather than a
+            :class:`~monai_diffseg.networks.nets.DiffSegPair` (what a bundle passes).
         seed: base seed of the per-step noise.
-        value_range: input intensities mapped to ``[-1, 1]`` (as in training).
+        value_range: input intensities mapped to ``[-1, 1]`` (as in training); integer images must lie in it.
         step_batch_size: at most this many steps per network call (``None``: all steps at once).
 
     Shapes:
         inputs ``(N, C, *S)`` (or a list of ``(C, *S)`` images of one size) -> ``(N, T, 1, *S)``.
 
-    Input rules (checked at every call): floating images are computed in float32; an integer image (e.g. uint8
-    0-255) is accepted only when its values lie in ``value_range`` (then ``value_range`` maps it like a float image,
-    e.g. ``value_range=(0, 255)`` for raw uint8), otherwise it raises a ``TypeError`` that says how to convert it;
-    NaN/Inf in an image raise a ``ValueError`` naming the batch item (and its file for a collated ``MetaTensor``).
-
     Raises:
         ValueError: empty ``timesteps`` or a step beyond the schedule, unknown options, an input whose channels differ
             from the network's, images of mixed sizes, NaN/Inf in the images or in the networks' outputs.
-        TypeError: an integer image whose values exceed ``value_range``.
+        TypeError: an integer image whose values exceed ``value_range`` (the message says how to convert it).
     """
 
     def __init__(
@@ -201,15 +172,7 @@ class DiffusionDifferenceInferer(Inferer):
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor | Sequence[torch.Tensor], network: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> torch.Tensor:
-        """
-        Args:
-            inputs: images ``(N, C, *S)`` in ``value_range``.
-            network: a :class:`~monai_diffseg.networks.nets.DiffSegPair` or the lesion model (with
-                ``healthy_network`` set).
-
-        Returns:
-            per-step masks (``output="mask"``) or lesion scores (``"score"``), ``(N, T, 1, *S)``.
-        """
+        """The ``output`` entry (per-step masks or lesion scores, ``(N, T, 1, *S)``) of :meth:`compute`."""
         return self.compute(inputs, network, *args, **kwargs)[self.output]
 
     def _check_inputs(self, inputs: torch.Tensor | Sequence[torch.Tensor], module: Any) -> torch.Tensor:
@@ -248,10 +211,6 @@ class DiffusionDifferenceInferer(Inferer):
                 f"image size {tuple(image.shape[2:])} must be divisible by the network's size_divisor={divisor}; "
                 "resize or pad first."
             )
-        return self._checked_values(image, names)
-
-    def _checked_values(self, image: torch.Tensor, names: Sequence[str] | None) -> torch.Tensor:
-        """The dtype rule and the NaN/Inf check of the class docstring; returns a float32 image."""
         owner = type(self).__name__
         if image.is_complex():
             raise TypeError(f"{owner}: inputs must be real-valued images, got dtype {image.dtype}.")
@@ -271,11 +230,10 @@ class DiffusionDifferenceInferer(Inferer):
         check_finite(image, "inputs", owner, names)
         return image
 
-    def _predict_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network output as ``x_0`` (identity for x0-prediction)."""
+    def _predict_x0(self, out: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The network output as ``x_0``, ``a``: ``alphas_cumprod[t]`` (identity for x0-prediction)."""
         if self.prediction_type == "sample":
             return out
-        a = self.scheduler.alphas_cumprod.to(x_t.device)[t].float().reshape(-1, *([1] * (x_t.ndim - 1)))
         if self.prediction_type == "epsilon":
             return (x_t - (1 - a).sqrt() * out) / a.sqrt()
         return a.sqrt() * x_t - (1 - a).sqrt() * out  # v_prediction
@@ -304,8 +262,8 @@ class DiffusionDifferenceInferer(Inferer):
         Run the diffusion difference and return every intermediate.
 
         Args:
-            inputs: images ``(N, C, *S)`` in ``value_range``.
-            network: see :meth:`__call__`.
+            inputs: images ``(N, C, *S)`` (or a list of ``(C, *S)``) in ``value_range``.
+            network: a :class:`~monai_diffseg.networks.nets.DiffSegPair`, or the lesion model (``healthy_network``).
             args, kwargs: extra arguments passed to every network call.
 
         Returns:
@@ -320,23 +278,18 @@ class DiffusionDifferenceInferer(Inferer):
         x0 = image_to_diffusion(image, self.value_range)
         num_steps = len(self.timesteps)
         chunk = num_steps if self.step_batch_size is None else min(self.step_batch_size, num_steps)
-        alphas = self.scheduler.alphas_cumprod
         diffs = []
         for start in range(0, num_steps, chunk):
             steps = self.timesteps[start : start + chunk]
-            noise = torch.cat(
-                [
-                    torch.randn(x0.shape, generator=torch.Generator(device="cpu").manual_seed(self.seed + start + k))
-                    for k in range(len(steps))
-                ]
-            ).to(device)
+            seeds = range(self.seed + start, self.seed + start + len(steps))
+            noise = torch.cat([torch.randn(x0.shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
             t = torch.tensor(steps, device=device, dtype=torch.long).repeat_interleave(n)  # step-major rows
             xs = x0.repeat(len(steps), *([1] * (x0.ndim - 1)))
-            a = alphas.to(device)[t].float().reshape(-1, *([1] * (x0.ndim - 1)))
-            x_t = a.sqrt() * xs + (1 - a).sqrt() * noise
+            a = self.scheduler.alphas_cumprod.to(device)[t].float().reshape(-1, *([1] * (x0.ndim - 1)))
+            x_t = a.sqrt() * xs + (1 - a).sqrt() * noise.to(device)
             lesion_out, healthy_out = self._both(network, x_t, t, *args, **kwargs)
-            n_lesion = x_t - self._predict_x0(lesion_out.float(), x_t, t)
-            n_healthy = x_t - self._predict_x0(healthy_out.float(), x_t, t)
+            n_lesion = x_t - self._predict_x0(lesion_out.float(), x_t, a)
+            n_healthy = x_t - self._predict_x0(healthy_out.float(), x_t, a)
             diffs.append(grayscale(n_healthy) - self.lesion_weight * grayscale(n_lesion))
         diff = torch.cat(diffs)  # (T * N, 1, *S), step-major
         check_finite(

@@ -44,24 +44,11 @@ AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch
 STEP_EXTRAS = ("eta", "generator", "next_timestep")
 
 
-def _parameter_dtype(module: Any) -> torch.dtype | None:
-    """The floating dtype of a module's first floating parameter (``None`` without one)."""
-    params = module.parameters() if isinstance(module, nn.Module) else ()
-    return next((p.dtype for p in params if p.is_floating_point()), None)
-
-
 def memory_aware_member_chunk(members: int, bytes_per_member: float, free_bytes: float, fraction: float = 0.8) -> int:
     """
-    How many ensemble members fit in one network call.
-
-    Args:
-        members: ensemble size ``E``.
-        bytes_per_member: device memory one member adds to a denoising call (activations + tiled condition).
-        free_bytes: device memory free before the call.
-        fraction: share of ``free_bytes`` the sampler may use (headroom for the allocator and other tensors).
-
-    Returns:
-        ``min(E, floor(fraction * free_bytes / bytes_per_member))``, at least 1.
+    How many of ``members`` (ensemble size ``E``) fit in one network call: ``min(E, floor(fraction * free_bytes /
+    bytes_per_member))``, at least 1; ``bytes_per_member``: device memory a member adds to a denoising call
+    (activations + tiled condition); ``free_bytes``: free before it; ``fraction``: the share the sampler may use.
     """
     if members < 1:
         raise ValueError(f"members must be >= 1, got {members}.")
@@ -74,14 +61,8 @@ def memory_aware_member_chunk(members: int, bytes_per_member: float, free_bytes:
 
 def x0_to_probability(x0: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
     """
-    Map a predicted clean mask in ``[-1, 1]`` to foreground probabilities in ``[0, 1]``.
-
-    One channel: ``(x0 + 1) / 2``. Several (one-hot) channels: the same, renormalised to sum to 1 over
-    ``channel_dim``, so argmax and thresholding both work downstream.
-
-    Args:
-        x0: ``(..., C, *S)`` predicted ``x_0``.
-        channel_dim: the channel dimension.
+    Map a predicted clean mask ``x0`` ``(..., C, *S)`` in ``[-1, 1]`` to foreground probabilities: ``(x0 + 1) / 2``,
+    renormalised to sum to 1 over ``channel_dim`` for several (one-hot) channels (so argmax and thresholding both work).
     """
     prob = diffusion_to_image(x0.clamp(-1.0, 1.0))
     if prob.shape[channel_dim] > 1:
@@ -94,18 +75,10 @@ def x0_to_probability(x0: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
 
 class DiffusionSegmentationTrainInferer(Inferer):
     """
-    Training-time "inferer" for ``SupervisedTrainer``: one denoising prediction per sample.
-
-    It receives what :class:`monai_diffseg.engines.MaskDiffusionPrepareBatch` returns (``x_t`` as inputs and
-    ``timesteps``/``image`` as keyword arguments) and calls the network's ``forward`` only, so gradients are
-    synchronised under ``DistributedDataParallel``. With an anchor head it also returns the anchor logits for the
-    auxiliary loss.
-
-    Args:
-        anchor: request the anchor (auxiliary mask) logits when the network has an anchor head.
-
-    Returns:
-        dict ``{"pred": (B, C, *S)}`` plus ``"anchor": (N, C, *S)`` when available.
+    Training-time "inferer" for ``SupervisedTrainer`` on what :class:`monai_diffseg.engines.MaskDiffusionPrepareBatch`
+    returns (``x_t``; ``timesteps``/``image`` keywords): one ``forward`` call, so ``DistributedDataParallel`` syncs
+    gradients. Returns ``{"pred": (B, C, *S)}`` plus ``"anchor": (N, C, *S)`` logits when ``anchor`` is set and the
+    network has an anchor head (for the auxiliary loss).
     """
 
     def __init__(self, anchor: bool = True) -> None:
@@ -128,62 +101,37 @@ class DiffusionSegmentationTrainInferer(Inferer):
 
 class DiffusionSegmentationInferer(Inferer):
     """
-    Sample segmentation masks from a mask-diffusion model: all ensemble members as one batch, image condition
-    encoded once, few-step schedulers.
+    Sample segmentation masks from a mask-diffusion model (the MONAI ``inferer(inputs, network)`` contract): the
+    image condition is encoded once (``network.encode_condition`` when the network has it, else the image is passed to
+    every step); member ``e`` of the ensemble starts from noise of its own generator seeded ``seed + e`` (a batched
+    ensemble equals a loop of single-member calls with seeds ``seed, seed + 1, ...``); all members run the scheduler's
+    reverse process in one batch (or chunks of ``member_batch_size``); the scheduler's final ``x_0`` (never the raw
+    network output) is mapped to probabilities.
 
-    This is the MONAI inferer contract ``inferer(inputs, network)`` that ``SupervisedEvaluator``, bundles and
-    MONAI Label call. For each image it
+    Schedulers: every MONAI scheduler (DDPM, DDIM, PNDM, RFlow) and
+    :class:`monai_diffseg.schedulers.DPMSolverMultistepScheduler`. ``scheduler.step`` gets the extras its signature
+    takes: ``eta`` (DDIM), ``generator`` (DDPM, DDIM: one per member, so results do not depend on batching),
+    ``next_timestep`` (RFlow; the last step goes to 0). One requiring any other argument is rejected at construction.
 
-    1. computes ``network.encode_condition(image)`` once (when the network has it; otherwise the image is passed to
-       every step),
-    2. draws ``num_samples`` independent noise masks, member ``e`` from its own generator seeded ``seed + e``, so a
-       batched ensemble and a loop of single-member calls with seeds ``seed, seed + 1, ...`` give the same samples,
-    3. runs the scheduler's reverse process (``scheduler.set_timesteps(num_inference_steps)``) with all members
-       in one batch (or in chunks of ``member_batch_size`` members to bound memory), and
-    4. returns the final ``x_0`` prediction mapped to probabilities (the trap of returning the raw network output,
-       as the reference DPM-Solver path does, is avoided by always taking the scheduler's ``x_0``).
-
-    Schedulers: every MONAI scheduler (``DDPMScheduler``, ``DDIMScheduler``, ``PNDMScheduler``, ``RFlowScheduler``)
-    and :class:`monai_diffseg.schedulers.DPMSolverMultistepScheduler`. Each ``scheduler.step`` gets the extras its
-    signature takes: ``eta`` (DDIM), ``generator`` (DDPM, DDIM: one per member, so results do not depend on
-    batching) and ``next_timestep`` (RFlow; its step size comes from the next timestep, the last step goes to 0). A
-    scheduler whose ``step`` requires any other argument is rejected at construction.
-
-    Speed options (all off by default; outputs agree with the plain path up to the precision used), applied once per
-    call outside the sampling loop. The inferer keeps no per-call state; it caches only what ``channels_last`` and
-    ``compile`` build per network:
-
-    - ``member_batch_size="auto"``: on CUDA, one probe call measures the memory a member costs and the chunk is
-      the number of members that fit in 80% of the free memory (:func:`memory_aware_member_chunk`); on CPU all
-      members run in one batch.
-    - ``autocast="bf16" | "fp16"``: network calls under ``torch.autocast`` on the input's device; the scheduler
-      update stays float32.
-    - ``channels_last=True``: per-step tensors in channels-last memory format (NHWC / NDHWC), which tensor cores
-      prefer, and a channels-last copy of the (unwrapped) network: made once per network, given the network's
-      weights and train/eval mode at every call. The caller's network is never converted.
-    - ``compile=True``: the per-step network call goes through ``torch.compile`` (compiled once per network and
-      cached, which keeps that network alive as long as the inferer; ``compile_kwargs`` are passed on).
-      ``cuda_graphs=True`` compiles with ``mode="reduce-overhead"``, which captures CUDA graphs: every step has the
-      same shapes, so the launch overhead of small per-step networks disappears. It is ignored with a warning on CPU.
+    The speed options (``member_batch_size`` on; off by default; same outputs up to the precision used) are set up
+    once per call; only what ``channels_last`` and ``compile`` build per network is cached (keeping that network alive).
 
     Args:
-        scheduler: a scheduler as above; its ``prediction_type`` must match the training target. It is copied per
-            call, never mutated.
+        scheduler: a scheduler as above, ``prediction_type`` as in training; copied per call, never mutated.
         num_inference_steps: reverse steps (e.g. 1000 for DDPM, 10-50 for DDIM).
         num_samples: ensemble size ``E``.
-        return_samples: return the stacked per-member probabilities ``(N, E, C, *S)`` instead of the fused
-            ``(N, C, *S)`` mean.
-        seed: base seed of the member generators; ``None`` draws one from torch's global RNG (so
-            ``monai.utils.set_determinism`` still makes runs reproducible).
+        return_samples: return the per-member probabilities ``(N, E, C, *S)`` instead of their ``(N, C, *S)`` mean.
+        seed: base seed of the member generators; ``None`` draws one from torch's global RNG.
         eta: DDIM stochasticity (0 = deterministic DDIM).
-        member_batch_size: at most this many members per network call; ``None``: all members at once; ``"auto"``:
-            memory-aware (see above).
+        member_batch_size: at most this many members per network call; ``None``: all; ``"auto"``: on CUDA a probe call
+            measures a member's memory, the chunk fits 80% of the free memory (:func:`memory_aware_member_chunk`).
         progress: show a tqdm progress bar over the steps.
-        autocast: ``None``, ``"bf16"`` or ``"fp16"``.
-        channels_last: use channels-last memory format.
+        autocast: ``None``, ``"bf16"`` or ``"fp16"``: network calls under ``torch.autocast`` (scheduler in float32).
+        channels_last: per-step tensors in NHWC / NDHWC and a channels-last copy of the (unwrapped) network, given its
+            weights and train/eval mode at every call (the caller's network is never converted).
         compile: ``torch.compile`` the per-step network call.
         compile_kwargs: keyword arguments of ``torch.compile`` (e.g. ``{"mode": "max-autotune"}``).
-        cuda_graphs: compile with CUDA graphs (``mode="reduce-overhead"``); CUDA only.
+        cuda_graphs: compile with ``mode="reduce-overhead"`` (CUDA graphs); ignored with a warning on CPU.
 
     Shapes:
         inputs ``(N, C_in, *S)`` -> ``(N, C, *S)`` fused foreground probability, or ``(N, E, C, *S)``.
@@ -244,10 +192,8 @@ class DiffusionSegmentationInferer(Inferer):
         samples = self.sample(inputs, network, *args, **kwargs)
         out = samples if self.return_samples else samples.mean(dim=1)
         if isinstance(inputs, MetaTensor) and not self.return_samples:
-            # keep the image's spatial metadata so Invertd / SaveImaged can place the prediction
-            meta_out = MetaTensor(out)
-            meta_out.copy_meta_from(inputs)  # batched meta, applied_operations and is_batch
-            out = meta_out
+            # the image's batched meta, applied_operations and is_batch, so Invertd / SaveImaged can place it
+            out = MetaTensor(out).copy_meta_from(inputs)
         return out
 
     @torch.no_grad()
@@ -261,31 +207,34 @@ class DiffusionSegmentationInferer(Inferer):
         **kwargs: Any,
     ) -> torch.Tensor:
         """
-        Draw the ensemble.
+        Draw the ensemble: ``(N, E, C, *S)`` per-member foreground probabilities.
 
         Args:
-            inputs: images ``(N, C_in, *S)``.
-            network: the denoiser; called as ``network(x_t, timesteps, condition=...)`` or
-                ``network(x_t, timesteps, image=...)``.
+            inputs: images ``(N, C_in, *S)``; floating ones are cast to the network's parameter dtype.
+            network: the denoiser, called as ``network(x_t, timesteps, condition=...)`` (or ``image=...``).
             args, kwargs: extra arguments passed to every network call.
-            num_samples: override of the ensemble size.
-            seed: override of the base seed.
-
-        Returns:
-            ``(N, E, C, *S)`` per-member foreground probabilities.
+            num_samples, seed: overrides of the ensemble size and base seed.
 
         Raises:
-            ValueError: ``num_samples < 1``; NaN/Inf in ``inputs`` (the message names the batch items and, for a
-                collated ``MetaTensor``, their files) or in the sampled masks; scheduler timesteps outside
-                ``[0, num_train_timesteps - 1]``.
-            TypeError: an integer image (e.g. uint8 0-255): scale it in preprocessing. Floating images are cast to
-                the network's parameter dtype (float64 -> float32).
+            ValueError: ``num_samples < 1``; NaN/Inf in ``inputs`` (naming the batch items and, for a collated
+                ``MetaTensor``, their files) or in the sampled masks; timesteps outside ``[0, T - 1]``.
+            TypeError: an integer image (e.g. uint8 0-255): scale it in preprocessing.
         """
-        members = self._members(num_samples)
-        image = self._checked_image(inputs, network)
-        base_seed = self._base_seed(seed)
+        members, image, base_seed = self._prepare(inputs, network, num_samples, seed)
         n, device = image.shape[0], image.device
-        scheduler = self._scheduler(image)
+        scheduler = copy.deepcopy(self.scheduler)  # the call's timesteps on the image's device
+        extra = inspect.signature(scheduler.set_timesteps).parameters
+        size = {"input_img_size_numel": int(image.shape[2:].numel())} if "input_img_size_numel" in extra else {}
+        scheduler.set_timesteps(self.num_inference_steps, device=device, **size)  # RFlow scales by image size
+        check_timesteps(
+            scheduler.timesteps,
+            # RFlow starts at t = T itself (pure noise): only the lower bound applies there
+            num_train_timesteps=None if isinstance(scheduler, RFlowScheduler) else int(scheduler.num_train_timesteps),
+            name=f"{type(scheduler).__name__}.timesteps (num_inference_steps={self.num_inference_steps})",
+            owner=type(self).__name__,
+        )
+        if hasattr(scheduler, "alphas_cumprod"):
+            scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
         timesteps = scheduler.timesteps.tolist()
         gens = [torch.Generator(device=device).manual_seed(base_seed + e) for e in range(members)]
         shape = (n, int(getattr(unwrap_network(network), "out_channels", 1)), *image.shape[2:])
@@ -309,51 +258,26 @@ class DiffusionSegmentationInferer(Inferer):
         )
         return x0_to_probability(per_image, channel_dim=2).contiguous()
 
-    def _members(self, num_samples: int | None) -> int:
-        """The call's ensemble size: ``num_samples``, else the inferer's; ``< 1`` raises."""
-        if num_samples is None:
-            return int(self.num_samples)
-        if int(num_samples) < 1:
+    def _prepare(self, inputs: Any, network: Any, num_samples: int | None, seed: int | None) -> tuple:
+        """
+        The call's ``(members, image, base_seed)``: ``num_samples`` (``< 1`` raises) else the inferer's; ``inputs`` as
+        a plain tensor in the network's floating parameter dtype, checked (see :meth:`sample`); ``seed``, else the
+        inferer's, else one drawn from torch's global RNG.
+        """
+        owner = type(self).__name__
+        if num_samples is not None and int(num_samples) < 1:
             raise ValueError(
-                f"{type(self).__name__}.sample: num_samples must be >= 1, got {num_samples}; pass None to use the "
+                f"{owner}.sample: num_samples must be >= 1, got {num_samples}; pass None to use the "
                 f"inferer's num_samples={self.num_samples}."
             )
-        return int(num_samples)
-
-    def _checked_image(self, inputs: Any, network: Any) -> torch.Tensor:
-        """
-        ``inputs`` as a plain floating tensor in the network's parameter dtype, checked for NaN/Inf (the message names
-        the batch items and, for a collated ``MetaTensor``, their files). Integer images raise (see
-        :func:`monai_diffseg.utils.check_floating`).
-        """
-        owner = f"{type(self).__name__}"
-        names = batch_item_names(inputs)
-        image = convert_to_tensor(inputs, track_meta=False)
-        image = check_floating(image, "inputs", owner, _parameter_dtype(unwrap_network(network)))
-        check_finite(image, "inputs", owner, names)
-        return image
-
-    def _base_seed(self, seed: int | None) -> int:
-        """The call's base seed: ``seed``, else the inferer's, else one drawn from torch's global RNG."""
+        module = unwrap_network(network)
+        params = module.parameters() if isinstance(module, nn.Module) else ()
+        dtype = next((p.dtype for p in params if p.is_floating_point()), None)
+        image = check_floating(convert_to_tensor(inputs, track_meta=False), "inputs", owner, dtype)
+        check_finite(image, "inputs", owner, batch_item_names(inputs))
         base_seed = seed if seed is not None else self.seed
-        return int(torch.randint(0, 2**31 - 1, (1,)).item()) if base_seed is None else base_seed
-
-    def _scheduler(self, image: torch.Tensor) -> Scheduler:
-        """A copy of the scheduler with the call's timesteps on the image's device, checked against the schedule."""
-        scheduler = copy.deepcopy(self.scheduler)
-        extra = inspect.signature(scheduler.set_timesteps).parameters
-        size = {"input_img_size_numel": int(image.shape[2:].numel())} if "input_img_size_numel" in extra else {}
-        scheduler.set_timesteps(self.num_inference_steps, device=image.device, **size)  # RFlow scales by image size
-        check_timesteps(
-            scheduler.timesteps,
-            # RFlow starts at t = T itself (pure noise): only the lower bound applies there
-            num_train_timesteps=None if isinstance(scheduler, RFlowScheduler) else int(scheduler.num_train_timesteps),
-            name=f"{type(scheduler).__name__}.timesteps (num_inference_steps={self.num_inference_steps})",
-            owner=type(self).__name__,
-        )
-        if hasattr(scheduler, "alphas_cumprod"):
-            scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(image.device)
-        return scheduler
+        base_seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if base_seed is None else base_seed
+        return int(self.num_samples if num_samples is None else num_samples), image, base_seed
 
     def _autocast(self, device: torch.device) -> Any:
         if self.autocast_dtype is None:
@@ -391,11 +315,9 @@ class DiffusionSegmentationInferer(Inferer):
         self, network: Callable[..., Any], image: torch.Tensor, x: torch.Tensor, t0: float, args: tuple, kwargs: dict
     ) -> Callable[[torch.Tensor, float], torch.Tensor]:
         """
-        ``denoise(x, t)``: the float32 network output for all members of ``x`` ``(E * N, C, *S)`` at step ``t``, with
-        the speed options set up here, once per call: the network (:meth:`_step_network`), the image condition
-        encoded once (``encode_condition`` when the network has it, else the image is passed) and tiled to one chunk
-        of members once, the member chunk (``t0``: the first step, for the ``"auto"`` probe), ``autocast`` and the
-        ``channels_last`` format of every tensor the network sees.
+        ``denoise(x, t)``: the float32 network output for all members of ``x`` ``(E * N, C, *S)`` at step ``t``. Set
+        up once per call: the step network, the condition (encoded, tiled to one member chunk), the chunk (``t0``:
+        the first step, for the ``"auto"`` probe), ``autocast`` and ``channels_last``.
         """
         n, device, memory_format = image.shape[0], image.device, self._memory_format(image.ndim)
         members = x.shape[0] // n
@@ -451,9 +373,8 @@ class DiffusionSegmentationInferer(Inferer):
         self, scheduler: Scheduler, n: int, gens: Sequence[torch.Generator]
     ) -> Callable[[torch.Tensor, float, float, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """
-        ``step(model_output, t, next_t, x) -> (x_prev, x0)``: one reverse step with the :data:`STEP_EXTRAS` that
-        ``scheduler.step`` takes; ``x0`` is the scheduler's ``x_0`` prediction (``x_prev`` for one without it).
-        Stochastic schedulers (DDPM; DDIM with ``eta > 0``) step member by member with the member's generator.
+        ``step(model_output, t, next_t, x) -> (x_prev, x0)`` with the :data:`STEP_EXTRAS` ``scheduler.step`` takes
+        (``x0``: ``x_prev`` for a scheduler without it); stochastic ones step member by member with its generator.
         """
         accepted = inspect.signature(scheduler.step).parameters
         stochastic = isinstance(scheduler, DDPMScheduler) or (isinstance(scheduler, DDIMScheduler) and self.eta > 0)
@@ -475,34 +396,21 @@ class DiffusionSegmentationInferer(Inferer):
 
 class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
     """
-    Patch-wise ensemble sampling for volumes (or large images) larger than the training patch.
-
-    The image is cut into ``roi_size`` windows by MONAI's :func:`monai.inferers.sliding_window_inference`; for every
-    window the whole reverse process runs with **all ensemble members in one batch** and the window's condition
-    encoded once (exactly :meth:`DiffusionSegmentationInferer.sample` on the window). The per-member probabilities
-    of overlapping windows are blended (``mode``, Gaussian by default), so the output has the same layout as the
-    non-windowed inferer and the fusion / uncertainty transforms apply unchanged.
-
-    Window batch ``w`` (numbered over all windows of all images of the call) draws its members' noise from
-    generators seeded ``seed + w * E + e``: runs are reproducible and windows are independent. Each window is a
-    complete chain, so member ``e`` of two neighbouring windows is not the same sample; in overlaps their
-    probabilities are blended, which is what the fused mask needs.
+    Patch-wise ensemble sampling for images larger than the training patch, ``(N, C_in, *S)`` with any ``S``: MONAI's
+    :func:`monai.inferers.sliding_window_inference` runs :meth:`DiffusionSegmentationInferer.sample` (all members in
+    one batch) on every ``roi_size`` window and blends the per-member probabilities of overlapping windows, so the
+    output has the layout of the non-windowed inferer. Window batch ``w`` (numbered over all windows of the call)
+    seeds its members ``seed + w * E + e``: reproducible, independent windows.
 
     Args:
-        scheduler: as in :class:`DiffusionSegmentationInferer`.
-        roi_size: window size, e.g. ``(96, 96, 96)``; must suit the network (divisible by its ``size_divisor``).
+        scheduler, kwargs: as in :class:`DiffusionSegmentationInferer`.
+        roi_size: window size, e.g. ``(96, 96, 96)``, divisible by the network's ``size_divisor``.
         sw_batch_size: windows sampled together (each brings ``E`` members).
         overlap: window overlap fraction.
         mode: blending, ``"gaussian"`` or ``"constant"``.
         sw_device: device of the windows (``None``: the input's).
         device: device of the stitched output (``None``: the input's); ``"cpu"`` keeps large volumes off the GPU.
         progress: a progress bar over the windows.
-        kwargs: the sampling options of :class:`DiffusionSegmentationInferer` (``num_inference_steps``,
-            ``num_samples``, ``return_samples``, ``seed``, ``eta``, ``member_batch_size``, ``autocast``,
-            ``channels_last``, ``compile``, ``compile_kwargs``, ``cuda_graphs``).
-
-    Shapes:
-        inputs ``(N, C_in, *S)`` with any ``S`` -> ``(N, C, *S)`` or ``(N, E, C, *S)``.
     """
 
     def __init__(
@@ -540,15 +448,8 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
         seed: int | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """
-        Draw the ensemble window by window and stitch it.
-
-        Returns:
-            ``(N, E, C, *S)`` per-member foreground probabilities.
-        """
-        members = self._members(num_samples)
-        image = self._checked_image(inputs, network)
-        base_seed = self._base_seed(seed)
+        """:meth:`DiffusionSegmentationInferer.sample`, window by window, stitched: ``(N, E, C, *S)``."""
+        members, image, base_seed = self._prepare(inputs, network, num_samples, seed)
         window = [0]
         parent_sample = super().sample
 

@@ -1,19 +1,6 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""
-Multistep DPM-Solver++ scheduler (data-prediction ODE solver) on top of MONAI's noise schedules.
-
-DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models",
-arXiv:2211.01095) integrates the probability-flow ODE written for the data prediction ``x0_theta`` in log-SNR time
-``lambda_t = log(alpha_t / sigma_t)`` (``alpha_t = sqrt(alphas_cumprod[t])``,
-``sigma_t = sqrt(1 - alphas_cumprod[t])``).
-The linear part is integrated exactly, the model part with a multistep (Adams-type) polynomial in ``lambda`` built
-from the previous ``x0`` predictions, giving 1st (DDIM, eta 0), 2nd ("2M") and 3rd ("3M") order updates.
-
-Because every update is built from ``x0``, clipping ``x0`` to ``[-1, 1]`` (what segmentation masks want) or
-Imagen-style dynamic thresholding can be applied before the update; the final step goes to ``alphas_cumprod = 1``
-and returns the (clipped) ``x0`` itself.
-"""
+"""Multistep DPM-Solver++ scheduler (data-prediction ODE solver) on top of MONAI's noise schedules."""
 
 from __future__ import annotations
 
@@ -22,21 +9,27 @@ import math
 import torch
 from monai.networks.schedulers import Scheduler
 from monai.networks.schedulers.ddpm import DDPMPredictionType
-from monai.utils import look_up_option
+
+from monai_diffseg.utils import look_up_named_option
 
 __all__ = ["DPMSolverMultistepScheduler"]
-
-_PREDICTION_TYPES = tuple(p.value for p in DDPMPredictionType)
 
 
 class DPMSolverMultistepScheduler(Scheduler):
     """
-    Deterministic multistep DPM-Solver++ sampler (Lu et al. 2022, arXiv:2211.01095, Algorithm 2 and App. B).
+    Deterministic multistep DPM-Solver++ sampler (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
+    Diffusion Probabilistic Models", arXiv:2211.01095, Algorithm 2 and App. B).
 
-    The scheduler is stateful: after :meth:`set_timesteps`, call :meth:`step` exactly once per timestep of
-    ``self.timesteps`` (in order) for the whole batch; the previous ``x0`` predictions and their ``lambda`` values are
-    kept as history for the multistep update. Calling :meth:`set_timesteps` (or stepping the first timestep again)
-    resets the history.
+    It integrates the probability-flow ODE of the data prediction ``x0`` in log-SNR time ``lambda_t =
+    log(alpha_t / sigma_t)`` (``alpha_t = sqrt(alphas_cumprod[t])``, ``sigma_t = sqrt(1 - alphas_cumprod[t])``): the
+    linear part exactly, the model part with a multistep polynomial in ``lambda`` of the previous ``x0``
+    predictions: 1st (DDIM, eta 0), 2nd ("2M") and 3rd ("3M") order. As every update is built from ``x0``, ``x0`` can
+    be clipped to ``[-1, 1]`` (what masks want) or dynamically thresholded first; the final step goes to
+    ``alphas_cumprod = 1`` and returns the (clipped) ``x0`` itself.
+
+    Stateful: after :meth:`set_timesteps`, call :meth:`step` once per timestep of ``self.timesteps``, in order, for the
+    whole batch (the previous ``x0`` and ``lambda`` values are the multistep history, reset by :meth:`set_timesteps` or
+    by stepping the first timestep again).
 
     Args:
         num_train_timesteps: number of diffusion steps used to train the model (``T``).
@@ -46,16 +39,11 @@ class DPMSolverMultistepScheduler(Scheduler):
         thresholding: apply Imagen dynamic thresholding to ``x0`` (takes precedence over ``clip_sample``).
         dynamic_thresholding_ratio: per-sample quantile of ``|x0|`` used as the threshold ``s``.
         sample_max_value: upper bound of the dynamic threshold ``s``.
-        clip_sample: clamp ``x0`` to ``[clip_sample_min, clip_sample_max]``.
-        clip_sample_min: lower clip bound.
-        clip_sample_max: upper clip bound.
+        clip_sample, clip_sample_min, clip_sample_max: clamp ``x0`` to ``[clip_sample_min, clip_sample_max]``.
         lower_order_final: lower the order near the end, which stabilises few-step sampling: with fewer than 15
             inference steps the order is at most the number of remaining steps, and the step into timestep 0 (whose
             log-SNR increment is several times the previous one on linear grids) is always first order.
         schedule_args: arguments passed to the schedule function.
-
-    Shapes:
-        ``model_output`` and ``sample``: ``(B, C, *S)``; :meth:`step` returns two ``(B, C, *S)`` float32 tensors.
     """
 
     #: ``lower_order_final`` applies when there are fewer inference steps than this.
@@ -79,9 +67,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         if int(num_train_timesteps) < 1:
             raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}.")
         super().__init__(num_train_timesteps, schedule, **schedule_args)
-        if prediction_type not in _PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {prediction_type!r}.")
-        self.prediction_type = look_up_option(prediction_type, DDPMPredictionType)
+        self.prediction_type = look_up_named_option("prediction_type", prediction_type, DDPMPredictionType)
         if solver_order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order}.")
         if not 0.0 < dynamic_thresholding_ratio <= 1.0:
@@ -101,21 +87,13 @@ class DPMSolverMultistepScheduler(Scheduler):
         self.clip_sample_min = float(clip_sample_min)
         self.clip_sample_max = float(clip_sample_max)
         self.lower_order_final = bool(lower_order_final)
-        self._x0_history: list[torch.Tensor] = []
-        self._lambda_history: list[float] = []
-        self._step_index = 0
         self.set_timesteps(num_train_timesteps)
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """
-        Set the decreasing integer timestep grid and reset the multistep history.
-
-        The grid is ``round(linspace(T - 1, 0, num_inference_steps))`` (deduplicated), so it starts at ``T - 1``, ends
-        at 0 and is strictly decreasing. The step after the last timestep goes to ``alphas_cumprod = 1``.
-
-        Args:
-            num_inference_steps: number of solver steps, ``1 <= num_inference_steps <= num_train_timesteps``.
-            device: device of ``self.timesteps``.
+        Reset the multistep history and set ``self.timesteps`` (on ``device``) to the strictly decreasing grid
+        ``round(linspace(T - 1, 0, num_inference_steps))`` (deduplicated), ``1 <= num_inference_steps <= T``; the step
+        after its last timestep goes to ``alphas_cumprod = 1``.
         """
         n = int(num_inference_steps)
         if n < 1 or n > self.num_train_timesteps:
@@ -123,15 +101,14 @@ class DPMSolverMultistepScheduler(Scheduler):
                 f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}."
             )
         t_max = self.num_train_timesteps - 1
-        grid = torch.linspace(t_max, 0, n, dtype=torch.float64).round().long() if n > 1 else torch.tensor([t_max])
-        grid = torch.unique_consecutive(grid)
-        self.timesteps = grid.to(device) if device is not None else grid
+        grid = torch.unique_consecutive(torch.linspace(t_max, 0, n, dtype=torch.float64).round().long())
+        self.timesteps = grid.to(device)
         self.num_inference_steps = int(self.timesteps.numel())
         self._reset_history()
 
     def _reset_history(self) -> None:
-        self._x0_history = []
-        self._lambda_history = []
+        self._x0_history: list[torch.Tensor] = []
+        self._lambda_history: list[float] = []
         self._step_index = 0
 
     def _alpha_sigma(self, timestep: int) -> tuple[float, float]:
@@ -146,17 +123,8 @@ class DPMSolverMultistepScheduler(Scheduler):
         return torch.maximum(torch.minimum(x0, s), -s) / s
 
     def convert_model_output(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor) -> torch.Tensor:
-        """
-        Convert the network output to the (clipped / thresholded) data prediction ``x0``.
-
-        Args:
-            model_output: network output ``(B, C, *S)`` (eps, x0 or v).
-            timestep: current timestep.
-            sample: current noisy sample ``x_t`` ``(B, C, *S)``.
-
-        Returns:
-            ``x0`` ``(B, C, *S)`` in float32.
-        """
+        """The network output ``(B, C, *S)`` (eps, x0 or v) at ``(sample, timestep)`` as the (clipped / thresholded)
+        float32 data prediction ``x0`` ``(B, C, *S)``."""
         alpha_t, sigma_t = self._alpha_sigma(timestep)
         out = model_output.float()
         x = sample.float()
@@ -188,25 +156,25 @@ class DPMSolverMultistepScheduler(Scheduler):
         The last step goes to ``alphas_cumprod = 1`` and returns ``x0``.
 
         Args:
-            model_output: network output at ``(sample, timestep)``, ``(B, C, *S)``; any float dtype.
+            model_output: network output (any float dtype) at ``(sample, timestep)``, ``(B, C, *S)``.
             timestep: current timestep, an element of ``self.timesteps``.
             sample: current noisy sample ``x_t`` ``(B, C, *S)``.
             generator: unused (the solver is deterministic); kept for API compatibility.
 
         Returns:
-            ``(prev_sample, pred_original_sample)``, both float32 ``(B, C, *S)`` on ``sample``'s device.
+            ``(prev_sample, pred_original_sample)``, float32 ``(B, C, *S)`` on ``sample``'s device.
         """
         t = int(timestep)
         matches = (self.timesteps.cpu() == t).nonzero()
         if matches.numel() == 0:
             raise ValueError(f"timestep must be one of self.timesteps (call set_timesteps first), got {timestep}.")
         index = int(matches[0, 0])
-        if index == 0 or index != self._step_index:
-            if index != 0 and index != self._step_index:
-                raise ValueError(
-                    f"timestep {t} is step {index} of the grid but step {self._step_index} was expected; "
-                    "call step once per timestep in order."
-                )
+        if index != 0 and index != self._step_index:
+            raise ValueError(
+                f"timestep {t} is step {index} of the grid but step {self._step_index} was expected; "
+                "call step once per timestep in order."
+            )
+        if index == 0:
             self._reset_history()
 
         x = sample.float()

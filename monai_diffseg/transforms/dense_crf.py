@@ -1,27 +1,11 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
 """
-Dense CRF refinement of a fused probability map, guided by the input image.
+Dense CRF refinement of a fused probability map, guided by the input image (see :py:class:`DenseCRF`).
 
 DiffSeg refines the fused diffusion masks with a fully connected CRF (Krähenbühl and Koltun) whose bilateral term
-snaps the mask to image edges. :py:class:`DenseCRF` runs it with one of two backends, with the same parameters and
-defaults (DiffSeg's: bilateral ``sxy=80``, ``srgb=13``, weight/compat ``10``; Gaussian ``sxy=3``, weight ``3``;
-5 iterations):
-
-- ``backend="pydensecrf"``: the reference, through ``pydensecrf`` (optional dependency,
-  ``pip install "monai-diffseg[crf]"``): exact fully connected CRF with the permutohedral lattice, CPU only.
-- ``backend="torch"``: pure PyTorch (:py:class:`monai_diffseg.networks.blocks.torch_crf.TorchDenseCRF`), with the
-  bilateral kernel truncated to a local window; runs on GPU, 2D and 3D.
-
-It takes the fused probability ``(C, H, W[, D])`` (e.g. the output of
-:py:class:`monai_diffseg.transforms.fusion.MeanEnsembleFusion`) and a channel-first guide image
-``(Cg, H, W[, D])``, and returns the refined probability ``(C, H, W[, D])`` (or the hard mask with ``binarize``),
-keeping the probability's ``MetaTensor`` metadata.
-
-The guide is brought to the 0..255 range the bilateral ``srgb`` is expressed in (see :py:func:`scale_guide`).
-Note that DiffSeg's reference code averaged masks saved as 0..255 images without normalising them before
-building the unary; here the unary always comes from the fused probability in ``[0, 1]``, clipped to
-``[eps, 1 - eps]``.
+snaps the mask to image edges. Note that DiffSeg's reference code averaged masks saved as 0..255 images without
+normalising them before building the unary; here the unary always comes from the fused probability in ``[0, 1]``.
 
 References:
     - Krähenbühl and Koltun, "Efficient Inference in Fully Connected CRFs with Gaussian Edge Potentials",
@@ -47,11 +31,6 @@ from monai_diffseg.utils import look_up_named_option
 
 __all__ = ["CRF_BACKENDS", "GUIDE_SCALINGS", "scale_guide", "DenseCRF"]
 
-_CRF_HINT = (
-    'DenseCRF(backend="pydensecrf") requires pydensecrf, which is not installed: pip install "monai-diffseg[crf]", '
-    'or use backend="torch"'
-)
-
 #: ways of bringing the guide image to 0..255, see :py:func:`scale_guide`.
 GUIDE_SCALINGS = ("auto", "minmax", "none")
 #: implementations of :py:class:`DenseCRF` (``backend``).
@@ -63,7 +42,10 @@ def _import_pydensecrf() -> tuple[Any, Any]:
     dcrf, has_dcrf = optional_import("pydensecrf.densecrf")
     utils, has_utils = optional_import("pydensecrf.utils")
     if not (has_dcrf and has_utils):
-        raise OptionalImportError(_CRF_HINT)
+        raise OptionalImportError(
+            'DenseCRF(backend="pydensecrf") requires pydensecrf, which is not installed: '
+            'pip install "monai-diffseg[crf]", or use backend="torch"'
+        )
     return dcrf, utils
 
 
@@ -87,7 +69,7 @@ def scale_guide(
         float32 tensor ``(Cg, H, W[, D])`` with values in ``[0, 255]``, rounded to integers as for a ``uint8`` image.
 
     Raises:
-        ValueError: wrong number of dimensions, spatial size different from ``spatial_shape``, or NaN values.
+        ValueError: wrong number of dimensions, spatial size other than ``spatial_shape``, or NaN values.
     """
     scaling = look_up_named_option("guide_scaling", scaling, GUIDE_SCALINGS)
     g = convert_to_tensor(guide, track_meta=False)
@@ -110,16 +92,12 @@ def scale_guide(
     return g.clamp(0.0, 255.0).round()
 
 
-def _binarize(q: torch.Tensor) -> torch.Tensor:
-    """Hard mask from refined probabilities ``(C, ...)``: ``p >= 0.5`` if ``C == 1``, else one-hot argmax."""
-    if q.shape[0] == 1:
-        return (q >= 0.5).to(q.dtype)
-    return torch.zeros_like(q).scatter_(0, q.argmax(dim=0, keepdim=True), 1.0)
-
-
 class DenseCRF(Transform):
     """
-    Dense CRF refinement of a fused probability map guided by the image (Krähenbühl and Koltun 2011; DiffSeg).
+    Dense CRF refinement of a fused probability map ``(C, H, W[, D])`` (e.g. of
+    :py:class:`~monai_diffseg.transforms.fusion.MeanEnsembleFusion`) guided by a channel-first image
+    ``(Cg, H, W[, D])``: returns the refined probability (or hard mask) ``(C, H, W[, D])`` with the probability's
+    ``MetaTensor`` metadata. Defaults are DiffSeg's.
 
     The unary is ``-log p`` of the label probabilities: for ``C == 1`` the two labels background ``1 - p`` and
     foreground ``p``; for ``C > 1`` the channels are taken as mutually exclusive class probabilities (softmax
@@ -132,9 +110,10 @@ class DenseCRF(Transform):
 
     Backends:
 
-    - ``"pydensecrf"`` (exact, CPU): 2D uses ``pydensecrf.densecrf.DenseCRF2D`` (``addPairwiseBilateral`` for RGB
-      guides); grayscale/multi-channel 2D guides and 3D volumes use the generic ``DenseCRF(n_voxels, n_labels)``
-      with ``pydensecrf.utils.create_pairwise_gaussian`` / ``create_pairwise_bilateral(..., chdim=0)``.
+    - ``"pydensecrf"`` (the exact reference with the permutohedral lattice, CPU, optional dependency
+      ``pip install "monai-diffseg[crf]"``): 2D uses ``pydensecrf.densecrf.DenseCRF2D`` (``addPairwiseBilateral``
+      for RGB guides); other 2D guides and 3D volumes use the generic ``DenseCRF(n_voxels, n_labels)`` with
+      ``pydensecrf.utils.create_pairwise_gaussian`` / ``create_pairwise_bilateral(..., chdim=0)``.
     - ``"torch"`` (:py:class:`~monai_diffseg.networks.blocks.torch_crf.TorchDenseCRF`, any device, no compiled
       dependency): the bilateral kernel is evaluated over a local window of ``window_size`` taps spaced by
       ``dilation`` voxels (ConvCRF-style) instead of the whole image, so DiffSeg's ``bilateral_sxy=80`` is
@@ -149,7 +128,8 @@ class DenseCRF(Transform):
         gaussian_sxy: standard deviation (voxels) of the Gaussian kernel, scalar or per spatial axis.
         gaussian_weight: Gaussian compatibility (pydensecrf ``compat``); 0 disables the term.
         num_iterations: mean-field iterations.
-        binarize: return the hard mask (``p >= 0.5`` for ``C == 1``, one-hot argmax otherwise).
+        binarize: return the hard mask (``p >= 0.5`` for ``C == 1``, one-hot argmax otherwise); ``__call__``'s
+            ``binarize`` overrides it for one call.
         guide_scaling: ``"auto"``, ``"minmax"`` or ``"none"``, see :py:func:`scale_guide`.
         eps: probability clipping, in ``(0, 0.5)``.
         backend: ``"pydensecrf"`` or ``"torch"`` (:data:`CRF_BACKENDS`).
@@ -158,9 +138,10 @@ class DenseCRF(Transform):
         dilation: ``backend="torch"`` only: voxel spacing of the bilateral window taps (``None``: 4 in 2D, 3 in 3D).
 
     Raises:
-        ValueError: an invalid parameter (named in the message), or ``window_size`` / ``dilation`` with
-            ``backend="pydensecrf"``.
-        OptionalImportError: ``backend="pydensecrf"`` without pydensecrf (``pip install "monai-diffseg[crf]"``).
+        ValueError: an invalid parameter (named in the message), ``window_size`` / ``dilation`` with
+            ``backend="pydensecrf"``; when called: a ``prob`` with wrong dimensions, NaN or values outside
+            ``[0, 1]``, or a ``guide`` whose spatial size differs from ``prob``'s.
+        OptionalImportError: ``backend="pydensecrf"`` without pydensecrf.
 
     Example::
 
@@ -209,16 +190,7 @@ class DenseCRF(Transform):
         self.guide_scaling = look_up_named_option("guide_scaling", guide_scaling, GUIDE_SCALINGS)
 
     def _pydensecrf(self, prob: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
-        """
-        Mean-field inference with pydensecrf on CPU numpy arrays.
-
-        Args:
-            prob: ``(C, *S)`` floating point in ``[0, 1]``.
-            guide: ``(Cg, *S)`` float32 in 0..255.
-
-        Returns:
-            the refined ``(C, *S)`` on ``prob``'s device with ``prob``'s dtype (foreground label only for ``C == 1``).
-        """
+        """pydensecrf's mean field on CPU: ``prob`` ``(C, *S)`` in [0, 1], ``guide`` ``(Cg, *S)`` in 0..255."""
         dcrf, utils = _import_pydensecrf()
         crf = self.crf
         labels = crf.label_probabilities(prob.detach()[None].float())[0].cpu().numpy()
@@ -226,8 +198,7 @@ class DenseCRF(Transform):
         n_labels, spatial = labels.shape[0], labels.shape[1:]
         g_sxy, b_sxy = crf.spatial_sigmas(len(spatial))
         if len(spatial) == 2:
-            height, width = spatial
-            dense = dcrf.DenseCRF2D(width, height, n_labels)
+            dense = dcrf.DenseCRF2D(spatial[1], spatial[0], n_labels)  # (width, height)
         else:
             dense = dcrf.DenseCRF(int(np.prod(spatial)), n_labels)
         dense.setUnaryEnergy(np.ascontiguousarray(utils.unary_from_softmax(labels, clip=None), dtype=np.float32))
@@ -248,19 +219,6 @@ class DenseCRF(Transform):
         return torch.as_tensor(q[1:] if prob.shape[0] == 1 else q, device=prob.device).to(prob.dtype)
 
     def __call__(self, prob: NdarrayOrTensor, guide: NdarrayOrTensor, binarize: bool | None = None) -> torch.Tensor:
-        """
-        Args:
-            prob: fused probability ``(C, H, W[, D])`` in ``[0, 1]``; ``C == 1`` for a binary problem.
-            guide: channel-first image ``(Cg, H, W[, D])`` (``uint8`` or float), same spatial size as ``prob``.
-            binarize: overrides ``self.binarize`` for this call.
-
-        Returns:
-            refined probability (or hard mask) ``(C, H, W[, D])`` with ``prob``'s metadata.
-
-        Raises:
-            ValueError: wrong ``prob`` dimensions, NaN or out-of-range ``prob``, or ``guide`` whose spatial size
-                differs from ``prob``'s.
-        """
         img, data = check_probability_map(prob, "prob")
         scaled = scale_guide(guide, data.shape[1:], self.guide_scaling)
         if self.crf_backend == "pydensecrf":
@@ -269,5 +227,8 @@ class DenseCRF(Transform):
             with torch.no_grad():
                 out = self.crf(data[None], scaled.to(data.device)[None])[0]
         if self.binarize if binarize is None else binarize:
-            out = _binarize(out)
+            if out.shape[0] == 1:
+                out = (out >= 0.5).to(out.dtype)
+            else:  # one-hot argmax
+                out = torch.zeros_like(out).scatter_(0, out.argmax(dim=0, keepdim=True), 1.0)
         return to_output(out, img)

@@ -3,12 +3,8 @@
 """
 Dictionary transforms of ensemble samples ``(E, C, H, W[, D])``: the one way to use the array transforms of
 :py:mod:`~monai_diffseg.transforms.fusion`, :py:mod:`~monai_diffseg.transforms.staple`,
-:py:mod:`~monai_diffseg.transforms.dense_crf` and :py:mod:`~monai_diffseg.transforms.uncertainty` on a data dict.
-
-- :py:class:`EnsembleFusiond`: fusion chosen by name (``method``), stored at ``output_keys`` (default: in place);
-- :py:class:`EnsembleUncertaintyd`: several uncertainty maps (``maps``), stored at ``f"{prefix}{map}"``;
-
-Aliases ``XD`` and ``XDict`` follow MONAI's convention.
+:py:mod:`~monai_diffseg.transforms.dense_crf` (:py:class:`EnsembleFusiond`, a fusion chosen by name) and
+:py:mod:`~monai_diffseg.transforms.uncertainty` (:py:class:`EnsembleUncertaintyd`, several maps) on a data dict.
 """
 
 from __future__ import annotations
@@ -30,9 +26,9 @@ from monai_diffseg.transforms.fusion import (
     MeanEnsembleFusion,
     MedSegDiffSquaredMean,
     RandomSubsetFusion,
-    look_up_named_option,
 )
 from monai_diffseg.transforms.staple import STAPLEFusion
+from monai_diffseg.utils import look_up_named_option
 
 __all__ = [
     "ENSEMBLE_FUSIONS",
@@ -92,14 +88,14 @@ class EnsembleFusiond(Randomizable, MapTransform):
       ``inner_fusion="crf"`` / ``"torch_crf"`` (each subset's mean refined by the CRF).
 
     The subset methods draw their subsets from the inner :class:`RandomSubsetFusion`'s random state, which
-    :py:meth:`set_random_state` seeds: MONAI's ``Compose`` does so when it is built after
-    ``monai.utils.set_determinism(seed)``, and MONAI's ``DataLoader`` in every worker, so runs are reproducible.
+    :py:meth:`set_random_state` seeds (as MONAI's ``Compose`` built after ``monai.utils.set_determinism(seed)`` and
+    MONAI's ``DataLoader`` in every worker do), so runs are reproducible.
 
     Args:
-        keys: keys of the ensemble samples.
+        keys: keys of the ensemble samples ``(E, C, *S)``.
         method: one of :data:`ENSEMBLE_FUSIONS`.
         guide_key: image used by the CRF methods, channel-first ``(C_img, *S)`` at the samples' resolution.
-        output_keys: where to store the fused maps (one per key); default: in place (the samples are replaced).
+        output_keys: where to store the fused ``(C, *S)`` maps (one per key); default: in place.
         allow_missing_keys: don't raise if a key is missing.
         num_rounds: subset methods only (ignored by the others, like ``guide_key``): number of random subsets K.
         subset_size: subset methods only: members per subset H (``None``: ``max(1, E // 2)``).
@@ -160,14 +156,6 @@ class EnsembleFusiond(Randomizable, MapTransform):
         """The subsets are drawn by the inner :class:`RandomSubsetFusion` at each call."""
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        """
-        Args:
-            data: dictionary with ensemble samples ``(E, C, *S)`` at ``keys`` (and the image at ``guide_key`` for
-                the CRF methods).
-
-        Returns:
-            a copy of ``data`` with the fused ``(C, *S)`` maps at the output keys.
-        """
         d = dict(data)
         for key, out_key in self.key_iterator(d, self.output_keys):
             if self.needs_guide and self.guide_key not in d:
@@ -178,30 +166,23 @@ class EnsembleFusiond(Randomizable, MapTransform):
 
 class EnsembleUncertaintyd(MapTransform):
     """
-    Several uncertainty maps from the same ensemble samples in one transform.
+    Several uncertainty maps ``(C, H, W[, D])`` from the same ensemble samples in one transform.
 
     For every key and every name in ``maps`` the map is stored at ``f"{prefix}{name}"``. ``prefix`` defaults to
     ``""`` for a single key (``d["variance"]``, ``d["entropy"]``, ...) and to ``"{key}_"`` for several keys
     (``d["samples_variance"]``...); a ``"{key}"`` placeholder in ``prefix`` is replaced by the key.
 
-    Supported maps (see :py:mod:`monai_diffseg.transforms.uncertainty`): ``"variance"``
-    (:py:class:`EnsembleVariance`), ``"entropy"`` (:py:class:`PredictiveEntropy`), ``"mutual_information"``
-    (:py:class:`MutualInformation`), ``"consistent"`` (:py:class:`ConsistentRegion`), ``"ambiguous"``
-    (:py:class:`AmbiguousRegion`).
-
     Args:
         keys: keys of the ensemble samples ``(E, C, H, W[, D])``.
-        maps: names of the maps to compute.
+        maps: names of the maps to compute (:data:`~monai_diffseg.transforms.uncertainty.UNCERTAINTY_MAPS`):
+            ``"variance"`` (:py:class:`EnsembleVariance`), ``"entropy"`` (:py:class:`PredictiveEntropy`),
+            ``"mutual_information"`` (:py:class:`MutualInformation`), ``"consistent"`` (:py:class:`ConsistentRegion`),
+            ``"ambiguous"`` (:py:class:`AmbiguousRegion`).
         prefix: prefix of the output keys, may contain ``"{key}"``.
         threshold: binarisation threshold of the consistent/ambiguous regions.
         multi_class: categorical entropies across channels for ``"entropy"`` / ``"mutual_information"``.
         unbiased: unbiased variance.
         allow_missing_keys: don't raise exception if key is missing.
-
-    Example::
-
-        t = EnsembleUncertaintyd(keys="samples", maps=("variance", "entropy", "mutual_information"))
-        d = t({"samples": samples})  # d["variance"], d["entropy"], d["mutual_information"]: (C, H, W)
 
     Raises:
         ValueError: unknown map name, or several keys with a ``prefix`` without ``"{key}"`` (colliding outputs).
@@ -246,13 +227,6 @@ class EnsembleUncertaintyd(MapTransform):
         return self.prefix.replace("{key}", str(key)) + name
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """
-        Args:
-            data: dictionary with ensemble samples ``(E, C, H, W[, D])`` at ``keys``.
-
-        Returns:
-            a copy of ``data`` with one entry per key and map.
-        """
         d = dict(data)
         for key in self.key_iterator(d):
             for name, transform in self.transforms.items():

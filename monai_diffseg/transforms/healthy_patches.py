@@ -5,15 +5,13 @@ Weak supervision without masks for DiffSeg's healthy model, from the borders of 
 
 DiffSeg (Shuai et al. 2024, arXiv:2404.16474) needs a diffusion model of *healthy skin*. When no folder of healthy
 images is available, two mask-free fallbacks use the border band of the lesion images themselves: dermoscopy images
-are framed on the lesion, so their borders show skin (and the dermatoscope's vignetting) almost always. The
-supervision both use is exactly one assumption, no annotation: *the outer ``border_fraction`` of every image is
-lesion-free*. Images whose lesion reaches the border violate it; that noise is accepted, not filtered with masks.
+are framed on the lesion, so their borders almost always show skin (and the dermatoscope's vignetting). Their only
+supervision is one assumption, no annotation: *the outer ``border_fraction`` of every image is lesion-free*; images
+whose lesion reaches the border violate it, a noise accepted rather than filtered with masks.
 
-- :class:`BorderFilld` (bundle default, ``healthy_source="border_fill"``): a pseudo-healthy version of every image,
-  the border band kept and the interior filled by normalised Gaussian convolution of the band (a smooth skin
-  estimate that follows vignetting and colour gradients). The healthy model is then trained on pairs
-  *noised lesion image -> pseudo-healthy image*, the paired scheme of the reference code (which used
-  lesion-free target images) with targets computed instead of collected.
+- :class:`BorderFilld` (bundle default, ``healthy_source="border_fill"``): a pseudo-healthy version of every image
+  as target of pairs *noised lesion image -> pseudo-healthy image*, the paired scheme of the reference code (which
+  used lesion-free target images) with targets computed instead of collected.
 - :class:`RandBorderPatchd` (``healthy_source="border_patches"``): patches sampled inside the border band, an
   unpaired healthy-skin training set.
 """
@@ -53,30 +51,22 @@ def border_band(spatial_shape: Sequence[int], border_fraction: float) -> torch.T
     image edge, 0 inside.
     """
     shape = tuple(int(s) for s in spatial_shape)
-    band = torch.zeros(1, *shape)
-    for axis, size in enumerate(shape):
-        width = max(1, int(round(border_fraction * size)))
-        index: list[Any] = [slice(None)] * (len(shape) + 1)
-        index[axis + 1] = slice(0, width)
-        band[tuple(index)] = 1.0
-        index[axis + 1] = slice(size - width, size)
-        band[tuple(index)] = 1.0
+    band = torch.ones(1, *shape)
+    widths = [max(1, int(round(border_fraction * s))) for s in shape]
+    band[(slice(None), *(slice(w, s - w) for w, s in zip(widths, shape)))] = 0.0
     return band
 
 
 class BorderFill(Transform):
     """
-    Pseudo-healthy image from the border band: ``band * image + (1 - band) * fill`` where
-    ``fill = blur(image * band) / blur(band)`` is a normalised Gaussian convolution (standard deviation
-    ``sigma_fraction * min(spatial size)``) that spreads the border's skin colour, vignetting included, into the
-    interior. No mask is used; see the module docstring for the assumption.
+    Pseudo-healthy image ``(C, *S) -> (C, *S)`` (plain float tensor) from the border band (:func:`border_band`):
+    ``band * image + (1 - band) * fill`` where ``fill = blur(image * band) / blur(band)`` is a normalised Gaussian
+    convolution (standard deviation ``sigma_fraction * min(spatial size)``) that spreads the border's skin colour,
+    vignetting and colour gradients included, into the interior. No mask is used (see the module docstring).
 
     Args:
         border_fraction: band width as a fraction of each image side, in ``(0, 0.5)``.
         sigma_fraction: smoothing of the fill, as a fraction of the smallest image side (> 0).
-
-    Shapes:
-        ``(C, *S)`` -> ``(C, *S)``.
     """
 
     backend = [TransformBackends.TORCH]
@@ -90,13 +80,6 @@ class BorderFill(Transform):
         self.sigma_fraction = float(sigma_fraction)
 
     def __call__(self, img: Any) -> torch.Tensor:
-        """
-        Args:
-            img: channel-first image ``(C, *S)``.
-
-        Returns:
-            the pseudo-healthy image ``(C, *S)`` (a plain tensor, float).
-        """
         x = convert_to_tensor(img, track_meta=False).float()
         if x.ndim < 3:
             raise ValueError(f"BorderFill expects a channel-first image (C, H, W[, D]), got shape {tuple(x.shape)}.")
@@ -110,17 +93,9 @@ class BorderFill(Transform):
 
 class BorderFilld(MapTransform):
     """
-    Dictionary wrapper of :class:`BorderFill`: stores the pseudo-healthy image of ``keys`` at ``output_keys``
-    (default ``"healthy"``), the training target of DiffSeg's healthy model
-    (``ImageDiffusionPrepareBatch(target_key="healthy")``).
-
-    Args:
-        keys: keys of the images.
-        output_keys: where to store the pseudo-healthy images (one per key); default ``"healthy"`` for one key,
-            ``f"{key}_healthy"`` otherwise.
-        border_fraction: see :class:`BorderFill`.
-        sigma_fraction: see :class:`BorderFill`.
-        allow_missing_keys: don't raise if a key is missing.
+    Dictionary version of :class:`BorderFill` storing the pseudo-healthy image of ``keys``, the training target of
+    DiffSeg's healthy model (``ImageDiffusionPrepareBatch(target_key="healthy")``), at ``output_keys`` (one per key;
+    default ``"healthy"`` for one key, ``f"{key}_healthy"`` otherwise).
     """
 
     backend = BorderFill.backend
@@ -158,24 +133,15 @@ def border_patch_starts(
     rng: np.random.RandomState,
 ) -> list[tuple[int, ...]]:
     """
-    Random start corners of patches that lie entirely inside the border band of an image.
+    ``num_samples`` random start corners (drawn with ``rng``) of ``patch_size`` patches, one entry per spatial axis,
+    lying entirely inside the border band of an image of ``spatial_shape`` ``(H, W[, D])``.
 
     The band along axis ``a`` is ``max(patch_size[a], round(border_fraction * spatial_shape[a]))`` voxels wide at
     both ends. For each patch an axis and a side (low/high) are drawn, with probability proportional to the band's
     area, the start along that axis is drawn inside the band and the start along the other axes anywhere in the image.
 
-    Args:
-        spatial_shape: image size ``(H, W[, D])``.
-        patch_size: patch size, one entry per spatial axis, each at most the image size.
-        border_fraction: band width as a fraction of the image size, in ``(0, 0.5]``.
-        num_samples: number of patches.
-        rng: random state.
-
-    Returns:
-        ``num_samples`` start corners.
-
     Raises:
-        ValueError: a patch larger than the image.
+        ValueError: a patch larger than the image (or with another number of axes).
     """
     shape = tuple(int(s) for s in spatial_shape)
     size = tuple(int(p) for p in patch_size)
@@ -203,8 +169,9 @@ class RandBorderPatchd(Randomizable, MapTransform):
     Sample ``num_samples`` patches from the border band of channel-first images (the same locations for every key):
     DiffSeg's mask-free source of healthy-skin training data (see the module docstring for the assumption it makes).
 
-    Returns a list of ``num_samples`` dicts like :class:`monai.transforms.RandSpatialCropSamplesd`, so a MONAI
-    ``DataLoader`` flattens them into the batch.
+    Returns a list of ``num_samples`` dicts like :class:`monai.transforms.RandSpatialCropSamplesd` (so a MONAI
+    ``DataLoader`` flattens them into the batch), with the patches at ``keys``, their start corner at
+    ``"patch_start"`` and the other entries copied. The images at ``keys`` must share one spatial shape.
 
     Args:
         keys: keys of the images ``(C, H, W[, D])``.
@@ -212,12 +179,6 @@ class RandBorderPatchd(Randomizable, MapTransform):
         num_samples: patches per image.
         border_fraction: band width as a fraction of the image size, in ``(0, 0.5]`` (at least the patch size).
         allow_missing_keys: don't raise if a key is missing.
-
-    Example::
-
-        patches = RandBorderPatchd("image", patch_size=16, num_samples=4)(
-            {"image": torch.rand(3, 64, 64)}
-        )  # 4 dicts with (3, 16, 16) border patches
     """
 
     def __init__(
@@ -244,13 +205,6 @@ class RandBorderPatchd(Randomizable, MapTransform):
         self._starts = border_patch_starts(data, size, self.border_fraction, self.num_samples, self.R)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
-        """
-        Args:
-            data: dict with channel-first images at ``keys`` (same spatial shape).
-
-        Returns:
-            ``num_samples`` dicts with the patches at ``keys`` and the other entries copied.
-        """
         d = dict(data)
         keys = list(self.key_iterator(d))
         if not keys:
@@ -284,7 +238,7 @@ HEALTHY_SOURCES = ("border_fill", "border_patches", "folder")
 class HealthySource:
     """
     The training set-up of DiffSeg's healthy model for one ``source`` of healthy-skin data, so that a bundle wires
-    the choice instead of branching on it:
+    the choice instead of branching on it (:meth:`datalist` gives its data list):
 
     - ``"border_fill"``: every lesion image paired with its :class:`BorderFilld` pseudo-healthy target (key
       ``"healthy"``), inserted before augmentation so both are flipped alike;
@@ -333,6 +287,4 @@ class HealthySource:
 
     def datalist(self, lesion_datalist: list[dict]) -> list[dict]:
         """The healthy model's data list: the user's healthy images (``"folder"``) or the lesion images."""
-        if self.source != "folder":
-            return lesion_datalist
-        return image_folder_datalist(self.healthy_dir, None)
+        return image_folder_datalist(self.healthy_dir, None) if self.source == "folder" else lesion_datalist

@@ -4,10 +4,10 @@
 
 Public archives mix colour modes (grayscale, palette, RGBA, 16-bit grayscale) inside one "RGB" set, ship the odd
 truncated or empty file, and now and then a mask whose size differs from its image. MONAI's ``LoadImaged`` with
-``PILReader`` reads each as it is stored, so the first such file surfaces later as a collate error
-(``[1, H, W]`` vs ``[3, H, W]``) or as PIL's ``image file is truncated`` without a file name. The transforms here
-convert the colour mode (logging each conversion), force the full decode while the file name is known, and check
-that the keys of one case (image and mask) have the same size.
+``PILReader`` reads each as stored, so such a file surfaces later as a collate error (``[1, H, W]`` vs
+``[3, H, W]``) or as PIL's ``image file is truncated`` without a file name. The transforms here convert the colour
+mode (logging each conversion), force the full decode while the file name is known, and check that the keys of one
+case (image and mask) have the same size.
 """
 
 from __future__ import annotations
@@ -48,14 +48,6 @@ IMAGE_MODES: tuple[str, ...] = ("RGB", "L", "as_stored")
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16/32-bit integer or float grayscale -> 8-bit ``"L"``: values above 255 are read as 16-bit (x 255 / 65535)."""
-    arr = np.asarray(img, dtype=np.float64)
-    if arr.size and np.nanmax(arr) > 255:
-        arr = arr * (255.0 / 65535.0)
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
-
-
 class PILModeConverter:
     """
     ``converter`` for :class:`monai.data.PILReader`: decode the whole file now and convert its colour mode.
@@ -79,8 +71,11 @@ class PILModeConverter:
         if self.mode == "as_stored" or img.mode == self.mode:
             return img
         stored, name = img.mode, getattr(img, "filename", "") or "<image>"
-        if img.mode in _WIDE_MODES:
-            img = _to_8bit(img)
+        if img.mode in _WIDE_MODES:  # to 8-bit "L"; values above 255 are read as 16-bit (x 255 / 65535)
+            arr = np.asarray(img, dtype=np.float64)
+            if arr.size and np.nanmax(arr) > 255:
+                arr = arr * (255.0 / 65535.0)
+            img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
         elif img.mode == "P":
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         if img.mode != self.mode:
@@ -121,10 +116,6 @@ class LoadImage2D(Transform):
             ) from err
 
 
-def _spatial(img: Any) -> tuple[int, ...]:
-    return tuple(int(s) for s in img.shape[1:])
-
-
 def _describe(shape: tuple[int, ...]) -> str:
     # PILReader's axis order is (W, H)
     return f"{shape[0]}x{shape[1]} (WxH)" if len(shape) == 2 else "x".join(map(str, shape))
@@ -141,7 +132,6 @@ class LoadImage2Dd(MapTransform):
             ``"as_stored"`` for masks and label maps.
         check_same_size: raise when the loaded keys of a case differ in spatial size; a mask of another size than
             its image would otherwise be stretched onto it silently.
-        dtype: data type of the loaded tensors.
         allow_missing_keys: skip keys that are absent (unlabelled cases).
 
     Raises:
@@ -166,7 +156,7 @@ class LoadImage2Dd(MapTransform):
         for key, loader in self.key_iterator(d, self.loaders):
             path = d[key]
             d[key] = loader(path)
-            shape = _spatial(d[key])
+            shape = tuple(int(s) for s in d[key].shape[1:])
             if first is None:
                 first = (key, path, shape)
             elif self.check_same_size and shape != first[2]:

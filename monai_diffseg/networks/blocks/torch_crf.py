@@ -4,20 +4,17 @@
 A dense CRF with mean-field inference written in plain PyTorch (no compiled extension), 2D and 3D, batched.
 
 It mirrors the fully connected CRF of Krähenbühl and Koltun (as wrapped by ``pydensecrf``, used by DiffSeg to
-refine fused masks) with a Potts compatibility and two pairwise kernels:
+refine fused masks) with a Potts compatibility and two pairwise kernels, both symmetrically normalised
+(``D^-1/2 K D^-1/2`` with ``D = K 1``, pydensecrf's default ``NORMALIZE_SYMMETRIC``) so that the parameters have the
+same meaning and defaults as with pydensecrf. It is the ``backend="torch"`` of
+:py:class:`monai_diffseg.transforms.dense_crf.DenseCRF`, whose docstring describes the kernels and parameters:
 
-- a Gaussian (smoothness) kernel ``exp(-|p_i - p_j|^2 / (2 gaussian_sxy^2))``, evaluated exactly with MONAI's
-  separable filtering (:py:func:`monai.networks.layers.separable_filtering` with sampled
-  :py:func:`monai.networks.layers.convutils.gaussian_1d` kernels, truncated at ``gaussian_truncate`` standard
-  deviations);
-- a bilateral (appearance) kernel ``exp(-|p_i - p_j|^2 / (2 bilateral_sxy^2) - |I_i - I_j|^2 / (2 bilateral_srgb^2))``
-  evaluated, as in ConvCRF, over a **truncated local window** of ``window_size`` taps per axis spaced by
-  ``dilation`` voxels (unfold-based local message passing), instead of pydensecrf's permutohedral lattice over
-  the whole image.
-
-Both kernels are symmetrically normalised (``D^-1/2 K D^-1/2`` with ``D = K 1``), like pydensecrf's default
-``NORMALIZE_SYMMETRIC``, so the parameters have the same meaning and defaults as with pydensecrf. This module is the
-``backend="torch"`` of :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF`, whose docstring describes them.
+- the Gaussian (smoothness) kernel is evaluated exactly with :py:func:`monai.networks.layers.separable_filtering`
+  and sampled :py:func:`monai.networks.layers.convutils.gaussian_1d` kernels truncated at ``gaussian_truncate``
+  standard deviations;
+- the bilateral (appearance) kernel is evaluated, as in ConvCRF, over a **truncated local window** of
+  ``window_size`` taps per axis spaced by ``dilation`` voxels (local message passing), instead of pydensecrf's
+  permutohedral lattice over the whole image.
 
 .. note::
     DiffSeg's bilateral ``sxy = 80`` reaches far beyond any practical window: inside the window the spatial part of
@@ -40,7 +37,7 @@ References:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -61,7 +58,10 @@ class TorchDenseCRF(nn.Module):
 
     The constructor validates the CRF parameters for both backends of
     :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF` (which holds one instance of this module); see there
-    for ``bilateral_sxy`` ... ``eps``, ``window_size`` and ``dilation``.
+    for ``bilateral_sxy`` ... ``eps``, ``window_size`` and ``dilation``. ``forward(prob, guide)`` takes ``prob``
+    ``(N, C, H, W[, D])`` as in :py:meth:`label_probabilities` and the image ``guide`` ``(N, Cg, H, W[, D])`` in the
+    units of ``bilateral_srgb`` (0..255 for the defaults; required when ``bilateral_weight != 0``), and returns the
+    refined probabilities, shaped like ``prob``.
 
     Args:
         gaussian_truncate: the Gaussian kernel is truncated at this many standard deviations (rounded to the
@@ -70,14 +70,12 @@ class TorchDenseCRF(nn.Module):
 
     Raises:
         ValueError: a standard deviation or ``bilateral_srgb`` that is not positive, ``num_iterations < 0``,
-            ``eps`` outside ``(0, 0.5)``, an even or non-positive ``window_size``, or ``dilation < 1``.
+            ``eps`` outside ``(0, 0.5)``, an even or non-positive ``window_size``, or ``dilation < 1``; in
+            ``forward``, inconsistent shapes of ``prob`` and ``guide`` or a ``prob`` with NaN.
 
     Example::
 
-        crf = TorchDenseCRF()
-        prob = torch.rand(2, 1, 64, 64)  # (N, C, H, W) foreground probabilities
-        guide = torch.rand(2, 3, 64, 64) * 255  # (N, Cg, H, W) image in 0..255
-        refined = crf(prob, guide)  # (2, 1, 64, 64)
+        refined = TorchDenseCRF()(torch.rand(2, 1, 64, 64), torch.rand(2, 3, 64, 64) * 255)  # (2, 1, 64, 64)
     """
 
     def __init__(
@@ -123,12 +121,7 @@ class TorchDenseCRF(nn.Module):
         self.cache_limit = int(cache_limit)
 
     def spatial_sigmas(self, spatial_dims: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """
-        ``(gaussian_sxy, bilateral_sxy)`` as one standard deviation per spatial axis.
-
-        Raises:
-            ValueError: when a per-axis value does not have ``spatial_dims`` entries.
-        """
+        """``(gaussian_sxy, bilateral_sxy)`` per spatial axis; ``ValueError`` if not ``spatial_dims`` entries each."""
         sigmas = []
         for name in ("gaussian_sxy", "bilateral_sxy"):
             value = getattr(self, name)
@@ -142,14 +135,9 @@ class TorchDenseCRF(nn.Module):
 
     def label_probabilities(self, prob: torch.Tensor) -> torch.Tensor:
         """
-        Label probabilities of the unary, clipped to ``[eps, 1 - eps]``.
-
-        Args:
-            prob: ``(N, C, *S)``; ``C == 1``: foreground probability (labels background ``1 - p`` and foreground
-                ``p``); ``C > 1``: mutually exclusive class probabilities, renormalised to sum to one.
-
-        Returns:
-            ``(N, L, *S)`` with ``L = 2`` for ``C == 1`` and ``L = C`` otherwise.
+        Label probabilities ``(N, L, *S)`` of the unary, clipped to ``[eps, 1 - eps]``, from ``prob`` ``(N, C, *S)``:
+        for ``C == 1`` a foreground probability (``L = 2`` labels, background ``1 - p`` and foreground ``p``), for
+        ``C > 1`` mutually exclusive class probabilities, renormalised to sum to one (``L = C``).
         """
         if prob.shape[1] == 1:
             labels = torch.cat([1.0 - prob, prob], dim=1)
@@ -164,72 +152,42 @@ class TorchDenseCRF(nn.Module):
         return int(window), int(dilation)
 
     @staticmethod
-    def _offsets(spatial_dims: int, window: int, dilation: int) -> list[tuple[int, ...]]:
-        """Voxel offsets of the bilateral window (``window ** spatial_dims`` of them, centre included)."""
+    def _shifts(x: torch.Tensor, window: int, dilation: int) -> Iterator[tuple[tuple[int, ...], torch.Tensor]]:
+        """
+        ``(o, view)`` for every voxel offset ``o`` of the bilateral window (``window ** spatial_dims`` of them, centre
+        included), ``view`` holding ``x[i + o]`` at voxel ``i`` of ``x`` ``(N, K, *S)`` (zero outside the volume).
+        """
+        spatial_dims, spatial = x.ndim - 2, x.shape[2:]
+        reach = (window // 2) * dilation
+        padded = F.pad(x, [reach, reach] * spatial_dims)
         taps = [(i - window // 2) * dilation for i in range(window)]
-        return list(itertools.product(taps, repeat=spatial_dims))
-
-    @staticmethod
-    def _neighbours(padded: torch.Tensor, offset: tuple[int, ...], reach: int, spatial: Sequence[int]) -> torch.Tensor:
-        """View of the zero-padded ``(N, K, *S)`` tensor shifted by ``offset``: voxel ``i`` holds ``x[i + offset]``."""
-        index = [slice(None), slice(None)] + [slice(reach + o, reach + o + n) for o, n in zip(offset, spatial)]
-        return padded[tuple(index)]
+        for offset in itertools.product(taps, repeat=spatial_dims):
+            index = [slice(reach + o, reach + o + n) for o, n in zip(offset, spatial)]
+            yield offset, padded[(slice(None), slice(None), *index)]
 
     def _bilateral_weights(self, feats: torch.Tensor, window: int, dilation: int) -> Iterator[torch.Tensor]:
         """
-        Bilateral kernel values ``k(i, i + o)`` for every window offset ``o`` (in :py:meth:`_offsets` order).
-
-        Args:
-            feats: guide scaled by ``1 / bilateral_srgb``, ``(N, Cg, *S)``.
-
-        Yields:
-            ``(N, 1, *S)`` tensors, one per offset.
+        Bilateral kernel values ``k(i, i + o)`` ``(N, 1, *S)`` for every window offset ``o`` (in :py:meth:`_shifts`
+        order) of ``feats`` ``(N, Cg, *S)``, the guide scaled by ``1 / bilateral_srgb``.
         """
-        spatial_dims, spatial = feats.ndim - 2, feats.shape[2:]
-        sxy = self.spatial_sigmas(spatial_dims)[1]
-        reach = (window // 2) * dilation
-        padded = F.pad(feats, [reach, reach] * spatial_dims)
-        for offset in self._offsets(spatial_dims, window, dilation):
+        sxy = self.spatial_sigmas(feats.ndim - 2)[1]
+        for offset, neighbours in self._shifts(feats, window, dilation):
             spatial_term = 0.5 * sum((o / float(s)) ** 2 for o, s in zip(offset, sxy))
-            diff = feats - self._neighbours(padded, offset, reach, spatial)
+            diff = feats - neighbours
             # clamp: exp of large negative arguments yields denormals, which are very slow on CPU; e^-60 ~ 1e-26 is 0
             yield torch.exp(-(0.5 * (diff * diff).sum(dim=1, keepdim=True) + spatial_term).clamp_max(60.0))
 
     def _bilateral_message(
         self, q: torch.Tensor, feats: torch.Tensor, cached: torch.Tensor | None, window: int, dilation: int
     ) -> torch.Tensor:
-        """
-        Windowed bilateral filtering ``(K_b q)_i = sum_o k(i, i + o) q_{i + o}`` of ``q`` ``(N, C, *S)``.
-
-        Local message passing over the unfolded neighbourhood: each window offset contributes a shifted view of the
-        zero-padded ``q`` (voxels outside the volume contribute nothing) weighted by the bilateral kernel.
-        """
-        spatial_dims, spatial = q.ndim - 2, q.shape[2:]
-        reach = (window // 2) * dilation
-        padded = F.pad(q, [reach, reach] * spatial_dims)
-        weights: Iterable[torch.Tensor] = (
-            cached if cached is not None else self._bilateral_weights(feats, window, dilation)
-        )
+        """Windowed bilateral filtering ``(K_b q)_i = sum_o k(i, i + o) q_{i + o}`` of ``q`` ``(N, C, *S)``."""
+        weights = cached if cached is not None else self._bilateral_weights(feats, window, dilation)
         out = torch.zeros_like(q)
-        for offset, weight in zip(self._offsets(spatial_dims, window, dilation), weights):
-            out.addcmul_(weight, self._neighbours(padded, offset, reach, spatial))
+        for (_, neighbours), weight in zip(self._shifts(q, window, dilation), weights):
+            out.addcmul_(weight, neighbours)
         return out
 
     def forward(self, prob: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
-        """
-        Args:
-            prob: probabilities ``(N, C, H, W[, D])``. ``C == 1``: foreground probability of a binary problem
-                (labels background ``1 - p`` and foreground ``p``); ``C > 1``: mutually exclusive class
-                probabilities (renormalised to sum to one).
-            guide: image ``(N, Cg, H, W[, D])`` in the units of ``bilateral_srgb`` (0..255 for the defaults).
-                Required when ``bilateral_weight != 0``.
-
-        Returns:
-            refined probabilities, same shape as ``prob``.
-
-        Raises:
-            ValueError: when the shapes of ``prob`` and ``guide`` are inconsistent, or ``prob`` holds NaN.
-        """
         if prob.ndim not in (4, 5) or prob.shape[1] < 1:
             raise ValueError(
                 f"prob must have shape (N, C, H, W) or (N, C, H, W, D), got prob with shape {tuple(prob.shape)}."

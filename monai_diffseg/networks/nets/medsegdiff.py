@@ -52,37 +52,26 @@ class MedSegDiff(nn.Module):
       (before ``upsample_mode`` existed) copies each coarsest cell into a ``size_divisor``-pixel block that the
       ensemble's entropy/MI maps show as a lattice of boxes (measured on PH2, ``docs/design.md``).
 
-    Configurations (:data:`MEDSEGDIFF_CONFIGS`; parameters for 2D, 3 image channels, 1 mask channel):
-
-    ======  ====================  ======================  ==============  ==========  ======================
-    name    channels (denoiser)   cond_channels           num_res_blocks  parameters  denoiser (per step)
-    ======  ====================  ======================  ==============  ==========  ======================
-    tiny    8, 16, 32, 64         16, 32, 64, 128         1               0.85 M      0.36 M
-    small   16, 32, 64, 128       32, 64, 128, 256        1               3.38 M      1.44 M
-    base    32, 64, 128, 256      64, 128, 256, 512       2               16.60 M     8.86 M
-    ======  ====================  ======================  ==============  ==========  ======================
-
-    (The public reference implementation uses about 100-130 M parameters, all of them run at every step.)
+    Parameters of :data:`MEDSEGDIFF_CONFIGS` (2D, 3 image channels, 1 mask channel; in brackets the denoiser's,
+    run at every step): ``tiny`` 0.85 M (0.36 M), ``small`` 3.38 M (1.44 M), ``base`` 16.60 M (8.86 M). The public
+    reference implementation runs about 100-130 M parameters at every step.
 
     Args:
         spatial_dims: 2 or 3.
         in_channels: image channels.
         out_channels: mask channels: 1 for binary segmentation, ``K`` for ``K``-class one-hot (with background).
-        channels: denoiser width per level, finest first; ``len(channels) - 1`` downsamplings after the stem, so
-            every input spatial size must be divisible by ``stem_stride * 2 ** (len(channels) - 1)`` (see
-            :attr:`size_divisor`).
+        channels: denoiser width per level, finest first; every input spatial size must be divisible by
+            :attr:`size_divisor` ``= stem_stride * 2 ** (len(channels) - 1)``.
         cond_channels: condition-branch width per level; same number of levels as ``channels``.
         num_res_blocks: denoiser resnet blocks per level.
-        attention_levels: per level, whether the denoiser applies self-attention after its resnet blocks
-            (default: coarsest level only).
+        attention_levels: per level, whether the denoiser applies self-attention (default: coarsest level only).
         ff_parser_levels: per level, whether the FF-Parser filters the noisy-mask features before fusion.
         ff_parser_size: size of the FF-Parser's learnable frequency grid (resampled to any input size).
         num_head_channels: channels per attention head.
         norm_num_groups: GroupNorm groups in the denoiser (must divide every entry of ``channels``).
         anchor_head: add the auxiliary mask head on the condition branch.
-        stem_stride: 1 or 2. With 2 (default) both branches start with a strided convolution and work at half
-            resolution; only a narrow input/output path runs at full resolution, which divides the per-step cost by
-            about ``2 ** spatial_dims``.
+        stem_stride: 1 or 2; with 2 both branches work at half resolution behind a strided convolution (only a
+            narrow input/output path at full resolution), about ``2 ** spatial_dims`` times cheaper per step.
         dropout: dropout in the condition branch.
         upsample_mode: decoder upsampling (no parameters), ``"linear"`` (bi/trilinear) or ``"nearest"``. Saved in
             the state dict (buffer ``decoder_upsample_mode``); a loaded checkpoint's mode wins, with a warning when
@@ -188,16 +177,8 @@ class MedSegDiff(nn.Module):
             self.up_res.append(nn.ModuleList([resblock(channels[lvl]) for _ in range(num_res_blocks)]))
             out_ch = channels[lvl - 1] if lvl > 0 else head_ch
             scale = 2 if lvl > 0 else stem_stride
-            self.upsamples.append(
-                UpSample(
-                    spatial_dims,
-                    channels[lvl],
-                    out_ch,
-                    scale_factor=scale,
-                    mode="nontrainable",
-                    interp_mode="nearest",  # set by _set_upsample_mode below
-                    align_corners=None,
-                )
+            self.upsamples.append(  # interpolation set by _set_upsample_mode below
+                UpSample(spatial_dims, channels[lvl], out_ch, scale, mode="nontrainable")
                 if scale > 1 or out_ch != channels[lvl]
                 else nn.Identity()
             )

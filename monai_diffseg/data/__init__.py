@@ -1,6 +1,6 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Data lists and datasets: ISIC 2018 Task 1, flat image/mask folders and a synthetic dermoscopy set."""
+"""Data lists and datasets: ISIC 2018 Task 1, flat image/mask folders, robust loading and a synthetic dermoscopy set."""
 
 from __future__ import annotations
 
@@ -40,11 +40,7 @@ _LAZY = {"make_synthetic_isic2018": ".synthetic", "synthetic_lesion_sample": ".s
 
 
 def __getattr__(name: str) -> Any:
-    """Resolve lazily imported public names (PEP 562).
-
-    Raises:
-        AttributeError: ``name`` is not a public name of this package.
-    """
+    """Resolve lazily imported public names (PEP 562); ``AttributeError`` for any other name."""
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

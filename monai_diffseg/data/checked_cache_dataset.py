@@ -17,11 +17,6 @@ __all__ = ["CheckedCacheDataset"]
 _SHOW = 10
 
 
-def _describe(data: Any, index: int) -> str:
-    case, files = describe_case(data[index], index)
-    return f"case {case} ({', '.join(files) or 'no file'})"
-
-
 class _CacheFailure:
     """Placeholder for a case whose deterministic transforms raised while the cache was filled."""
 
@@ -32,15 +27,12 @@ class _CacheFailure:
 
 class CheckedCacheDataset(CacheDataset):
     """
-    :class:`monai.data.CacheDataset` that collects the cases failing while the cache is filled and raises one
-    ``ValueError`` listing them all (case, files and reason), once every caching thread has finished.
+    :class:`monai.data.CacheDataset` (same arguments) that collects the cases failing while the cache is filled and
+    raises one ``ValueError`` listing them all (case, files and reason), once every caching thread has finished.
 
     MONAI's ``CacheDataset`` lets the first error escape from its thread pool while the other threads are still
     inside torch operators; the interpreter then exits under them and about one run in two aborts with exit code 134
-    (``terminate called without an active exception``) instead of printing the error and exiting with 1. Collecting
-    the failures also tells the user about every bad file at once rather than one per run.
-
-    Takes the arguments of :class:`monai.data.CacheDataset`.
+    (``terminate called without an active exception``). Collecting the failures also reports every bad file at once.
 
     Raises:
         ValueError: one or more cases could not be loaded or pre-processed.
@@ -56,7 +48,10 @@ class CheckedCacheDataset(CacheDataset):
         cache = super()._fill_cache(indices)
         failures = [c for c in cache if isinstance(c, _CacheFailure)]
         if failures:
-            lines = [f"  {_describe(self.data, f.index)}: {describe_error(f.error)}" for f in failures[:_SHOW]]
+            lines = []
+            for f in failures[:_SHOW]:
+                case, files = describe_case(self.data[f.index], f.index)
+                lines.append(f"  case {case} ({', '.join(files) or 'no file'}): {describe_error(f.error)}")
             more = f"\n  ... and {len(failures) - _SHOW} more" if len(failures) > _SHOW else ""
             raise ValueError(
                 f"{len(failures)} of {len(cache)} cases could not be loaded; fix or remove them from the data:\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from monai.data import DataLoader, list_data_collate
@@ -26,13 +26,9 @@ logger = logging.getLogger(__name__)
 class _Failure:
     """A case whose loading or pre-processing raised; picklable so it crosses from the loader's workers."""
 
-    index: int
     case: str
     files: list[str]
     reason: str
-
-    def record(self) -> dict[str, Any]:
-        return {"case": self.case, "files": self.files, "reason": self.reason}
 
 
 class _CatchFailures(TorchDataset):
@@ -50,22 +46,20 @@ class _CatchFailures(TorchDataset):
         except Exception as err:
             data = getattr(self.dataset, "data", None)
             case, files = describe_case(data[index] if data is not None else None, index)
-            return _Failure(index, case, files, describe_error(err))
+            return _Failure(case, files, describe_error(err))
 
 
 class SkipFailedDataLoader:
     """
     Batches of the cases of ``dataset`` that load, in data-list order; a case whose loading or pre-processing raises
-    is logged with its files and the reason, listed in :attr:`failed`, and skipped (``skip_failed=True``), or stops the
-    run with one error naming it (``skip_failed=False``).
+    is logged with its files and the reason, listed in :attr:`failed` (``{"case", "files", "reason"}`` dicts, which
+    :class:`monai_diffseg.handlers.CaseMetricsWriter` writes under ``"failed"`` in ``metrics.json``) and skipped, so
+    one unreadable file among thousands costs that case, not the run.
 
-    One unreadable file among thousands then costs that case, not the run: the bundles' inference writes the outputs
-    and scores of every other case, and :class:`monai_diffseg.handlers.CaseMetricsWriter` lists the failures under
-    ``"failed"`` in ``metrics.json``. Items are loaded one by one by a :class:`monai.data.DataLoader` (so
-    ``num_workers`` pre-fetch in parallel as usual) and collated here into batches of ``batch_size`` good cases.
-
-    The loader has no ``len()``: how many batches an epoch has is known only once the failures are; ignite engines
-    then end the epoch when the iterator stops (an evaluator run is one pass). :attr:`num_cases` gives the total.
+    Items are loaded one by one by a :class:`monai.data.DataLoader` (``num_workers`` pre-fetch in parallel as usual)
+    and collated here into batches of ``batch_size`` good cases. The loader has no ``len()`` (the number of batches is
+    known only once the failures are; ignite engines end the epoch when the iterator stops); :attr:`num_cases` gives
+    the number of cases.
 
     Args:
         dataset: a map-style dataset, e.g. :class:`monai.data.Dataset`; its ``data`` list names failed cases
@@ -75,8 +69,8 @@ class SkipFailedDataLoader:
         collate_fn: collates a list of good cases into a batch, e.g. :func:`monai.data.pad_list_data_collate` for
             labels of mixed sizes.
         skip_failed: skip and record failing cases; ``False`` raises at the first one.
-        kwargs: other :class:`monai.data.DataLoader` arguments (``sampler``, ``pin_memory`` ...); ``shuffle`` and
-            ``drop_last`` are not supported (inference keeps every case, in order).
+        kwargs: other :class:`monai.data.DataLoader` arguments (``sampler``, ``pin_memory`` ...); ``shuffle``,
+            ``drop_last`` and ``batch_sampler`` are not supported (inference keeps every case, in order).
 
     Raises:
         RuntimeError: while iterating, a case fails and ``skip_failed`` is False, or every case failed.
@@ -116,23 +110,23 @@ class SkipFailedDataLoader:
     def __iter__(self) -> Iterator[Any]:
         self.failed = []
         batch: list = []
-        loaded = 0
+        loaded = False
         for item in self.loader:
             if isinstance(item, _Failure):
                 message = f"case '{item.case}' ({', '.join(item.files) or 'no file'}) failed: {item.reason}"
                 if not self.skip_failed:
                     raise RuntimeError(f"{message}. Set skip_failed=True to skip such cases and finish the others.")
                 logger.warning("skipping %s", message)
-                self.failed.append(item.record())
+                self.failed.append(asdict(item))
                 continue
-            loaded += 1
+            loaded = True
             batch.append(item)
             if len(batch) == self.batch_size:
                 yield self.collate_fn(batch)
                 batch = []
         if batch:
             yield self.collate_fn(batch)
-        if loaded == 0 and self.failed:
+        if not loaded and self.failed:
             raise RuntimeError(
                 f"none of the {len(self.failed)} cases could be read; the first failure: case "
                 f"'{self.failed[0]['case']}': {self.failed[0]['reason']}"

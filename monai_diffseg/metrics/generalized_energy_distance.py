@@ -3,9 +3,8 @@
 """
 Generalized energy distance (GED) between an ensemble of sampled segmentations and a set of reference annotations.
 
-The GED is the standard distribution-level metric for stochastic / probabilistic segmentation models
-(Probabilistic U-Net, PHiSeg, diffusion segmentation models such as BerDiff and CIMD). With the distance
-:math:`d(A, B) = 1 - \\mathrm{IoU}(A, B)` it reads
+The standard distribution-level metric of stochastic segmentation models (Probabilistic U-Net, PHiSeg, BerDiff,
+CIMD). With the distance :math:`d(A, B) = 1 - \\mathrm{IoU}(A, B)` it reads
 
 .. math::
 
@@ -53,26 +52,20 @@ def compute_generalized_energy_distance(
     (``reduction_over_classes="mean"``) — because the GED is linear in ``d`` this equals the class-average of the
     per-class GED terms, which ``reduction_over_classes="none"`` returns.
 
-    Some papers (e.g. Kohl et al. 2018, PHiSeg) report :math:`D^2_{GED}` itself, others its square root; both are
-    returned, as ``"ged"`` and ``"ged_sqrt"`` (:math:`\\sqrt{\\max(D^2_{GED}, 0)}`, the clamp guarding against tiny
-    negative values from rounding).
+    Some papers (e.g. Kohl et al. 2018, PHiSeg) report :math:`D^2_{GED}` itself, others its square root: both are
+    returned (the root of :math:`\\max(D^2_{GED}, 0)`, the clamp guarding against tiny negative rounding errors).
 
     Args:
-        samples: binary samples of the model, shape ``(N, E, C, H, W[, D])`` (``E`` samples per image);
-            bool or numeric tensor with values in {0, 1}.
+        samples: binary samples of the model, shape ``(N, E, C, H, W[, D])``, bool or numeric with values in {0, 1}.
         references: binary reference annotations, shape ``(N, R, C, H, W[, D])`` (``R >= 1`` annotators).
         include_background: whether to include class channel 0; ignored (with a warning) when ``C == 1``.
         reduction_over_classes: ``"mean"`` (default) averages the distances over the selected classes, giving
             per-image values of shape ``(N,)``; ``"none"`` keeps them per class, shape ``(N, C')``.
 
     Returns:
-        dict of float64 tensors of shape ``(N,)`` (or ``(N, C')``) with keys
-
-        - ``"ged"``: :math:`D^2_{GED}`,
-        - ``"ged_sqrt"``: :math:`\\sqrt{\\max(D^2_{GED}, 0)}`,
-        - ``"cross"``: :math:`\\mathbb{E}[d(S, Y)]`,
-        - ``"sample_diversity"``: :math:`\\mathbb{E}[d(S, S')]`,
-        - ``"reference_diversity"``: :math:`\\mathbb{E}[d(Y, Y')]`.
+        dict of float64 tensors ``(N,)`` (or ``(N, C')``): ``"ged"`` :math:`D^2_{GED}`, ``"ged_sqrt"``
+        :math:`\\sqrt{\\max(D^2_{GED}, 0)}`, ``"cross"`` :math:`\\mathbb{E}[d(S, Y)]`, ``"sample_diversity"``
+        :math:`\\mathbb{E}[d(S, S')]` and ``"reference_diversity"`` :math:`\\mathbb{E}[d(Y, Y')]`.
 
     Raises:
         ValueError: on non-binary, NaN, wrongly shaped, empty or mismatching inputs, or an unknown
@@ -98,16 +91,12 @@ class GeneralizedEnergyDistanceMetric(PerImageMetric):
     dict (see :data:`GED_KEYS`) and buffers them; ``E`` and ``R`` may change between iterations. :meth:`aggregate`
     reduces every term over all buffered images.
 
-    Example:
-
-    .. code-block:: python
+    Example::
 
         metric = GeneralizedEnergyDistanceMetric()
         for batch in loader:
-            samples = sample_ensemble(batch["image"])  # (N, E, C, H, W) binary
-            metric(y_pred=samples, y=batch["annotations"])  # (N, R, C, H, W)
+            metric(y_pred=sample_ensemble(batch["image"]), y=batch["annotations"])  # (N, E | R, C, H, W), binary
         result = metric.aggregate()  # {"ged": tensor(...), "ged_sqrt": ..., "cross": ..., ...}
-        metric.reset()
 
     Args:
         include_background: see :func:`compute_generalized_energy_distance`.

@@ -19,11 +19,10 @@ import math
 
 import numpy as np
 import torch
-from monai.utils import MetricReduction, look_up_option, optional_import
+from monai.utils import MetricReduction, look_up_option
+from scipy.optimize import linear_sum_assignment
 
 from .utils import PerImageMetric, check_samples_and_references, compute_pairwise_iou
-
-linear_sum_assignment, _ = optional_import("scipy.optimize", name="linear_sum_assignment")
 
 __all__ = ["HungarianMatchedIoUMetric", "compute_hungarian_matched_iou"]
 
@@ -42,17 +41,13 @@ def compute_hungarian_matched_iou(
     The ``E x R`` IoU matrix comes from :func:`~monai_diffseg.metrics.compute_pairwise_iou` (both-empty pairs have
     IoU 1; multi-class inputs average the IoU over the selected class channels).
 
-    Unequal ensemble sizes ``E != R`` are handled according to ``matching``:
+    ``matching`` handles ``E != R`` (both options coincide when ``E == R``):
 
-    - ``"tile"`` (default, the convention of Kohl et al. 2019 where e.g. 16 samples are matched against the 4
-      annotations repeated 4 times): both sets are replicated to ``K = lcm(E, R)`` members (samples ``K / E`` times,
-      references ``K / R`` times), the ``K x K`` assignment is solved and the mean over all ``K`` matched pairs is
-      returned. Every sample and every reference thus takes part equally. The cost grows as ``O(K^3)``, so prefer
-      ensemble sizes with a small least common multiple (e.g. ``E`` a multiple of ``R``).
-    - ``"rectangular"``: the rectangular ``E x R`` problem is solved directly; only ``min(E, R)`` pairs are matched
-      and averaged (the surplus samples or references are ignored).
-
-    Both options coincide when ``E == R``.
+    - ``"tile"`` (default; Kohl et al. 2019 match e.g. 16 samples against the 4 annotations repeated 4 times): both
+      sets are replicated to ``K = lcm(E, R)`` members and the mean over all ``K`` matched pairs is returned, so every
+      sample and every reference takes part equally. The cost grows as ``O(K^3)``: prefer a small least common
+      multiple (e.g. ``E`` a multiple of ``R``).
+    - ``"rectangular"``: the ``E x R`` problem is solved directly; only ``min(E, R)`` pairs are matched and averaged.
 
     Args:
         samples: binary samples of the model, shape ``(N, E, C, H, W[, D])``.

@@ -3,11 +3,9 @@
 """
 Sample diversity of an ensemble of segmentations: the mean pairwise distance between the samples of one image.
 
-With the ``"1-iou"`` distance this is the :math:`\\mathbb{E}[d(S, S')]` term of the generalized energy distance
-(Kohl et al. 2018; Baumgartner et al., PHiSeg 2019). With the ``"l2"`` distance it is the mean pairwise
-root-mean-square difference of (possibly soft) masks, the quantity that some public diffusion-segmentation code
-bases (e.g. DiffSeg's evaluation code) report under the name "GED" although it is a sample-diversity term and not
-the generalized energy distance.
+With the ``"1-iou"`` distance this is the :math:`\\mathbb{E}[d(S, S')]` term of the generalized energy distance. With
+``"l2"`` it is the mean pairwise root-mean-square difference of (possibly soft) masks, which some public code (e.g.
+DiffSeg's evaluation) reports as "GED" although it is a sample-diversity term, not the generalized energy distance.
 
 References:
     - Kohl et al., "A Probabilistic U-Net for Segmentation of Ambiguous Images", NeurIPS 2018.
@@ -35,18 +33,12 @@ def compute_sample_diversity(
     """
     Mean pairwise distance :math:`\\mathbb{E}[d(S, S')]` between the ``E`` samples of each image.
 
-    The expectation is the mean over **all** ``E x E`` ordered pairs, including ``i = j`` (distance 0), as in
-    the generalized energy distance (so ``E = 1`` gives 0, and ``"1-iou"`` equals the ``"sample_diversity"`` term
-    of :func:`~monai_diffseg.metrics.compute_generalized_energy_distance`). Multi-class inputs: the distance
-    is computed per class channel and averaged over the (selected) classes.
-
-    Distances:
-
-    - ``"1-iou"``: :math:`d(A, B) = 1 - \\mathrm{IoU}(A, B)` on binary masks (``d = 0`` when both masks are
-      empty, ``d = 1`` when exactly one is empty).
-    - ``"l2"``: root-mean-square difference :math:`d(A, B) = \\sqrt{\\frac{1}{P}\\sum_p (A_p - B_p)^2}` over the
-      ``P`` spatial elements of a class channel, on probabilities in [0, 1] (for binary masks ``d^2`` is the
-      fraction of disagreeing pixels): DiffSeg's "GED", see the module docstring.
+    The mean is over **all** ``E x E`` ordered pairs, including ``i = j`` (distance 0), so ``E = 1`` gives 0 and
+    ``"1-iou"`` (``d = 1 - IoU``, 0 when both masks are empty) equals the ``"sample_diversity"`` term of
+    :func:`~monai_diffseg.metrics.compute_generalized_energy_distance`. ``"l2"`` is the root-mean-square difference
+    :math:`d(A, B) = \\sqrt{\\frac{1}{P}\\sum_p (A_p - B_p)^2}` over the ``P`` spatial elements of a class channel (for
+    binary masks ``d^2`` is the fraction of disagreeing pixels). Multi-class inputs: ``d`` is computed per class channel
+    and averaged over the (selected) classes.
 
     Args:
         samples: ensemble of segmentations, shape ``(N, E, C, H, W[, D])``; binary for ``"1-iou"``, values in
@@ -58,8 +50,8 @@ def compute_sample_diversity(
         float64 tensor of shape ``(N,)``.
 
     Raises:
-        ValueError: on invalid shapes, empty ensembles, NaN values, values outside {0, 1} (``"1-iou"``) or
-            [0, 1] (``"l2"``), or an unknown ``distance``.
+        ValueError: on invalid shapes, empty ensembles, NaN values, values outside the allowed set, or an unknown
+            ``distance``.
     """
     distance = look_up_option(distance, _DISTANCES)
     check_ensemble(samples, "samples", SAMPLES_LAYOUT, values="binary" if distance == "1-iou" else "unit")

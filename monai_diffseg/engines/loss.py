@@ -50,8 +50,7 @@ class MaskDiffusionLoss(nn.Module):
         if isinstance(pred_t, Sequence) or pred_t.shape != target_t.shape:
             shape = tuple(pred_t.shape) if isinstance(pred_t, torch.Tensor) else type(pred_t).__name__
             raise ValueError(f"MaskDiffusionLoss: prediction {shape} and target {tuple(target_t.shape)} differ.")
-        fn = F.mse_loss if self.diffusion_loss == "mse" else F.l1_loss
-        loss = fn(pred_t.float(), target_t.float())
+        loss = (F.mse_loss if self.diffusion_loss == "mse" else F.l1_loss)(pred_t.float(), target_t.float())
         if self.aux_weight > 0:
             if not isinstance(pred, Mapping) or "anchor" not in pred or not isinstance(target, Mapping):
                 raise ValueError(

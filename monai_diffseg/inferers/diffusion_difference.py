@@ -220,11 +220,10 @@ class DiffusionDifferenceInferer(Inferer):
             if lo < low or hi > high:
                 raise TypeError(
                     f"{owner}: inputs have dtype {image.dtype} with values in [{lo:g}, {hi:g}] but value_range="
-                    f"{self.value_range} (the intensities mapped to [-1, 1], as in training); an integer image is "
-                    "used only when its values lie in value_range. Scale and convert it in preprocessing (e.g. "
-                    "monai.transforms.ScaleIntensityRanged(a_min=0, a_max=255, b_min=0, b_max=1) and "
-                    "EnsureTyped(dtype=torch.float32)), or set value_range to the range the model was trained on "
-                    "(e.g. (0, 255) for raw uint8 images)."
+                    f"{self.value_range} (mapped to [-1, 1] as in training) must hold an integer image. Scale and "
+                    "convert it in preprocessing (e.g. monai.transforms.ScaleIntensityRanged(a_min=0, a_max=255, "
+                    "b_min=0, b_max=1) and EnsureTyped(dtype=torch.float32)), or set value_range to the training "
+                    "range (e.g. (0, 255) for raw uint8 images)."
                 )
         image = image.float()
         check_finite(image, "inputs", owner, names)
@@ -267,14 +266,11 @@ class DiffusionDifferenceInferer(Inferer):
             args, kwargs: extra arguments passed to every network call.
 
         Returns:
-            dict with ``"difference"`` (raw ``D``, ``(N, T, 1, *S)``), ``"score"`` (normalised lesion score in
-            ``[0, 1]``, ``(N, T, 1, *S)``), ``"mask"`` (``{0, 1}``, ``(N, T, 1, *S)``) and ``"threshold"``
-            (the score threshold of every map, ``(N, T)``).
+            dict of ``(N, T, 1, *S)`` ``"difference"`` (raw ``D``), ``"score"`` (lesion score in ``[0, 1]``) and
+            ``"mask"`` (``{0, 1}``), and ``"threshold"`` (the score threshold of every map, ``(N, T)``).
         """
-        module = unwrap_network(network)
-        image = self._check_inputs(inputs, module)
-        device = image.device
-        n, spatial = image.shape[0], image.shape[2:]
+        image = self._check_inputs(inputs, unwrap_network(network))
+        n, spatial, device = image.shape[0], image.shape[2:], image.device
         x0 = image_to_diffusion(image, self.value_range)
         num_steps = len(self.timesteps)
         chunk = num_steps if self.step_batch_size is None else min(self.step_batch_size, num_steps)
@@ -284,9 +280,8 @@ class DiffusionDifferenceInferer(Inferer):
             seeds = range(self.seed + start, self.seed + start + len(steps))
             noise = torch.cat([torch.randn(x0.shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
             t = torch.tensor(steps, device=device, dtype=torch.long).repeat_interleave(n)  # step-major rows
-            xs = x0.repeat(len(steps), *([1] * (x0.ndim - 1)))
             a = self.scheduler.alphas_cumprod.to(device)[t].float().reshape(-1, *([1] * (x0.ndim - 1)))
-            x_t = a.sqrt() * xs + (1 - a).sqrt() * noise.to(device)
+            x_t = a.sqrt() * torch.cat([x0] * len(steps)) + (1 - a).sqrt() * noise.to(device)
             lesion_out, healthy_out = self._both(network, x_t, t, *args, **kwargs)
             n_lesion = x_t - self._predict_x0(lesion_out.float(), x_t, a)
             n_healthy = x_t - self._predict_x0(healthy_out.float(), x_t, a)
@@ -303,16 +298,12 @@ class DiffusionDifferenceInferer(Inferer):
         if self.normalization == "minmax":
             lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
         else:
-            q = torch.quantile(flat, torch.tensor([0.01, 0.99], device=device), dim=1).T
-            lo, hi = q[:, :1], q[:, 1:]
+            lo, hi = torch.quantile(flat, torch.tensor([0.01, 0.99], device=device), dim=1, keepdim=True)
         norm = ((flat - lo) / (hi - lo).clamp_min(1e-8)).clamp(0.0, 1.0)
         score = 1.0 - norm if self.polarity == "dark" else norm
-        if self.threshold_method == "fixed":
-            thr = torch.full((score.shape[0],), self.threshold, device=device)
-            mask = (score >= thr[:, None]).float()
-        else:
-            thr = otsu_threshold(score)
-            mask = (score > thr[:, None]).float()
+        fixed = self.threshold_method == "fixed"
+        thr = torch.full((score.shape[0],), self.threshold, device=device) if fixed else otsu_threshold(score)
+        mask = (score >= thr[:, None] if fixed else score > thr[:, None]).float()
 
         def stack(x: torch.Tensor) -> torch.Tensor:  # (T * N, ...) step-major -> (N, T, 1, *S)
             return x.reshape(num_steps, n, 1, *spatial).transpose(0, 1).contiguous()

@@ -226,13 +226,10 @@ class DiffusionSegmentationInferer(Inferer):
         extra = inspect.signature(scheduler.set_timesteps).parameters
         size = {"input_img_size_numel": int(image.shape[2:].numel())} if "input_img_size_numel" in extra else {}
         scheduler.set_timesteps(self.num_inference_steps, device=device, **size)  # RFlow scales by image size
-        check_timesteps(
-            scheduler.timesteps,
-            # RFlow starts at t = T itself (pure noise): only the lower bound applies there
-            num_train_timesteps=None if isinstance(scheduler, RFlowScheduler) else int(scheduler.num_train_timesteps),
-            name=f"{type(scheduler).__name__}.timesteps (num_inference_steps={self.num_inference_steps})",
-            owner=type(self).__name__,
-        )
+        # RFlow starts at t = T itself (pure noise): only the lower bound applies there
+        num_t = None if isinstance(scheduler, RFlowScheduler) else int(scheduler.num_train_timesteps)
+        name = f"{type(scheduler).__name__}.timesteps (num_inference_steps={self.num_inference_steps})"
+        check_timesteps(scheduler.timesteps, None, num_t, name, type(self).__name__)
         if hasattr(scheduler, "alphas_cumprod"):
             scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
         timesteps = scheduler.timesteps.tolist()
@@ -339,10 +336,19 @@ class DiffusionSegmentationInferer(Inferer):
             with self._autocast(device):
                 return step_fn(fmt(xs), steps, *args, **condition, **kwargs)
 
-        if self.member_batch_size == "auto":
-            chunk = self._auto_chunk(call, x[:n], t0, cond, members)
-        else:
-            chunk = members if self.member_batch_size is None else min(int(self.member_batch_size), members)
+        chunk = members if self.member_batch_size in (None, "auto") else min(int(self.member_batch_size), members)
+        if self.member_batch_size == "auto" and device.type == "cuda" and members > 1:
+            # the chunk that fits: a probe call on one member measures its memory
+            torch.cuda.synchronize(device)
+            free, _ = torch.cuda.mem_get_info(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            call(x[:n], t0, cond)
+            torch.cuda.synchronize(device)
+            activations = torch.cuda.max_memory_allocated(device) - before
+            tiled_condition = sum(c.numel() * c.element_size() for c in cond)
+            state = 3 * x[:n].numel() * 4  # x, model output, x0 of one member (float32)
+            chunk = memory_aware_member_chunk(members, activations + tiled_condition + state, free)
         # tiled to one chunk of members once per call, not at every step; a smaller last chunk takes a leading slice
         tiled = tuple(fmt(c.repeat(chunk, *([1] * (c.ndim - 1)))) for c in cond)
 
@@ -352,22 +358,6 @@ class DiffusionSegmentationInferer(Inferer):
             return torch.cat(outputs, dim=0).contiguous()
 
         return denoise
-
-    def _auto_chunk(self, call: Callable[..., Any], x: torch.Tensor, t: float, cond: tuple, members: int) -> int:
-        """The member chunk that fits: a probe ``call`` on one member ``x`` ``(N, C, *S)`` measures its memory."""
-        device = x.device
-        if device.type != "cuda" or members == 1:
-            return members
-        torch.cuda.synchronize(device)
-        free, _ = torch.cuda.mem_get_info(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        call(x, t, cond)
-        torch.cuda.synchronize(device)
-        activations = torch.cuda.max_memory_allocated(device) - before
-        tiled_condition = sum(c.numel() * c.element_size() for c in cond)
-        state = 3 * x.numel() * 4  # x, model output, x0 of one member (float32)
-        return memory_aware_member_chunk(members, activations + tiled_condition + state, free)
 
     def _stepper(
         self, scheduler: Scheduler, n: int, gens: Sequence[torch.Generator]

@@ -75,10 +75,7 @@ class DPMSolverMultistepScheduler(Scheduler):
         if sample_max_value < 1.0:
             raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}.")
         if clip_sample_min >= clip_sample_max:
-            raise ValueError(
-                f"clip_sample_min must be < clip_sample_max, got clip_sample_min={clip_sample_min}, "
-                f"clip_sample_max={clip_sample_max}."
-            )
+            raise ValueError(f"clip_sample_min must be < clip_sample_max, got {clip_sample_min} >= {clip_sample_max}.")
         self.solver_order = int(solver_order)
         self.thresholding = bool(thresholding)
         self.dynamic_thresholding_ratio = float(dynamic_thresholding_ratio)
@@ -181,10 +178,8 @@ class DPMSolverMultistepScheduler(Scheduler):
         x0 = self.convert_model_output(model_output.to(sample.device), t, x)
         alpha_t, sigma_t = self._alpha_sigma(t)
         lambda_t = math.log(alpha_t) - math.log(sigma_t)
-        self._x0_history.append(x0)
-        self._lambda_history.append(lambda_t)
-        self._x0_history = self._x0_history[-self.solver_order :]
-        self._lambda_history = self._lambda_history[-self.solver_order :]
+        self._x0_history = [*self._x0_history, x0][-self.solver_order :]
+        self._lambda_history = [*self._lambda_history, lambda_t][-self.solver_order :]
         self._step_index = index + 1
 
         n = self.num_inference_steps

@@ -71,16 +71,9 @@ class CheckedCheckpointLoader(CheckpointLoader):
         optional: bool = False,
         epochs_key: str = "num_epochs",
     ) -> None:
-        super().__init__(
-            load_path=os.fspath(load_path) if load_path is not None else load_path,  # type: ignore[arg-type]
-            load_dict=load_dict,
-            name=name,
-            map_location=map_location,
-            strict=strict,
-            strict_shape=strict_shape,
-        )
-        self.optional = optional
-        self.epochs_key = epochs_key
+        path = os.fspath(load_path) if load_path is not None else load_path
+        super().__init__(path, load_dict, name, map_location, strict, strict_shape)  # type: ignore[arg-type]
+        self.optional, self.epochs_key = optional, epochs_key
 
     def validate(self, checkpoint: dict | None = None) -> dict:
         """

@@ -71,14 +71,11 @@ class RandomStateHandler:
     fresh state. Under ``torch.distributed``, ``state_dict`` gathers every rank's states (a collective) and
     ``load_state_dict`` restores each rank's own.
 
-    Usage (bundle ``train.json``)::
+    The states are tensors and numbers, so the checkpoint loads with ``torch.load(weights_only=True)``. Usage
+    (bundle ``train.json``; ``"random_states": "@train#random_states"`` in the saver's and loader's dicts)::
 
         "train#random_states": {"_target_": "monai_diffseg.handlers.RandomStateHandler",
                                 "sources": ["@train#dataloader"]}
-        saver:  "save_dict": {"model": "@network", ..., "random_states": "@train#random_states"}
-        loader: "load_dict": {"model": "@network", ..., "random_states": "@train#random_states"}
-
-    The states are tensors and numbers, so the checkpoint loads with ``torch.load(weights_only=True)``.
 
     Args:
         sources: objects (or a list of them) whose own generators are saved too: ``DataLoader``, ``Dataset``,
@@ -108,10 +105,8 @@ class RandomStateHandler:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """
-        The states of all generators: ``{"ranks": [state of rank 0, state of rank 1, ...]}`` (one entry without
-        ``torch.distributed``), each state holding ``torch``, ``cuda``, ``numpy``, ``python`` and ``generators``.
-        """
+        """``{"ranks": [state of rank 0, ...]}`` (one entry without ``torch.distributed``), each state holding
+        ``torch``, ``cuda``, ``numpy``, ``python`` and ``generators``."""
         local = self._local_state()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ranks: list[Any] = [None] * dist.get_world_size()

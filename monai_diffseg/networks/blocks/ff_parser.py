@@ -82,9 +82,13 @@ class FFParser(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
         self._legacy_grid = int(self.grid_version) == 0
 
-    def _grid_coords(self, freq_shape: Sequence[int], spatial: Sequence[int]) -> list[torch.Tensor]:
-        """Per dimension, where each frequency of an input of size ``spatial`` reads the weight grid."""
-        coords, device = [], self.weight_real.device
+    def _weight(self, freq_shape: Sequence[int], spatial: Sequence[int] | None = None) -> torch.Tensor:
+        """The complex weight for a spectrum of shape ``freq_shape`` (of an input of spatial size ``spatial``): the
+        grid linearly interpolated, one dimension after the other, at the input's frequencies."""
+        if self._legacy_grid:
+            return self._legacy_weight(freq_shape)
+        spatial = tuple(freq_shape[:-1]) + ((freq_shape[-1] - 1) * 2,) if spatial is None else tuple(spatial)
+        weights, device = [self.weight_real, self.weight_imag], self.weight_real.device
         for d, (n_freq, n_in, n_grid) in enumerate(zip(freq_shape, spatial, self.weight_size)):
             if d < self.spatial_dims - 1:  # full spectrum: fftfreq order, centred grid
                 pos = torch.fft.fftfreq(int(n_in), device=device, dtype=torch.float64) * n_grid + n_grid // 2
@@ -92,29 +96,12 @@ class FFParser(nn.Module):
             else:  # half spectrum: frequencies 0 .. n_in // 2
                 pos = torch.arange(int(n_freq), device=device, dtype=torch.float64) / int(n_in) * n_grid
                 top = n_grid // 2
-            coords.append(pos.clamp(0, top))
-        return coords
-
-    @staticmethod
-    def _lerp_axis(w: torch.Tensor, dim: int, pos: torch.Tensor) -> torch.Tensor:
-        """Linear interpolation of ``w`` along ``dim`` at fractional indices ``pos``."""
-        lo = pos.floor().long()
-        hi = (lo + 1).clamp(max=w.shape[dim] - 1)
-        frac = (pos - lo).to(w.dtype).reshape([-1 if i == dim else 1 for i in range(w.ndim)])
-        w_lo, w_hi = w.index_select(dim, lo), w.index_select(dim, hi)
-        return w_lo + (w_hi - w_lo) * frac
-
-    def _weight(self, freq_shape: Sequence[int], spatial: Sequence[int] | None = None) -> torch.Tensor:
-        """The complex weight for a spectrum of shape ``freq_shape`` (of an input of spatial size ``spatial``)."""
-        if self._legacy_grid:
-            return self._legacy_weight(freq_shape)
-        spatial = tuple(freq_shape[:-1]) + ((freq_shape[-1] - 1) * 2,) if spatial is None else tuple(spatial)
-        coords = self._grid_coords(freq_shape, spatial)
-        weights = []
-        for w in (self.weight_real, self.weight_imag):
-            for d, pos in enumerate(coords):
-                w = self._lerp_axis(w, d + 1, pos)
-            weights.append(w)
+            pos = pos.clamp(0, top)
+            lo = pos.floor().long()
+            hi = (lo + 1).clamp(max=weights[0].shape[d + 1] - 1)
+            frac = (pos - lo).to(weights[0].dtype).reshape([-1 if i == d + 1 else 1 for i in range(weights[0].ndim)])
+            lows = [w.index_select(d + 1, lo) for w in weights]
+            weights = [w_lo + (w.index_select(d + 1, hi) - w_lo) * frac for w, w_lo in zip(weights, lows)]
         return torch.complex(weights[0].float(), weights[1].float())
 
     def _legacy_weight(self, freq_shape: Sequence[int]) -> torch.Tensor:

@@ -117,18 +117,15 @@ def isic2018_datalist(
     Args:
         dataset_dir: folder that holds the official ISIC 2018 folders.
         split: one of ``"training"``, ``"validation"``, ``"test"``.
-        labels: ``True`` requires a mask for every image; ``False`` lists images only (no ``"label"``
-            key); ``"auto"`` uses masks when the split's ground-truth folder exists, else images only.
+        labels: ``True`` requires a mask for every image; ``False`` lists images only (no ``"label"`` key); ``"auto"``
+            uses masks when the split's ground-truth folder exists.
 
     Returns:
-        Items ``{"image": abs_path, "label": abs_path, "case": "ISIC_0000000"}`` sorted by case
-        (without ``"label"`` when no masks are used).
+        Items ``{"image": abs_path, "label": abs_path, "case": "ISIC_0000000"}`` sorted by case.
 
     Raises:
-        FileNotFoundError: ``dataset_dir``, the split's input folder or (``labels=True``) its
-            ground-truth folder does not exist.
-        ValueError: bad ``split``/``labels``, an input folder without images, or (with masks) an
-            image whose ``<case>_segmentation.png`` is absent.
+        FileNotFoundError: ``dataset_dir``, the split's input folder or (``labels=True``) its ground-truth folder.
+        ValueError: bad ``split``/``labels``, no images, or (with masks) an image without ``<case>_segmentation.png``.
     """
     split = look_up_option(split, ISIC2018_SPLITS)
     if labels not in (True, False, "auto"):
@@ -174,12 +171,11 @@ def split_datalist(
 ) -> tuple[list[dict[str, str]], ...]:
     """Split a data list into disjoint, seeded random parts (e.g. train/val/test).
 
-    Counts are ``fraction * len(datalist)`` rounded by largest remainder, so they always add up to
-    ``len(datalist)``; every part with a non-zero fraction gets at least one item when there are
-    enough items. Each part keeps the input order, so results are stable for a fixed ``seed``.
+    Counts are ``fraction * len(datalist)`` rounded by largest remainder, so they add up to ``len(datalist)``; every
+    part with a non-zero fraction gets at least one item. Each part keeps the input order.
 
     Args:
-        datalist: items to split (each a mapping, e.g. from :func:`image_folder_datalist`).
+        datalist: items to split (mappings, e.g. from :func:`image_folder_datalist`).
         fractions: non-negative fractions, one per output part, summing to 1.
         seed: seed of the random permutation.
 
@@ -187,8 +183,7 @@ def split_datalist(
         One list per fraction; items are shallow copies of the input dicts.
 
     Raises:
-        ValueError: empty ``fractions``, a negative fraction, fractions not summing to 1, or fewer
-            items than non-zero fractions.
+        ValueError: bad ``fractions``, or fewer items than non-zero fractions.
     """
     fracs = np.asarray(list(fractions), dtype=float)
     if fracs.ndim != 1 or fracs.size == 0 or np.any(fracs < 0) or not np.isclose(fracs.sum(), 1.0, atol=1e-6):
@@ -224,9 +219,8 @@ def isic2018_train_val_datalists(
 ) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Training and validation data lists for ISIC 2018 Task 1.
 
-    The training list is the official training split (masks required). Validation uses the official
-    validation split when both its input and ground-truth folders exist; otherwise a seeded holdout
-    of ``val_fraction`` (at least one case) of the training split (see :func:`split_datalist`).
+    Training is the official training split (masks required); validation the official validation split when both its
+    folders exist, else a seeded holdout (:func:`split_datalist`) of ``val_fraction`` (at least one case) of training.
 
     Args:
         dataset_dir: folder that holds the official ISIC 2018 folders.
@@ -237,9 +231,8 @@ def isic2018_train_val_datalists(
         ``(train_list, val_list)``, disjoint, each sorted by case, items as in :func:`isic2018_datalist`.
 
     Raises:
-        FileNotFoundError: see :func:`isic2018_datalist`.
-        ValueError: ``val_fraction`` outside (0, 1), a holdout from fewer than 2 training cases,
-            or errors from :func:`isic2018_datalist`.
+        FileNotFoundError, ValueError: as :func:`isic2018_datalist`; ``val_fraction`` outside (0, 1) or a holdout from
+            fewer than 2 training cases.
     """
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
@@ -277,10 +270,9 @@ def image_folder_datalist(
 ) -> list[dict[str, str]]:
     """Build a data list for flat ``<image_dir>/<id>.<ext>`` + ``<mask_dir>/<id><mask_suffix>.<ext>`` layouts.
 
-    Suits Kvasir-SEG (``images/<id>.jpg`` + ``masks/<id>.jpg``) and flattened PH2
-    (e.g. ``images/IMD002.bmp`` + ``masks/IMD002_lesion.bmp`` with ``image_exts=(".bmp",)`` and
-    ``mask_suffix="_lesion"``). Masks may use a different extension than images. Extensions are
-    matched case-insensitively; hidden files and other extensions are ignored.
+    Suits Kvasir-SEG (``images/<id>.jpg`` + ``masks/<id>.jpg``) and flattened PH2 (``images/IMD002.bmp`` +
+    ``masks/IMD002_lesion.bmp`` with ``image_exts=(".bmp",)``, ``mask_suffix="_lesion"``). Extensions (masks may use
+    another one than images) are matched case-insensitively; hidden files and other extensions are ignored.
 
     Args:
         image_dir: folder of images.
@@ -291,8 +283,7 @@ def image_folder_datalist(
         labels: ``False`` lists images only even when ``mask_dir`` is given.
 
     Returns:
-        Items ``{"image": abs_path, "label": abs_path, "case": id}`` sorted by id (no ``"label"``
-        when masks are not used).
+        Items ``{"image": abs_path, "label": abs_path, "case": id}`` sorted by id (no ``"label"`` without masks).
 
     Raises:
         FileNotFoundError: ``image_dir`` or (when used) ``mask_dir`` is not an existing folder.

@@ -1,13 +1,11 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""A small, deterministic, dermoscopy-like synthetic dataset in the ISIC 2018 Task 1 layout.
-
-Tests, tutorials and smoke runs use it instead of ISIC data::
+"""A small, deterministic, dermoscopy-like synthetic dataset in the ISIC 2018 Task 1 layout, for tests and smoke runs::
 
     python -m monai_diffseg.data.synthetic --output_dir /tmp/isic_synth --num_train 48 --image_size 96 128
 
-Each image shows skin with smooth colour variation and noise, one irregular textured lesion (the
-mask), a few dark hairs that cross it (not part of the mask) and vignetting.
+Each image shows skin with smooth colour variation and noise, one irregular textured lesion (the mask), a few dark
+hairs that cross it (not part of the mask) and vignetting.
 """
 
 from __future__ import annotations
@@ -29,6 +27,7 @@ __all__ = ["make_synthetic_isic2018", "synthetic_lesion_sample", "main"]
 
 _MARKER = "synthetic_isic2018.json"
 _MIN_SIZE = 16
+_ASPECTS = (0.75, 1.0, 4.0 / 3.0, 1.5)  # W/H of the mixed_sizes cases
 # Lesion area as a fraction of the image; targets stay inside [0.03, 0.5] with margin for rounding.
 _AREA_RANGE = (0.04, 0.42)
 _LICENSE_STUB = (
@@ -204,15 +203,6 @@ def _check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-_ASPECTS = (0.75, 1.0, 4.0 / 3.0, 1.5)
-
-
-def _case_shape(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[int, int]:
-    """A realistic per-case (H, W): height 0.7-1.6x ``shape[0]``, aspect ratio W/H from ``_ASPECTS``."""
-    height = max(_MIN_SIZE, int(round(shape[0] * rng.uniform(0.7, 1.6))))
-    return height, max(_MIN_SIZE, int(round(height * _ASPECTS[rng.integers(len(_ASPECTS))])))
-
-
 def make_synthetic_isic2018(
     root: PathLike,
     num_train: int = 48,
@@ -225,15 +215,11 @@ def make_synthetic_isic2018(
 ) -> str:
     """Write a synthetic dataset in the exact ISIC 2018 Task 1 folder layout.
 
-    Images are RGB JPEGs (quality 95) ``ISIC_<7 digits>.jpg``; masks are 8-bit single-channel PNGs
-    ``ISIC_<id>_segmentation.png`` with values {0, 255}; every split, test included, has ground
-    truth. Each folder also gets ``LICENSE.txt``/``ATTRIBUTION.txt`` stubs like the official release,
-    and ``root`` gets ``synthetic_isic2018.json`` recording the parameters. Case ids are numbered
-    consecutively over training, validation and test, and each case is drawn from its own
-    ``(seed, index)`` random stream, so a dataset is fully determined by its arguments.
-
-    A split with zero cases is not written (e.g. ``num_val=0`` exercises the holdout in
-    :func:`~monai_diffseg.data.isic2018.isic2018_train_val_datalists`).
+    Images are RGB JPEGs (quality 95) ``ISIC_<7 digits>.jpg``; masks 8-bit PNGs ``ISIC_<id>_segmentation.png`` in
+    {0, 255}, for every split. Each folder gets ``LICENSE.txt``/``ATTRIBUTION.txt`` stubs like the official release,
+    ``root`` a ``synthetic_isic2018.json`` of the parameters. Case ids run over training, validation and test, each
+    case drawn from its own ``(seed, index)`` random stream. A split with zero cases is not written (``num_val=0``
+    exercises the holdout of :func:`~monai_diffseg.data.isic2018.isic2018_train_val_datalists`).
 
     Args:
         root: output folder (created if needed); it becomes the ``dataset_dir``.
@@ -242,19 +228,17 @@ def make_synthetic_isic2018(
         num_test: number of test cases (>= 0).
         image_size: spatial size (H, W), each >= 16.
         seed: random seed.
-        overwrite: replace the ISIC folders if they already exist. Without it, an existing dataset
-            written with the same arguments is reused as is.
-        mixed_sizes: draw each case's size as the real archive has them (ISIC 2018 ranges from 540x722 to
-            6688x4439): a scale of 0.7-1.6 times ``image_size[0]`` for the height and an aspect ratio W/H from
-            {3/4, 1, 4/3, 3/2}, so images (and their masks) of one split differ in size and shape.
+        overwrite: replace the ISIC folders if they already exist; without it, an existing dataset written with the
+            same arguments is reused as is.
+        mixed_sizes: vary the size per case as the real archive does (540x722 to 6688x4439): height 0.7-1.6 times
+            ``image_size[0]``, aspect ratio W/H from {3/4, 1, 4/3, 3/2}.
 
     Returns:
         Absolute path of ``root``.
 
     Raises:
         ValueError: bad counts or ``image_size``.
-        FileExistsError: ``root`` already holds ISIC 2018 folders from other arguments or another
-            source and ``overwrite`` is False.
+        FileExistsError: ``root`` holds ISIC 2018 folders from other arguments or another source (no ``overwrite``).
     """
     shape = _check_image_size(image_size)
     counts = {"training": num_train, "validation": num_val, "test": num_test}
@@ -294,7 +278,11 @@ def make_synthetic_isic2018(
                     f.write(_LICENSE_STUB)
         for _ in range(int(n)):
             rng = np.random.default_rng([int(seed), index])
-            image, mask = synthetic_lesion_sample(rng, _case_shape(rng, shape) if mixed_sizes else shape)
+            size = shape
+            if mixed_sizes:
+                height = max(_MIN_SIZE, int(round(shape[0] * rng.uniform(0.7, 1.6))))
+                size = (height, max(_MIN_SIZE, int(round(height * _ASPECTS[rng.integers(len(_ASPECTS))]))))
+            image, mask = synthetic_lesion_sample(rng, size)
             case = f"ISIC_{index:07d}"
             Image.fromarray(image).save(os.path.join(input_dir, f"{case}.jpg"), quality=95)
             Image.fromarray(mask * np.uint8(255)).save(os.path.join(gt_dir, f"{case}_segmentation.png"))

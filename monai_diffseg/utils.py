@@ -56,11 +56,10 @@ def describe_error(err: BaseException) -> str:
 
 # --- input checks at the API boundary (networks, inferers): one reduction and one host sync per tensor on the fast
 # path; data-dependent checks are skipped while tracing, compiling or exporting (a branch on values would be frozen
-# into the graph or break it) ------------------------------------------------------------------------------------------
+# into the graph or break it). Each check takes `name`, the argument's name (e.g. "image"), and `owner`, the prefix of
+# its messages (e.g. "MedSegDiff.forward") -------------------------------------------------------------------------
 
 __all__ += ["batch_item_names", "check_finite", "check_floating", "check_timesteps", "data_checks_enabled"]
-
-_MAX_LISTED = 10
 
 
 def data_checks_enabled() -> bool:
@@ -68,11 +67,11 @@ def data_checks_enabled() -> bool:
     return not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
 
-def _listed(values: Any) -> str:
-    """``[a, b, c]`` with at most ``_MAX_LISTED`` entries, then ``and K more``."""
+def _listed(values: Any, limit: int = 10) -> str:
+    """``[a, b, c]`` with at most ``limit`` entries, then ``and K more``."""
     values = list(values)
-    shown = ", ".join(str(v) for v in values[:_MAX_LISTED])
-    more = f" and {len(values) - _MAX_LISTED} more" if len(values) > _MAX_LISTED else ""
+    shown = ", ".join(str(v) for v in values[:limit])
+    more = f" and {len(values) - limit} more" if len(values) > limit else ""
     return f"[{shown}]{more}"
 
 
@@ -99,8 +98,6 @@ def check_finite(
 
     Args:
         x: ``(B, ...)`` tensor.
-        name: the argument name, e.g. ``"image"``.
-        owner: prefix of the message, e.g. ``"MedSegDiff.forward"``.
         item_names: a label per batch item (e.g. from :func:`batch_item_names`), or a callable mapping an index to
             its label; shown beside the indices.
         hint: the likely cause and fix; a generic one when empty.
@@ -137,8 +134,6 @@ def check_floating(
 
     Args:
         x: input tensor.
-        name: the argument name, e.g. ``"image"``.
-        owner: prefix of the message, e.g. ``"MedSegDiff.encode_condition"``.
         dtype: floating dtype to cast floating inputs to; ``None`` keeps them.
         value_hint: what intensities the model expects (default: ``"intensities scaled as in training, e.g. [0, 1]"``).
     """
@@ -171,8 +166,6 @@ def check_timesteps(
         batch_size: ``B``, the batch of the tensor the steps belong to (``None``: any length).
         num_train_timesteps: ``T``; ``None`` checks ``>= 0`` only (a network does not know ``T``: the upper bound is
             checked where it is known, by the schedulers, the prepare-batch and the inferers).
-        name: the argument name.
-        owner: prefix of the message.
     """
     prefix = f"{owner}: " if owner else ""
     if not isinstance(timesteps, torch.Tensor):

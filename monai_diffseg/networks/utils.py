@@ -109,11 +109,6 @@ def extract_state_dict(checkpoint: Any, key: str | None = "model", source: str =
     )
 
 
-def _fmt_list(items: list[str]) -> str:
-    shown = ", ".join(items[:_SHOW])
-    return shown + (f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
-
-
 def _optional_key(network: nn.Module, key: str) -> bool:
     """Whether the module owning ``key`` fills it in itself when a checkpoint lacks it (``optional_state_keys``)."""
     owner, _, name = key.rpartition(".")
@@ -143,14 +138,14 @@ def state_dict_mismatch_message(
     if not (missing or unexpected or shapes):
         return None
     lines = [f"checkpoint '{source}' does not match the network {type(network).__name__}:"]
-    if missing:
-        shown = _fmt_list([repr(k) for k in missing])
-        lines.append(f"  {len(missing)} missing key(s) (in the network, not the checkpoint): {shown}")
-    if unexpected:
-        shown = _fmt_list([repr(k) for k in unexpected])
-        lines.append(f"  {len(unexpected)} unexpected key(s) (in the checkpoint, not the network): {shown}")
-    if shapes:
-        lines.append(f"  {len(shapes)} shape mismatch(es): {_fmt_list(shapes)}")
+    for what, items in (
+        ("missing key(s) (in the network, not the checkpoint)", [repr(k) for k in missing]),
+        ("unexpected key(s) (in the checkpoint, not the network)", [repr(k) for k in unexpected]),
+        ("shape mismatch(es)", shapes),
+    ):
+        if items:
+            shown = ", ".join(items[:_SHOW]) + (f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else "")
+            lines.append(f"  {len(items)} {what}: {shown}")
     if unexpected and all(k.startswith(_DDP_PREFIX) for k in unexpected):
         lines.append(
             "The checkpoint keys carry a 'module.' prefix (saved from a DataParallel/DistributedDataParallel "

@@ -124,8 +124,7 @@ class DiffSegDenoiser(nn.Module):
                 f"DiffSegDenoiser expects x of shape (N, {self.in_channels}, {', '.join('HWD'[: self.spatial_dims])}), "
                 f"got {tuple(x.shape)}; a grayscale image for an RGB model (or the reverse) must be converted first."
             )
-        bad = [s for s in x.shape[2:] if s % self.size_divisor]
-        if bad:
+        if any(s % self.size_divisor for s in x.shape[2:]):
             raise ValueError(
                 f"DiffSegDenoiser: every spatial size must be divisible by {self.size_divisor} "
                 f"(stem_stride * 2 ** (levels - 1)), got {tuple(x.shape[2:])}; resize or pad first "

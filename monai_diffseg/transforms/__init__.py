@@ -15,13 +15,7 @@ from .ensemble_postprocess import (
     EnsembleUncertaintyd,
     EnsembleUncertaintyDict,
 )
-from .fusion import (
-    FUSION_METHODS,
-    MajorityVoteFusion,
-    MeanEnsembleFusion,
-    MedSegDiffSquaredMean,
-    RandomSubsetFusion,
-)
+from .fusion import FUSION_METHODS, MajorityVoteFusion, MeanEnsembleFusion, MedSegDiffSquaredMean, RandomSubsetFusion
 from .healthy_patches import (
     HEALTHY_SOURCES,
     BorderFill,

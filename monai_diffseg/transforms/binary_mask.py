@@ -16,12 +16,6 @@ from monai.utils import convert_to_tensor
 __all__ = ["BinaryMask", "BinaryMaskd", "BinaryMaskD", "BinaryMaskDict"]
 
 
-def _source(img: NdarrayOrTensor) -> str:
-    if isinstance(img, MetaTensor):
-        return str(img.meta.get("filename_or_obj", "<in-memory mask>"))
-    return "<in-memory mask>"
-
-
 class BinaryMask(Transform):
     """
     Map a stored binary mask to ``{0, 1}`` floats, refusing anything else.
@@ -41,7 +35,8 @@ class BinaryMask(Transform):
         self.threshold = threshold
 
     def __call__(self, img: NdarrayOrTensor) -> torch.Tensor:
-        name = _source(img)
+        meta = img.meta if isinstance(img, MetaTensor) else {}
+        name = str(meta.get("filename_or_obj", "<in-memory mask>"))
         t = convert_to_tensor(img, track_meta=isinstance(img, MetaTensor))
         if t.ndim >= 3 and t.shape[0] in (3, 4):
             # PIL loads some masks as RGB(A): accept them if the colour channels agree
@@ -53,9 +48,7 @@ class BinaryMask(Transform):
         if self.threshold is not None:
             return (t > self.threshold).float()
         values = torch.unique(t)
-        allowed01 = bool(torch.all((values == 0) | (values == 1)))
-        allowed255 = bool(torch.all((values == 0) | (values == 255)))
-        if not (allowed01 or allowed255):
+        if not any(set(values.tolist()) <= allowed for allowed in ({0, 1}, {0, 255})):
             shown = values[:8].tolist()
             raise ValueError(
                 f"mask '{name}' has values {shown}{' ...' if values.numel() > 8 else ''}; expected a binary mask with "

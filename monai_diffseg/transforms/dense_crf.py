@@ -56,8 +56,7 @@ def scale_guide(
     Validate a channel-first guide image and bring it to the 0..255 intensity range.
 
     Args:
-        guide: image ``(Cg, H, W[, D])``, ``uint8`` or floating point, e.g. RGB ``(3, H, W)`` or grayscale
-            ``(1, H, W)``.
+        guide: image ``(Cg, H, W[, D])``, ``uint8`` or floating point, e.g. RGB or grayscale.
         spatial_shape: the spatial shape of the probability map the guide must match.
         scaling: ``"auto"``: ``uint8`` is kept, floating point images with values in ``[0, 1]`` are multiplied by
             255, any other range is min-max rescaled to ``[0, 255]`` (e.g. CT/MR intensities);
@@ -96,30 +95,25 @@ class DenseCRF(Transform):
     """
     Dense CRF refinement of a fused probability map ``(C, H, W[, D])`` (e.g. of
     :py:class:`~monai_diffseg.transforms.fusion.MeanEnsembleFusion`) guided by a channel-first image
-    ``(Cg, H, W[, D])``: returns the refined probability (or hard mask) ``(C, H, W[, D])`` with the probability's
-    ``MetaTensor`` metadata. Defaults are DiffSeg's.
+    ``(Cg, H, W[, D])`` of the same spatial size: returns the refined probability (or hard mask) ``(C, H, W[, D])``
+    with the probability's ``MetaTensor`` metadata. Defaults are DiffSeg's.
 
-    The unary is ``-log p`` of the label probabilities: for ``C == 1`` the two labels background ``1 - p`` and
-    foreground ``p``; for ``C > 1`` the channels are taken as mutually exclusive class probabilities (softmax
-    output including background) and renormalised. Probabilities are clipped to ``[eps, 1 - eps]``.
-    Pairwise terms (Potts compatibility, symmetric kernel normalisation):
+    The unary is ``-log p`` of the label probabilities, clipped to ``[eps, 1 - eps]``: for ``C == 1`` the labels
+    background ``1 - p`` and foreground ``p``; for ``C > 1`` the channels, renormalised, as mutually exclusive class
+    probabilities (softmax output including background). Pairwise terms (Potts, symmetric kernel normalisation):
+    Gaussian ``exp(-|p_i - p_j|^2 / (2 gaussian_sxy^2))`` with weight ``gaussian_weight`` and bilateral
+    ``exp(-|p_i - p_j|^2 / (2 bilateral_sxy^2) - |I_i - I_j|^2 / (2 bilateral_srgb^2))`` with weight
+    ``bilateral_weight``, where ``I`` is the guide brought to 0..255 (:py:func:`scale_guide`). Backends, with the
+    same parameters (validated once by the ``TorchDenseCRF`` held as ``self.crf``):
 
-    - Gaussian ``exp(-|p_i - p_j|^2 / (2 gaussian_sxy^2))`` with weight ``gaussian_weight``;
-    - bilateral ``exp(-|p_i - p_j|^2 / (2 bilateral_sxy^2) - |I_i - I_j|^2 / (2 bilateral_srgb^2))`` with weight
-      ``bilateral_weight``, where ``I`` is the guide brought to 0..255 (:py:func:`scale_guide`).
-
-    Backends:
-
-    - ``"pydensecrf"`` (the exact reference with the permutohedral lattice, CPU, optional dependency
-      ``pip install "monai-diffseg[crf]"``): 2D uses ``pydensecrf.densecrf.DenseCRF2D`` (``addPairwiseBilateral``
-      for RGB guides); other 2D guides and 3D volumes use the generic ``DenseCRF(n_voxels, n_labels)`` with
-      ``pydensecrf.utils.create_pairwise_gaussian`` / ``create_pairwise_bilateral(..., chdim=0)``.
+    - ``"pydensecrf"``: the exact reference (permutohedral lattice, CPU, ``pip install "monai-diffseg[crf]"``): 2D
+      uses ``pydensecrf.densecrf.DenseCRF2D`` (``addPairwiseBilateral`` for RGB guides); other 2D guides and 3D use
+      the generic ``DenseCRF(n_voxels, n_labels)`` with ``pydensecrf.utils.create_pairwise_gaussian`` /
+      ``create_pairwise_bilateral(..., chdim=0)``.
     - ``"torch"`` (:py:class:`~monai_diffseg.networks.blocks.torch_crf.TorchDenseCRF`, any device, no compiled
       dependency): the bilateral kernel is evaluated over a local window of ``window_size`` taps spaced by
-      ``dilation`` voxels (ConvCRF-style) instead of the whole image, so DiffSeg's ``bilateral_sxy=80`` is
-      effectively truncated to the window reach. Run without gradients; use the module itself to train through it.
-
-    Both backends read the same parameters, validated once by the ``TorchDenseCRF`` held as ``self.crf``.
+      ``dilation`` voxels (ConvCRF-style), so DiffSeg's ``bilateral_sxy=80`` is effectively truncated to the window
+      reach. Run without gradients; use the module itself to train through it.
 
     Args:
         bilateral_sxy: spatial standard deviation (voxels) of the bilateral kernel, scalar or per spatial axis.
@@ -145,9 +139,7 @@ class DenseCRF(Transform):
 
     Example::
 
-        fused = MeanEnsembleFusion()(samples)  # (1, H, W)
-        refined = DenseCRF()(fused, image)  # image (3, H, W) uint8 or float -> (1, H, W)
-        refined = DenseCRF(backend="torch")(fused.cuda(), image)  # windowed bilateral kernel, on the GPU
+        refined = DenseCRF(backend="torch")(MeanEnsembleFusion()(samples), image)  # (1, H, W), image (3, H, W)
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]

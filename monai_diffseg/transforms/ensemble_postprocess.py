@@ -54,20 +54,16 @@ _FUSIONS: dict[str, Callable[..., Callable[..., torch.Tensor]]] = {
 }
 
 
-def _fuse_then_refine(
-    fuse: Callable[..., torch.Tensor], refine: DenseCRF | None, samples: Any, guide: Any = None
-) -> torch.Tensor:
-    """``fuse(samples)``, refined by ``refine(fused, guide)`` when a CRF is given (picklable through ``partial``)."""
-    fused = fuse(samples)
-    return fused if refine is None else refine(fused, guide)
+def _mean_then_crf(crf: DenseCRF, samples: Any, guide: Any) -> torch.Tensor:
+    """The CRF methods' fusion ``crf(mean(samples), guide)`` (picklable through ``partial``)."""
+    return crf(MeanEnsembleFusion()(samples), guide)
 
 
 def _named_fusion(method: str, kwargs: dict[str, Any]) -> Callable[..., torch.Tensor]:
-    """The callable ``(samples, guide=None) -> (C, ...)`` of a non-random ``method``, built with ``kwargs``."""
+    """The fusion ``(samples[, guide]) -> (C, ...)`` of a non-random ``method`` (guided for the CRF methods)."""
     if method in ("crf", "torch_crf"):
-        refine = DenseCRF(backend="pydensecrf" if method == "crf" else "torch", **kwargs)
-        return partial(_fuse_then_refine, MeanEnsembleFusion(), refine)
-    return partial(_fuse_then_refine, _FUSIONS[method](**kwargs), None)
+        return partial(_mean_then_crf, DenseCRF(backend="pydensecrf" if method == "crf" else "torch", **kwargs))
+    return _FUSIONS[method](**kwargs)
 
 
 class EnsembleFusiond(Randomizable, MapTransform):
@@ -160,7 +156,7 @@ class EnsembleFusiond(Randomizable, MapTransform):
         for key, out_key in self.key_iterator(d, self.output_keys):
             if self.needs_guide and self.guide_key not in d:
                 raise ValueError(f"fusion '{self.method}' needs the guide image at key '{self.guide_key}'.")
-            d[out_key] = self.fusion(d[key], d[self.guide_key] if self.needs_guide else None)
+            d[out_key] = self.fusion(d[key], d[self.guide_key]) if self.needs_guide else self.fusion(d[key])
         return d
 
 

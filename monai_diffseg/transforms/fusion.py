@@ -5,14 +5,7 @@ Fusion of diffusion-model ensembles into a single probability map.
 
 Running a diffusion segmentation model's reverse process ``E`` times from different noise seeds yields ``E``
 plausible masks; the inferers stack them as ``(N, E, C, spatial...)`` and after MONAI's decollation every item holds
-ensemble samples ``(E, C, H, W[, D])`` of foreground probabilities in ``[0, 1]``. The transforms here reduce ``E``:
-
-- :py:class:`MeanEnsembleFusion`: the mean probability (MedSegDiff / DiffSeg default).
-- :py:class:`MajorityVoteFusion`: the fraction of members voting foreground, optionally binarised.
-- :py:class:`MedSegDiffSquaredMean`: ``mean(samples) ** 2``, what the public MedSegDiff code calls "staple".
-  It is **not** STAPLE; see :py:class:`monai_diffseg.transforms.staple.STAPLEFusion` for the real algorithm.
-- :py:class:`RandomSubsetFusion`: DiffSeg's fusion: average of ``K`` fusions of random subsets of ``H`` members.
-
+ensemble samples ``(E, C, H, W[, D])`` of foreground probabilities in ``[0, 1]``. The transforms here reduce ``E``.
 All of them take ``samples``: a ``torch.Tensor``, ``MetaTensor`` or ``numpy.ndarray`` ``(E, C, H, W[, D])`` or a
 sequence of ``E`` ``(C, H, W[, D])`` members, and return a ``(C, H, W[, D])`` tensor: when MONAI's meta tracking is
 on (the default) a ``MetaTensor`` carrying the input's metadata (affine, ``applied_operations``...) so that
@@ -73,13 +66,11 @@ def _checked(
         data = data.to(torch.float32)
     if data.numel() == 0:
         return img, data
-    if not check_range:
-        if torch.isnan(data).any():
-            raise ValueError(f"{name} must not contain NaN values, got {name} with shape {shape}.")
-        return img, data
-    if not torch.isfinite(data).all():
-        raise ValueError(f"{name} must not contain NaN or infinite values, got {name} with shape {shape}.")
-    lo, hi = float(data.min()), float(data.max())
+    valid = torch.isfinite(data).all() if check_range else not torch.isnan(data).any()
+    if not valid:
+        what = "NaN or infinite" if check_range else "NaN"
+        raise ValueError(f"{name} must not contain {what} values, got {name} with shape {shape}.")
+    lo, hi = (float(data.min()), float(data.max())) if check_range else (0.0, 1.0)
     if lo < -1e-4 or hi > 1.0 + 1e-4:  # tolerance for round-off
         raise ValueError(
             f"{name} must hold probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}] for {name} with shape "

@@ -7,13 +7,8 @@ DiffSeg (Shuai et al. 2024, arXiv:2404.16474) needs a diffusion model of *health
 images is available, two mask-free fallbacks use the border band of the lesion images themselves: dermoscopy images
 are framed on the lesion, so their borders almost always show skin (and the dermatoscope's vignetting). Their only
 supervision is one assumption, no annotation: *the outer ``border_fraction`` of every image is lesion-free*; images
-whose lesion reaches the border violate it, a noise accepted rather than filtered with masks.
-
-- :class:`BorderFilld` (bundle default, ``healthy_source="border_fill"``): a pseudo-healthy version of every image
-  as target of pairs *noised lesion image -> pseudo-healthy image*, the paired scheme of the reference code (which
-  used lesion-free target images) with targets computed instead of collected.
-- :class:`RandBorderPatchd` (``healthy_source="border_patches"``): patches sampled inside the border band, an
-  unpaired healthy-skin training set.
+whose lesion reaches the border violate it, a noise accepted rather than filtered with masks. :class:`HealthySource`
+wires the choice between them (:class:`BorderFilld`, :class:`RandBorderPatchd`) and a folder of healthy images.
 """
 
 from __future__ import annotations
@@ -85,9 +80,7 @@ class BorderFill(Transform):
             raise ValueError(f"BorderFill expects a channel-first image (C, H, W[, D]), got shape {tuple(x.shape)}.")
         band = border_band(x.shape[1:], self.border_fraction).to(x.device)
         sigma = self.sigma_fraction * min(x.shape[1:])
-        num = gaussian_blur((x * band)[:, None], sigma)[:, 0]
-        den = gaussian_blur(band[None], sigma)[0]
-        fill = num / den.clamp_min(1e-6)
+        fill = gaussian_blur((x * band)[:, None], sigma)[:, 0] / gaussian_blur(band[None], sigma)[0].clamp_min(1e-6)
         return band * x + (1.0 - band) * fill
 
 
@@ -240,8 +233,9 @@ class HealthySource:
     The training set-up of DiffSeg's healthy model for one ``source`` of healthy-skin data, so that a bundle wires
     the choice instead of branching on it (:meth:`datalist` gives its data list):
 
-    - ``"border_fill"``: every lesion image paired with its :class:`BorderFilld` pseudo-healthy target (key
-      ``"healthy"``), inserted before augmentation so both are flipped alike;
+    - ``"border_fill"`` (bundle default): every lesion image paired with its :class:`BorderFilld` pseudo-healthy
+      target (key ``"healthy"``), inserted before augmentation so both are flipped alike: the paired scheme *noised
+      lesion image -> healthy image* of the reference code, with targets computed instead of collected;
     - ``"border_patches"``: unpaired :class:`RandBorderPatchd` patches from the border band, after augmentation
       (band at least 1/4 of the image so that patches fit);
     - ``"folder"``: the user's healthy images from ``healthy_dir`` (image-level supervision), no extra transform.

@@ -8,12 +8,6 @@ of ``E`` ``(C, H, W[, D])`` members) to a map ``(C, H, W[, D])`` (``(1, H, W[, D
 ``multi_class`` variants) that keeps the input's ``MetaTensor`` metadata, so the maps can be inverted (``Invertd``)
 and saved (``SaveImaged``) like a prediction.
 
-- :py:class:`EnsembleVariance`: variance of the member probabilities.
-- :py:class:`PredictiveEntropy`: entropy of the mean prediction (total uncertainty).
-- :py:class:`MutualInformation`: predictive entropy minus the mean entropy of the members (epistemic part, BALD).
-- :py:class:`ConsistentRegion`: voxels where every member predicts foreground.
-- :py:class:`AmbiguousRegion`: voxels where the members disagree.
-
 References:
     - Wolleb et al., "Diffusion Models for Implicit Image Segmentation Ensembles", MIDL 2022 (variance maps).
     - Houlsby et al., "Bayesian Active Learning for Classification and Preference Learning", 2011 (BALD / MI).

@@ -17,15 +17,14 @@ same meaning and defaults as with pydensecrf. It is the ``backend="torch"`` of
   permutohedral lattice over the whole image.
 
 .. note::
-    DiffSeg's bilateral ``sxy = 80`` reaches far beyond any practical window: inside the window the spatial part of
-    the bilateral kernel is nearly flat and the kernel is truncated to zero outside the window. The default window
-    (``11`` taps, ``dilation`` 4 in 2D, i.e. a reach of +-20 voxels; ``7`` taps, ``dilation`` 3 in 3D, +-9 voxels)
-    agrees with pydensecrf on images with a clear foreground/background contrast (binarised Dice > 0.99 on the
-    synthetic tests). On very noisy guides the two differ: the fully connected kernel pulls every voxel towards the
-    label of the many similar-looking voxels anywhere in the image (usually the background), the windowed one only
-    towards its neighbourhood. Cost per mean-field step: ``window_size ** spatial_dims`` fused multiply-adds over
-    ``(N, C, *spatial)``; the bilateral weights (``N * voxels * window_size ** spatial_dims`` elements) are cached
-    across iterations when they fit in ``cache_limit`` elements, else recomputed.
+    DiffSeg's bilateral ``sxy = 80`` reaches far beyond any practical window, so the bilateral kernel is spatially
+    nearly flat inside the window and zero outside. The default window (``11`` taps, ``dilation`` 4 in 2D: +-20
+    voxels; ``7`` taps, ``dilation`` 3 in 3D: +-9 voxels) agrees with pydensecrf on images with a clear
+    foreground/background contrast (binarised Dice > 0.99 on the synthetic tests). On very noisy guides the fully
+    connected kernel pulls every voxel towards the label of the many similar-looking voxels anywhere in the image
+    (usually the background), the windowed one only towards its neighbourhood. A mean-field step costs
+    ``window_size ** spatial_dims`` multiply-adds over ``(N, C, *spatial)``; the bilateral weights
+    (``N * voxels * window_size ** spatial_dims`` elements) are cached across iterations up to ``cache_limit``.
 
 References:
     - Krähenbühl and Koltun, "Efficient Inference in Fully Connected CRFs with Gaussian Edge Potentials",
@@ -53,10 +52,8 @@ class TorchDenseCRF(nn.Module):
     Mean-field inference of a dense CRF with Gaussian and (windowed) bilateral Potts pairwise terms.
 
     The unary energy is ``-log(p)`` of the input probabilities clipped to ``[eps, 1 - eps]``. Each of the
-    ``num_iterations`` mean-field steps computes ``Q = softmax(log p + w_g K_g Q + w_b K_b Q)`` over the labels,
-    which is the Potts update up to a per-voxel constant.
-
-    The constructor validates the CRF parameters for both backends of
+    ``num_iterations`` mean-field steps computes ``Q = softmax(log p + w_g K_g Q + w_b K_b Q)`` over the labels (the
+    Potts update up to a per-voxel constant). The constructor validates the parameters for both backends of
     :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF` (which holds one instance of this module); see there
     for ``bilateral_sxy`` ... ``eps``, ``window_size`` and ``dilation``. ``forward(prob, guide)`` takes ``prob``
     ``(N, C, H, W[, D])`` as in :py:meth:`label_probabilities` and the image ``guide`` ``(N, Cg, H, W[, D])`` in the

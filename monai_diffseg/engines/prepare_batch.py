@@ -235,7 +235,6 @@ class ImageDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
             target = images[1]
             if target.shape != x_t.shape:
                 raise ValueError(
-                    f"target '{self.target_key}' {tuple(target.shape)} must have the shape of the image "
-                    f"{tuple(x_t.shape)}."
+                    f"target '{self.target_key}' {tuple(target.shape)} must have the image's {tuple(x_t.shape)}."
                 )
         return x_t, target, (), {"timesteps": t}

@@ -113,8 +113,8 @@ class DiffusionSegmentationInferer(Inferer):
     takes: ``eta`` (DDIM), ``generator`` (DDPM, DDIM: one per member, so results do not depend on batching),
     ``next_timestep`` (RFlow; the last step goes to 0). One requiring any other argument is rejected at construction.
 
-    The speed options (``member_batch_size`` on; off by default; same outputs up to the precision used) are set up
-    once per call; only what ``channels_last`` and ``compile`` build per network is cached (keeping that network alive).
+    Speed options (``member_batch_size`` on) give the same outputs up to the precision used; only what
+    ``channels_last`` and ``compile`` build per network is cached (keeping that network alive).
 
     Args:
         scheduler: a scheduler as above, ``prediction_type`` as in training; copied per call, never mutated.
@@ -158,9 +158,7 @@ class DiffusionSegmentationInferer(Inferer):
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
-        if member_batch_size not in (None, "auto") and not (
-            isinstance(member_batch_size, int) and member_batch_size > 0
-        ):
+        if not (member_batch_size in (None, "auto") or (isinstance(member_batch_size, int) and member_batch_size > 0)):
             raise ValueError(f"member_batch_size must be an int >= 1, None or 'auto', got {member_batch_size!r}.")
         after = list(inspect.signature(scheduler.step).parameters.values())[3:]  # after (model_output, t, sample)
         required = [p.name for p in after if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]

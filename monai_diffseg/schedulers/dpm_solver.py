@@ -36,9 +36,9 @@ class DPMSolverMultistepScheduler(Scheduler):
         schedule: member of ``NoiseSchedules`` (e.g. ``"linear_beta"``, ``"cosine"``).
         prediction_type: what the network predicts: ``"epsilon"``, ``"sample"`` (``x0``) or ``"v_prediction"``.
         solver_order: multistep order, 1 (DDIM with eta 0), 2 or 3.
-        thresholding: apply Imagen dynamic thresholding to ``x0`` (takes precedence over ``clip_sample``).
-        dynamic_thresholding_ratio: per-sample quantile of ``|x0|`` used as the threshold ``s``.
-        sample_max_value: upper bound of the dynamic threshold ``s``.
+        thresholding, dynamic_thresholding_ratio, sample_max_value: Imagen dynamic thresholding of ``x0`` (before
+            ``clip_sample``) at ``s``: the per-sample ``dynamic_thresholding_ratio`` quantile of ``|x0|``, at most
+            ``sample_max_value``.
         clip_sample, clip_sample_min, clip_sample_max: clamp ``x0`` to ``[clip_sample_min, clip_sample_max]``.
         lower_order_final: lower the order near the end, which stabilises few-step sampling: with fewer than 15
             inference steps the order is at most the number of remaining steps, and the step into timestep 0 (whose
@@ -145,12 +145,10 @@ class DPMSolverMultistepScheduler(Scheduler):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        One multistep DPM-Solver++ update from ``timestep`` to the next timestep of ``self.timesteps``.
-
-        With ``h = lambda_s - lambda_t`` and ``D_k`` the divided differences of the stored ``x0`` predictions in
+        One multistep DPM-Solver++ update from ``timestep`` to the next timestep of ``self.timesteps``: with
+        ``h = lambda_s - lambda_t`` and ``D_k`` the divided differences of the stored ``x0`` predictions in
         ``lambda`` (Lu et al. 2022, arXiv:2211.01095, Eq. (9) and Algorithm 2):
         ``x_s = sigma_s / sigma_t * x_t - alpha_s (e^{-h} - 1) D_0 [+ order-2/3 corrections]``.
-        The last step goes to ``alphas_cumprod = 1`` and returns ``x0``.
 
         Args:
             model_output: network output (any float dtype) at ``(sample, timestep)``, ``(B, C, *S)``.

@@ -95,8 +95,21 @@ class CheckedCheckpointLoader(CheckpointLoader):
             raise FileNotFoundError(
                 f"checkpoint file '{self.load_path}' does not exist (set optional=True to skip a missing checkpoint)."
             )
-        if not self.strict_shape:  # deliberately loads what fits: nothing to validate
-            self._load_matching_layers()
+        if not self.strict_shape:  # load the network layers whose names and shapes match: nothing to validate
+            checkpoint = self._entries()
+            to_load = {}
+            for k, obj in self.load_dict.items():
+                if not isinstance(obj, nn.Module):
+                    warnings.warn(
+                        f"`strict_shape` is False: loading networks only, skipping '{k}' of `load_dict`.", stacklevel=2
+                    )
+                    continue
+                checkpoint[k], updated, _ = copy_model_state(obj, checkpoint[k], inplace=False)
+                self.logger.info(
+                    f"'{k}': {len(updated)} of {len(checkpoint[k])} tensors restored from {self.load_path}"
+                )
+                to_load[k] = obj
+            Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint, strict=False)
             return
         checkpoint = self.validate()
         # as the parent's __call__, on the checkpoint read (and checked) once: keep this run's max_epochs
@@ -145,18 +158,3 @@ class CheckedCheckpointLoader(CheckpointLoader):
                 "To start over, do not resume (bundle: --resume false) or delete the checkpoint."
             )
         return checkpoint
-
-    def _load_matching_layers(self) -> None:
-        """``strict_shape=False``: load the network layers whose names and shapes match, skip the other objects."""
-        checkpoint = self._entries()
-        to_load = {}
-        for k, obj in self.load_dict.items():
-            if not isinstance(obj, nn.Module):
-                warnings.warn(
-                    f"`strict_shape` is False: loading networks only, skipping '{k}' of `load_dict`.", stacklevel=2
-                )
-                continue
-            checkpoint[k], updated, _ = copy_model_state(obj, checkpoint[k], inplace=False)
-            self.logger.info(f"'{k}': {len(updated)} of {len(checkpoint[k])} tensors restored from {self.load_path}")
-            to_load[k] = obj
-        Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint, strict=False)

@@ -91,23 +91,20 @@ class RandomStateHandler:
         _find_generators(self.sources, "sources", found, set())
         return found
 
-    def _local_state(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """``{"ranks": [state of rank 0, ...]}`` (one entry without ``torch.distributed``), each state holding
+        ``torch``, ``cuda``, ``numpy``, ``python`` and ``generators``."""
         gens = {}
         for path, g in self.generators().items():
             gens[path] = {"torch": g.get_state()} if isinstance(g, torch.Generator) else _numpy_state(g.get_state())
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        return {
+        local = {
             "torch": torch.get_rng_state(),
             "cuda": cuda,
             "numpy": _numpy_state(np.random.get_state()),
             "python": random.getstate(),
             "generators": gens,
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"ranks": [state of rank 0, ...]}`` (one entry without ``torch.distributed``), each state holding
-        ``torch``, ``cuda``, ``numpy``, ``python`` and ``generators``."""
-        local = self._local_state()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ranks: list[Any] = [None] * dist.get_world_size()
             dist.all_gather_object(ranks, local)
@@ -146,10 +143,7 @@ class RandomStateHandler:
         np.random.set_state(_numpy_tuple(state["numpy"]))
         version, internal, gauss_next = state["python"]
         random.setstate((version, tuple(internal), gauss_next))
-        self._load_generators(state["generators"])
-
-    def _load_generators(self, saved: Mapping[str, Any]) -> None:
-        current = self.generators()
+        saved, current = state["generators"], self.generators()  # generators of the data pipeline, by path
         for path, g in current.items():
             if path not in saved:
                 continue
@@ -159,10 +153,7 @@ class RandomStateHandler:
                     f"random state '{path}': the checkpoint holds a {'torch' if 'torch' in s else 'numpy'} generator "
                     f"state, the object now has a {type(g).__name__}."
                 )
-            if isinstance(g, torch.Generator):
-                g.set_state(s["torch"].cpu())
-            else:
-                g.set_state(_numpy_tuple(s))
+            g.set_state(s["torch"].cpu() if isinstance(g, torch.Generator) else _numpy_tuple(s))
         missing = [p for p in current if p not in saved]
         unused = [p for p in saved if p not in current]
         if missing or unused:

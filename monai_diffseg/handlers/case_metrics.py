@@ -122,7 +122,17 @@ class CaseMetricsWriter:
             for name, metric in self.label_metrics.items():
                 if name in self.engine_metrics:
                     continue
-                record[name] = None if label is None else self._score(metric, item[self.pred_key], label, record)
+                if label is None:
+                    record[name] = None
+                    continue
+                p = convert_to_tensor(item[self.pred_key], dtype=torch.float32, track_meta=False)[None]
+                y = convert_to_tensor(label, dtype=torch.float32, track_meta=False).to(p.device)[None]
+                if p.shape != y.shape:
+                    raise ValueError(
+                        f"CaseMetricsWriter: prediction {tuple(p.shape[1:])} and label {tuple(y.shape[1:])} of case "
+                        f"'{stem}' differ; invert the preprocessing (Invertd) before scoring."
+                    )
+                record[name] = _value(metric(p, y))
             samples = item.get(self.samples_key) if self.samples_key else None
             if samples is not None:
                 soft = convert_to_tensor(samples, dtype=torch.float32, track_meta=False)[None]
@@ -135,17 +145,6 @@ class CaseMetricsWriter:
                     ref = ref[None] if ref.ndim == hard.ndim - 2 else ref
                     record["ged"] = _value(self.ged(hard, ref[None].to(hard.device))["ged"])
             self.cases.append(record)
-
-    @staticmethod
-    def _score(metric: CumulativeIterationMetric, pred: Any, label: Any, record: dict) -> float | None:
-        p = convert_to_tensor(pred, dtype=torch.float32, track_meta=False)[None]
-        y = convert_to_tensor(label, dtype=torch.float32, track_meta=False).to(p.device)[None]
-        if p.shape != y.shape:
-            raise ValueError(
-                f"CaseMetricsWriter: prediction {tuple(p.shape[1:])} and label {tuple(y.shape[1:])} of case "
-                f"'{record['case']}' differ; invert the preprocessing (Invertd) before scoring."
-            )
-        return _value(metric(p, y))
 
     def _write(self, engine: Engine) -> None:
         details = getattr(engine.state, "metric_details", None) or {}  # per-case values of the metric handlers

@@ -14,16 +14,9 @@ def synthetic_disks(
     n: int, size: int, rng: np.random.Generator, min_radius_frac: float = 1 / 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    ``n`` noisy RGB images with one bright disk each, and their masks.
-
-    Args:
-        n: number of images.
-        size: square image size ``S``.
-        rng: numpy generator (makes the set reproducible).
-        min_radius_frac: smallest radius as a fraction of ``size`` (largest: ``size / 3.5``).
-
-    Returns:
-        images ``(n, 3, S, S)`` float in about ``[0, 1]``, masks ``(n, 1, S, S)`` in ``{0, 1}``.
+    ``n`` noisy RGB images ``(n, 3, S, S)`` (float, about ``[0, 1]``) of size ``S = size`` with one bright disk each,
+    and their masks ``(n, 1, S, S)`` in ``{0, 1}``, drawn from ``rng``; radii from ``size * min_radius_frac`` to
+    ``size / 3.5``.
     """
     yy, xx = np.mgrid[:size, :size]
     images, labels = [], []

@@ -63,11 +63,8 @@ def _format_names(names: Sequence[str]) -> str:
 
 
 def _index_by_case(folder: str, case_of: Callable[[str], str | None], what: str, kind: str) -> dict[str, str]:
-    """Map case id -> path for the files of ``folder`` (sorted) that ``case_of`` names (``None``: ignored).
-
-    Raises:
-        ValueError: a case with two files, named ``f"{what} '{case}' has more than one {kind}"``.
-    """
+    """Map case id -> path for the files of ``folder`` (sorted) that ``case_of`` names (``None``: ignored);
+    ``ValueError`` for a case with two files, named ``f"{what} '{case}' has more than one {kind}"``."""
     index: dict[str, str] = {}
     for name in sorted(os.listdir(folder)):
         case = case_of(name)

@@ -62,12 +62,10 @@ class SkipFailedDataLoader:
     the number of cases.
 
     Args:
-        dataset: a map-style dataset, e.g. :class:`monai.data.Dataset`; its ``data`` list names failed cases
-            (``"case"`` key, else the first file name).
+        dataset: a map-style dataset, e.g. :class:`monai.data.Dataset`; its ``data`` list names failed cases.
         batch_size: cases per batch.
         num_workers: loader worker processes.
-        collate_fn: collates a list of good cases into a batch, e.g. :func:`monai.data.pad_list_data_collate` for
-            labels of mixed sizes.
+        collate_fn: collates a list of good cases, e.g. :func:`monai.data.pad_list_data_collate` for mixed sizes.
         skip_failed: skip and record failing cases; ``False`` raises at the first one.
         kwargs: other :class:`monai.data.DataLoader` arguments (``sampler``, ``pin_memory`` ...); ``shuffle``,
             ``drop_last`` and ``batch_sampler`` are not supported (inference keeps every case, in order).

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from monai.config import PathLike
@@ -137,13 +138,11 @@ def synthetic_lesion_sample(
     """Draw one dermoscopy-like RGB image and its lesion mask.
 
     Args:
-        rng: random generator (e.g. ``np.random.default_rng(0)``); the sample is a deterministic
-            function of its state.
+        rng: random generator (e.g. ``np.random.default_rng(0)``); the sample is a deterministic function of its state.
         image_size: spatial size (H, W), each at least 16.
 
     Returns:
-        ``(image, mask)``: uint8 image (H, W, 3) and uint8 mask (H, W) with values {0, 1}; the lesion
-        covers roughly 3% to 50% of the image.
+        ``(image, mask)``: uint8 image (H, W, 3) and mask (H, W) in {0, 1}; the lesion covers about 3% to 50%.
 
     Raises:
         ValueError: ``image_size`` is not two integers >= 16.
@@ -243,7 +242,7 @@ def make_synthetic_isic2018(
     shape = _check_image_size(image_size)
     counts = {"training": num_train, "validation": num_val, "test": num_test}
     for split, n in counts.items():
-        least = 1 if split == "training" else 0
+        least = int(split == "training")
         if not isinstance(n, (int, np.integer)) or n < least:
             raise ValueError(f"Number of {split} cases must be an integer >= {least}, got {n!r}.")
     root = os.path.abspath(os.fspath(root))
@@ -253,10 +252,8 @@ def make_synthetic_isic2018(
     existing = [f for f in folders if os.path.exists(f)]
     marker = os.path.join(root, _MARKER)
     if existing and not overwrite:
-        if os.path.isfile(marker):
-            with open(marker, encoding="utf-8") as f:
-                if json.load(f) == params:
-                    return root
+        if os.path.isfile(marker) and json.loads(Path(marker).read_text(encoding="utf-8")) == params:
+            return root
         raise FileExistsError(
             f"'{root}' already holds ISIC 2018 folders ({os.path.basename(existing[0])}, ...) not written by "
             f"make_synthetic_isic2018 with {params}; pass overwrite=True or use another root."
@@ -274,8 +271,7 @@ def make_synthetic_isic2018(
         for folder in (input_dir, gt_dir):
             os.makedirs(folder, exist_ok=True)
             for stub in ("LICENSE.txt", "ATTRIBUTION.txt"):
-                with open(os.path.join(folder, stub), "w", encoding="utf-8") as f:
-                    f.write(_LICENSE_STUB)
+                Path(folder, stub).write_text(_LICENSE_STUB, encoding="utf-8")
         for _ in range(int(n)):
             rng = np.random.default_rng([int(seed), index])
             size = shape
@@ -288,8 +284,7 @@ def make_synthetic_isic2018(
             Image.fromarray(mask * np.uint8(255)).save(os.path.join(gt_dir, f"{case}_segmentation.png"))
             index += 1
     # Written last so an interrupted run is never mistaken for a complete dataset.
-    with open(marker, "w", encoding="utf-8") as f:
-        json.dump(params, f)
+    Path(marker).write_text(json.dumps(params), encoding="utf-8")
     return root
 
 

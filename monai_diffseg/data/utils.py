@@ -12,15 +12,8 @@ __all__ = ["describe_case"]
 
 
 def describe_case(item: Any, index: int) -> tuple[str, list[str]]:
-    """The case name and file paths of one data-list item, for error and failure reports.
-
-    Args:
-        item: a data-list entry, e.g. ``{"image": path, "label": path, "case": "ISIC_0000000"}``.
-        index: its position in the data list (the name when the item has no ``"case"`` key and no file).
-
-    Returns:
-        ``(case, files)``: the ``"case"`` value, else the first file's name without extension.
-    """
+    """``(case, files)`` of the data-list ``item`` at ``index`` (e.g. ``{"image": path, "case": "ISIC_0000000"}``),
+    for error reports: the ``"case"`` value, else the first file's name without extension, else ``"item <index>"``."""
     if not isinstance(item, Mapping):
         return f"item {index}", []
     files = [str(v) for k, v in item.items() if k != "case" and isinstance(v, (str, os.PathLike))]

@@ -1,9 +1,6 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Distribution-level metrics for stochastic segmentation: generalized energy distance, sample diversity, HM-IoU.
-
-The input checks and the cumulative base class shared by these metrics live in :mod:`monai_diffseg.metrics.utils`.
-"""
+"""Distribution-level metrics for stochastic segmentation: generalized energy distance, sample diversity, HM-IoU."""
 
 from __future__ import annotations
 

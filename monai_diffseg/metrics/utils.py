@@ -110,19 +110,12 @@ def check_samples_and_references(
 
 def compute_pairwise_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
-    Vectorised IoU between every member of ensemble ``a`` and every member of ensemble ``b``, per image and class.
+    IoU of every member of ensemble ``a`` ``(N, A, C, H, W[, D])`` with every member of ``b`` ``(N, B, C, H, W[, D])``:
+    float64 ``(N, C, A, B)`` with ``IoU(a[n, i, c], b[n, j, c])`` at ``[n, c, i, j]``. The binary (bool or {0, 1})
+    inputs are not validated (the ``compute_*`` functions do that).
 
-    The intersections are computed as one batched matrix product of the flattened masks, in float64 so that
-    voxel counts (up to :math:`2^{53}`) are exact. A pair of masks that are both empty has IoU 1 (the masks agree);
-    an empty mask against a non-empty one has IoU 0.
-
-    Args:
-        a: binary masks, shape ``(N, A, C, H, W[, D])``; bool or {0, 1}-valued numeric tensor.
-        b: binary masks, shape ``(N, B, C, H, W[, D])``, same ``N``, ``C`` and spatial shape as ``a``.
-
-    Returns:
-        float64 tensor of shape ``(N, C, A, B)`` with ``IoU(a[n, i, c], b[n, j, c])`` at ``[n, c, i, j]``. The inputs
-        are not validated (the ``compute_*`` functions do that).
+    One batched matrix product of the flattened masks, in float64 so that voxel counts (up to :math:`2^{53}`) are
+    exact. Two empty masks have IoU 1 (they agree); an empty mask against a non-empty one has IoU 0.
     """
     n, na, c = a.shape[:3]
     fa = a.reshape(n, na, c, -1).transpose(1, 2).to(torch.float64)  # (N, C, A, P)
@@ -151,16 +144,13 @@ def reduce_per_image(f: torch.Tensor, reduction: MetricReduction | str) -> torch
 
 class PerImageMetric(CumulativeIterationMetric):
     """
-    Base of the cumulative metrics that buffer per-image values and reduce them with ``self.reduction``.
+    Base of the cumulative metrics that buffer per-image values and reduce them with ``reduction``
+    (:py:class:`monai.utils.enums.MetricReduction`) in :meth:`aggregate`.
 
     Subclasses implement ``_compute_tensor`` returning ``(N,)`` (or ``(N, C)``) values, or, when ``result_keys``
     is set, a list of such tensors in that order; then ``__call__`` and :meth:`aggregate` return dicts keyed by
     ``result_keys``. ``requires_y`` makes a missing ``y`` an error; ``call_hint`` names the inputs in the error
     raised when :meth:`aggregate` is called before any data was buffered.
-
-    Args:
-        reduction: MONAI reduction mode applied by :meth:`aggregate`, see
-            :py:class:`monai.utils.enums.MetricReduction`.
     """
 
     result_keys: tuple[str, ...] | None = None
@@ -174,14 +164,9 @@ class PerImageMetric(CumulativeIterationMetric):
     def __call__(  # type: ignore[override]
         self, y_pred: torch.Tensor | list[torch.Tensor], y: torch.Tensor | list[torch.Tensor] | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """
-        Compute and buffer the per-image values ``(N,)`` (a dict keyed by ``result_keys`` when set) of samples
-        ``y_pred`` ``(N, E, C, H, W[, D])`` and references ``y`` ``(N, R, C, H, W[, D])`` (or lists of ``(E, C, ...)``
-        / ``(R, C, ...)`` tensors).
-
-        Raises:
-            ValueError: when ``y`` is required and missing, or the inputs are invalid.
-        """
+        """Compute and buffer the per-image values ``(N,)`` of samples ``y_pred`` ``(N, E, C, H, W[, D])`` and references
+        ``y`` ``(N, R, C, H, W[, D])`` (or lists of ``(E, C, ...)`` / ``(R, C, ...)`` tensors); ``ValueError`` when
+        ``y`` is required and missing."""
         if self.requires_y and y is None:
             raise ValueError("y (reference annotations, shape (N, R, C, H, W[, D])) is required, got None.")
         ret = super().__call__(y_pred=y_pred, y=y)
@@ -190,13 +175,8 @@ class PerImageMetric(CumulativeIterationMetric):
     def aggregate(  # type: ignore[override]
         self, reduction: MetricReduction | str | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """
-        Reduce the buffered per-image values with ``reduction`` (default: the one given at construction): a scalar
-        for ``"mean"``/``"sum"``, ``(N_total,)`` for ``"none"``; a dict keyed by ``result_keys`` when set.
-
-        Raises:
-            ValueError: when nothing has been buffered yet.
-        """
+        """Reduce the buffered values with ``reduction`` (default: the one given at construction): a scalar for
+        ``"mean"``/``"sum"``, ``(N_total,)`` for ``"none"``; ``ValueError`` when nothing has been buffered yet."""
         data = self.get_buffer()
         keys = self.result_keys
         if not (isinstance(data, torch.Tensor) if keys is None else isinstance(data, list) and len(data) == len(keys)):

@@ -33,17 +33,15 @@ _GREEN = np.array([0.0, 255.0, 0.0])
 def _to_rgb_uint8(image: Any) -> np.ndarray:
     """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image -> (H, W, 3) uint8 (dtypes as in :func:`overlay_mask`)."""
     img = convert_to_numpy(image)
-    is_float = np.issubdtype(img.dtype, np.floating)
     if img.ndim == 3 and img.shape[-1] in (1, 3, 4):
         img = img[..., :3] if img.shape[-1] != 1 else img[..., 0]
     if img.ndim != 2 and not (img.ndim == 3 and img.shape[-1] == 3):
         raise ValueError(f"image must have shape (H, W) or (H, W, 3) (channel-last), got {tuple(img.shape)}.")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=-1)
-    if img.dtype == np.uint8:
-        return img.copy()
-    if img.dtype == bool:
-        return img.astype(np.uint8) * np.uint8(255)
+    if img.dtype in (np.uint8, bool):
+        return img.astype(np.uint8) * np.uint8(255 if img.dtype == bool else 1)
+    is_float = np.issubdtype(img.dtype, np.floating)
     img = img.astype(np.float64)
     lo, hi = (float(img.min()), float(img.max())) if img.size else (0.0, 0.0)
     if is_float and lo >= 0.0 and hi <= 1.0:

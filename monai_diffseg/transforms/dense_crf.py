@@ -167,17 +167,8 @@ class DenseCRF(Transform):
                     f"dilation={dilation} with backend='pydensecrf' (fully connected): remove them or use 'torch'."
                 )
             _import_pydensecrf()
-        self.crf = TorchDenseCRF(
-            bilateral_sxy=bilateral_sxy,
-            bilateral_srgb=bilateral_srgb,
-            bilateral_weight=bilateral_weight,
-            gaussian_sxy=gaussian_sxy,
-            gaussian_weight=gaussian_weight,
-            num_iterations=num_iterations,
-            window_size=window_size,
-            dilation=dilation,
-            eps=eps,
-        )
+        kernel_args = (bilateral_sxy, bilateral_srgb, bilateral_weight, gaussian_sxy, gaussian_weight, num_iterations)
+        self.crf = TorchDenseCRF(*kernel_args, window_size=window_size, dilation=dilation, eps=eps)  # same order
         self.binarize = binarize
         self.guide_scaling = look_up_named_option("guide_scaling", guide_scaling, GUIDE_SCALINGS)
 

@@ -93,16 +93,15 @@ class EnsembleFusiond(Randomizable, MapTransform):
         guide_key: image used by the CRF methods, channel-first ``(C_img, *S)`` at the samples' resolution.
         output_keys: where to store the fused ``(C, *S)`` maps (one per key); default: in place.
         allow_missing_keys: don't raise if a key is missing.
-        num_rounds: subset methods only (ignored by the others, like ``guide_key``): number of random subsets K.
-        subset_size: subset methods only: members per subset H (``None``: ``max(1, E // 2)``).
+        num_rounds, subset_size: subset methods only (ignored by the others, like ``guide_key``): number of
+            random subsets K and members per subset H (``None``: ``max(1, E // 2)``).
         method_kwargs: passed to the chosen fusion (e.g. ``bilateral_sxy`` for the CRFs, ``threshold`` for
             ``vote``); for the subset methods, to the inner method, and ``inner_fusion`` (default ``"mean"``) for
             ``random_subset``.
 
     Example (DiffSeg's fusion: 5 rounds of 5 members, each subset's mean refined by the torch CRF)::
 
-        t = EnsembleFusiond("pred", "subset_torch_crf", num_rounds=5, subset_size=5)
-        t.set_random_state(seed=0)
+        t = EnsembleFusiond("pred", "subset_torch_crf", num_rounds=5, subset_size=5).set_random_state(seed=0)
         d = t({"pred": samples, "image": image})  # samples (E, 1, H, W), image (3, H, W) -> d["pred"] (1, H, W)
     """
 
@@ -142,7 +141,7 @@ class EnsembleFusiond(Randomizable, MapTransform):
         self.fusion = RandomSubsetFusion(num_rounds=num_rounds, subset_size=subset_size, inner_fusion=inner)
 
     def set_random_state(self, seed: int | None = None, state: Any | None = None) -> EnsembleFusiond:
-        """Seed this transform and the random subsets of the subset methods (MONAI's randomisable contract)."""
+        """Seed this transform and the random subsets of the subset methods."""
         super().set_random_state(seed, state)
         if isinstance(self.fusion, Randomizable):
             self.fusion.set_random_state(seed, state)
@@ -175,9 +174,8 @@ class EnsembleUncertaintyd(MapTransform):
             ``"mutual_information"`` (:py:class:`MutualInformation`), ``"consistent"`` (:py:class:`ConsistentRegion`),
             ``"ambiguous"`` (:py:class:`AmbiguousRegion`).
         prefix: prefix of the output keys, may contain ``"{key}"``.
-        threshold: binarisation threshold of the consistent/ambiguous regions.
-        multi_class: categorical entropies across channels for ``"entropy"`` / ``"mutual_information"``.
-        unbiased: unbiased variance.
+        threshold, multi_class, unbiased: options of the region maps, of the entropy / mutual information maps
+            (categorical entropies across channels) and of the variance (unbiased estimator).
         allow_missing_keys: don't raise exception if key is missing.
 
     Raises:

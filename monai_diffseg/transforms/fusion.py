@@ -83,22 +83,13 @@ def check_ensemble_samples(
     samples: SamplesLike, name: str = "samples", check_range: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Validate ensemble samples and convert them to tensors.
+    Validate ensemble ``samples`` (as in the module docstring; a sequence is stacked like MONAI's ``Ensemble``, with
+    the first member's metadata) and return ``(img, data)``: ``img`` the input converted by
+    :py:func:`monai.utils.convert_to_tensor` (a ``MetaTensor`` when meta tracking is on; the destination of
+    :py:func:`to_output`), ``data`` a plain floating point ``torch.Tensor`` ``(E, C, H, W[, D])`` to compute with.
 
-    Args:
-        samples: ensemble ``(E, C, H, W[, D])`` (tensor, ``MetaTensor`` or array), or a sequence of ``E`` members
-            ``(C, H, W[, D])`` (stacked like MONAI's ``Ensemble``, with the first member's metadata).
-        name: name of the argument, used in error messages.
-        check_range: whether to require probabilities in ``[0, 1]`` (otherwise only NaN is refused).
-
-    Returns:
-        ``(img, data)``: ``img`` is the input converted with :py:func:`monai.utils.convert_to_tensor` (a
-        ``MetaTensor`` when meta tracking is on; the destination of :py:func:`to_output`), ``data`` a plain floating
-        point ``torch.Tensor`` ``(E, C, H, W[, D])`` to compute with.
-
-    Raises:
-        ValueError: wrong number of dimensions, ``E == 0`` (or an empty sequence), ``C == 0``, NaN/inf values, or
-            values outside ``[0, 1]`` (when ``check_range``).
+    Raises ``ValueError`` naming the argument ``name``: wrong number of dimensions, ``E == 0`` (or an empty
+    sequence), ``C == 0``, NaN/inf values, or values outside ``[0, 1]`` (only NaN is checked if not ``check_range``).
     """
     if isinstance(samples, (list, tuple)):
         if len(samples) == 0:
@@ -112,18 +103,8 @@ def check_probability_map(
     prob: NdarrayOrTensor, name: str = "prob", spatial_dims: Sequence[int] = (2, 3)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    Validate a fused probability map ``(C, H, W[, D])``, channel first with values in ``[0, 1]``, and convert it.
-
-    Args:
-        prob: probability map.
-        name: name of the argument, used in error messages.
-        spatial_dims: accepted numbers of spatial dimensions.
-
-    Returns:
-        ``(img, data)`` as in :py:func:`check_ensemble_samples`.
-
-    Raises:
-        ValueError: wrong number of dimensions, ``C == 0``, NaN values, or values outside ``[0, 1]``.
+    Validate a fused probability map ``prob`` ``(C, H, W[, D])`` (``spatial_dims``: the accepted numbers of spatial
+    dimensions) as :py:func:`check_ensemble_samples` does ensemble samples, and return ``(img, data)`` likewise.
     """
     layouts = " or ".join("(C, " + ", ".join("HWD"[:s]) + ")" for s in spatial_dims) + " (channel first)"
     return _checked(prob, name, layouts, tuple(int(s) + 1 for s in spatial_dims), 0)
@@ -231,14 +212,10 @@ class RandomSubsetFusion(Randomizable, Transform):
             :py:meth:`__call__` receives a ``guide`` image (e.g. ``(3, H, W)``). ``__call__``'s ``randomize=False``
             reuses the subsets of the previous call.
 
-    Example (DiffSeg: mean of each subset refined by a dense CRF guided by the image)::
+    Example (DiffSeg, Shuai et al. 2024: mean of each subset refined by a dense CRF guided by the image)::
 
-        mean, crf = MeanEnsembleFusion(), DenseCRF()
-        fusion = RandomSubsetFusion(num_rounds=5, subset_size=3, inner_fusion=lambda s, g: crf(mean(s), g))
+        fusion = RandomSubsetFusion(5, 3, inner_fusion=lambda s, g: DenseCRF()(MeanEnsembleFusion()(s), g))
         fused = fusion.set_random_state(seed=0)(samples, guide=image)  # (E, 1, H, W), (3, H, W) -> (1, H, W)
-
-    Reference:
-        Shuai et al., "DiffSeg: A Segmentation Model for Skin Lesions Based on Diffusion Difference", 2024.
     """
 
     backend = [TransformBackends.TORCH]

@@ -102,10 +102,8 @@ class BorderFilld(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if output_keys is None:
-            outs = ["healthy"] if len(self.keys) == 1 else [f"{k}_healthy" for k in self.keys]
-        else:
-            outs = list(ensure_tuple(output_keys))
+        default = ["healthy"] if len(self.keys) == 1 else [f"{k}_healthy" for k in self.keys]
+        outs = default if output_keys is None else list(ensure_tuple(output_keys))
         if len(outs) != len(self.keys):
             raise ValueError(f"output_keys {outs} must match keys {list(self.keys)} one to one.")
         self.output_keys = outs

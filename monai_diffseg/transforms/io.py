@@ -52,11 +52,11 @@ class PILModeConverter:
     """
     ``converter`` for :class:`monai.data.PILReader`: decode the whole file now and convert its colour mode.
 
-    Decoding inside ``read`` (instead of lazily when MONAI takes the pixel array) turns a truncated file into an error
-    raised while the file name is still at hand. Conversions to ``"RGB"``: grayscale (``L``, ``1``, ``P``, ``LA``)
-    is replicated to three channels, the alpha channel of ``RGBA``/``LA`` is dropped, ``CMYK``/``YCbCr`` are
-    converted by PIL; 16-bit grayscale (``I;16``, ``I``) is first scaled to 8 bits (x 255 / 65535) so it fits the
-    same 0-255 intensity range as the rest of the set. Each conversion is logged at INFO level with the file name.
+    Decoding inside ``read`` (not lazily when MONAI takes the pixel array) raises a truncated file's error while the
+    file name is still at hand. Conversions to ``"RGB"``: grayscale (``L``, ``1``, ``P``, ``LA``) is replicated to
+    three channels, the alpha channel of ``RGBA``/``LA`` dropped, ``CMYK``/``YCbCr`` converted by PIL; 16-bit
+    grayscale (``I;16``, ``I``) is first scaled to 8 bits (x 255 / 65535) to fit the set's 0-255 intensity range.
+    Each conversion is logged at INFO level with the file name.
 
     Args:
         mode: ``"RGB"``, ``"L"`` (grayscale) or ``"as_stored"`` (decode only: masks and label maps, whose values must
@@ -174,13 +174,9 @@ LoadImage2DD = LoadImage2DDict = LoadImage2Dd
 def display_range(name: str, num_classes: int = 1) -> tuple[float, float]:
     """Value range ``(low, high)`` that :class:`SaveMapsd` maps to 0-255 for an output map named ``name``.
 
-    Probabilities, masks and region maps lie in [0, 1]; the member variance of a probability in [0, 1/4]; predictive
-    entropy and mutual information in nats in [0, ln K] with K = 2 for a binary (one-channel sigmoid) output and
-    K = ``num_classes`` for a multi-class softmax output.
-
-    Args:
-        name: map name, e.g. ``"prob"``, ``"variance"``, ``"entropy"``, ``"mutual_information"``.
-        num_classes: output channels of the network (1 = binary).
+    Probabilities, masks and region maps (e.g. ``"prob"``) lie in [0, 1]; the member variance (``"variance"``) of a
+    probability in [0, 1/4]; ``"entropy"`` and ``"mutual_information"`` in nats in [0, ln K] with K = 2 for a binary
+    (one-channel sigmoid) output and K = ``num_classes`` (the network's output channels) for a softmax output.
     """
     if name == "variance":
         return 0.0, 0.25
@@ -236,9 +232,7 @@ class SaveMapsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             low, high = self.ranges[key]
-            value = d[key]
-            if key in self.binary_keys:
-                value = (value >= 0.5).float()
+            value = (d[key] >= 0.5).float() if key in self.binary_keys else d[key]
             scaled = ((value - low) / (high - low)).clamp(0, 1) * 255
             self.savers[key](torch.round(scaled).to(torch.uint8))
         return d

@@ -72,8 +72,7 @@ class STAPLEFusion(Transform):
 
     Example::
 
-        fused = STAPLEFusion()(samples)  # (E, C, H, W) -> (C, H, W)
-        worst = int(np.argmin(fused.meta["staple_sensitivity"][0]))
+        worst = int(np.argmin(STAPLEFusion()(samples).meta["staple_sensitivity"][0]))  # least sensitive member
     """
 
     backend = [TransformBackends.NUMPY]

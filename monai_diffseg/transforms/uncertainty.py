@@ -68,12 +68,7 @@ class _EnsembleMap(Transform):
 
 
 class _RegionMap(_EnsembleMap):
-    """
-    Base of the region maps, binary ``(C, ...)`` floats from the members binarised at ``threshold``.
-
-    Args:
-        threshold: probability from which a member's voxel is foreground (inclusive).
-    """
+    """Base of the region maps, binary ``(C, ...)`` floats from the members binarised at ``threshold``."""
 
     def __init__(self, threshold: float = 0.5) -> None:
         if not 0.0 <= float(threshold) <= 1.0:

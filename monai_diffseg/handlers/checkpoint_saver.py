@@ -115,12 +115,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
             )
             return
         fixed = getattr(self._key_metric_checkpoint.save_handler, "filename", None)  # the name on disk, if fixed
-
-        def on_disk(filename: str) -> bool:
-            return os.path.isfile(os.path.join(self.save_dir, fixed or filename))
-
-        kept = [(p, f) for p, f in state_dict["_saved"] if on_disk(f)]
-        gone = [fixed or f for _, f in state_dict["_saved"] if not on_disk(f)]
+        on_disk = [os.path.isfile(os.path.join(self.save_dir, fixed or f)) for _, f in state_dict["_saved"]]
+        kept = [(p, f) for (p, f), ok in zip(state_dict["_saved"], on_disk) if ok]
+        gone = [fixed or f for (_, f), ok in zip(state_dict["_saved"], on_disk) if not ok]
         if gone:
             warnings.warn(
                 f"best-model record: {gone} no longer exist(s) in '{self.save_dir}'; the next validation result "

@@ -81,15 +81,9 @@ def _corrupt_message(path: str, err: Exception) -> str:
 def extract_state_dict(checkpoint: Any, key: str | None = "model", source: str = "<checkpoint>") -> Mapping[str, Any]:
     """
     The network state dict inside a loaded checkpoint: a raw state dict (``torch.save(net.state_dict())``, MONAI
-    ``CheckpointSaver`` with a one-entry ``save_dict``) or a dict holding it under ``key`` (several entries).
-
-    Args:
-        checkpoint: the loaded checkpoint.
-        key: entry holding the state dict; ``None`` requires a raw state dict.
-        source: name of the checkpoint used in error messages (its path).
-
-    Raises:
-        ValueError: no state dict found, naming ``source``, ``key`` and the checkpoint's top-level keys.
+    ``CheckpointSaver`` with a one-entry ``save_dict``) or a dict holding it under ``key`` (several entries;
+    ``None`` requires a raw state dict). Raises a ``ValueError`` naming ``source`` (the checkpoint's path), ``key``
+    and the checkpoint's top-level keys when there is none.
     """
     if not isinstance(checkpoint, Mapping):
         raise ValueError(
@@ -189,12 +183,7 @@ def load_network_weights(
         trusted: see :func:`read_checkpoint`.
 
     Returns:
-        ``network``, with the weights loaded.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: corrupt file, a file that needs full unpickling without ``trusted=True``, no state dict in it, or
-            a key/shape mismatch (naming the path and network class).
+        ``network``, with the weights loaded; the errors are those of the three functions named above.
     """
     source = os.fspath(path)
     checkpoint = read_checkpoint(source, map_location=map_location, trusted=trusted)

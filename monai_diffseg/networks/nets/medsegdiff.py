@@ -151,11 +151,9 @@ class MedSegDiff(nn.Module):
                 spatial_dims, ch, num_head_channels=min(num_head_channels, ch), norm_num_groups=norm_num_groups
             )
 
-        self.down_res = nn.ModuleList()
-        self.down_attn = nn.ModuleList()
-        self.ff_parsers = nn.ModuleList()
-        self.fusions = nn.ModuleList()
-        self.downsamples = nn.ModuleList()
+        self.down_res, self.down_attn, self.ff_parsers, self.fusions, self.downsamples = (
+            nn.ModuleList() for _ in range(5)
+        )
         for lvl, ch in enumerate(channels):  # the stem / previous downsample already maps to this width
             self.down_res.append(nn.ModuleList([resblock(ch) for _ in range(num_res_blocks)]))
             self.down_attn.append(attention(ch) if attention_levels[lvl] else nn.Identity())
@@ -171,8 +169,7 @@ class MedSegDiff(nn.Module):
         self.mid_res = resblock(channels[-1])
 
         # decoder with additive skips (cheaper than concatenation at the same width)
-        self.up_res = nn.ModuleList()
-        self.upsamples = nn.ModuleList()
+        self.up_res, self.upsamples = nn.ModuleList(), nn.ModuleList()
         for lvl in range(levels - 1, -1, -1):
             self.up_res.append(nn.ModuleList([resblock(channels[lvl]) for _ in range(num_res_blocks)]))
             out_ch = channels[lvl - 1] if lvl > 0 else head_ch
@@ -229,11 +226,10 @@ class MedSegDiff(nn.Module):
             return
         if legacy:
             warnings.warn(
-                "MedSegDiff: the checkpoint has no record of the decoder upsampling, so it was saved before the "
-                f"`upsample_mode` option, when the decoder upsampled with nearest neighbours; switching this network "
-                f"from upsample_mode='{built}' to 'nearest' to reproduce the trained model. Nearest upsampling draws "
-                f"a {self.size_divisor}-pixel block lattice into the uncertainty maps: retrain with the default "
-                "upsample_mode='linear' for smooth maps (docs/design.md).",
+                "MedSegDiff: the checkpoint has no decoder_upsample_mode entry, so it was saved before the "
+                f"`upsample_mode` option, with nearest upsampling; switching from upsample_mode='{built}' to 'nearest' "
+                f"to reproduce it. Nearest draws a {self.size_divisor}-pixel block lattice into the uncertainty maps: "
+                "retrain with the default upsample_mode='linear' for smooth maps (docs/design.md).",
                 stacklevel=2,
             )
         else:
@@ -243,6 +239,13 @@ class MedSegDiff(nn.Module):
                 stacklevel=2,
             )
         self._set_upsample_mode(mode)
+
+    def _check_shape(self, x: torch.Tensor, name: str, batch: str, channels: int) -> None:
+        if x.ndim != self.spatial_dims + 2 or x.shape[1] != channels:
+            stars = ", ".join("*" * self.spatial_dims)
+            raise ValueError(
+                f"MedSegDiff: {name} must have shape ({batch}, {channels}, {stars}), got {tuple(x.shape)}."
+            )
 
     def check_input_size(self, spatial_shape: Sequence[int], name: str = "input") -> None:
         """Raise a ValueError unless every spatial size is divisible by :attr:`size_divisor`."""
@@ -260,11 +263,7 @@ class MedSegDiff(nn.Module):
         wrong shape or NaN/Inf (naming the batch items and their files), a ``TypeError`` for an integer image;
         floating images are cast to the parameters' dtype.
         """
-        if image.ndim != self.spatial_dims + 2 or image.shape[1] != self.in_channels:
-            raise ValueError(
-                f"MedSegDiff: image must have shape (N, {self.in_channels}, {', '.join('*' * self.spatial_dims)}), "
-                f"got {tuple(image.shape)}."
-            )
+        self._check_shape(image, "image", "N", self.in_channels)
         self.check_input_size(image.shape[2:], "image")
         image = check_floating(image, "image", "MedSegDiff.encode_condition", self.time_embed[0].weight.dtype)
         check_finite(image, "image", "MedSegDiff.encode_condition", batch_item_names(image))
@@ -303,11 +302,7 @@ class MedSegDiff(nn.Module):
                 non-finite timestep (``<= T - 1`` is checked where ``T`` is known, see :func:`check_timesteps`).
             TypeError: an integer ``x_t``/``image``; floating inputs are cast to the parameters' dtype.
         """
-        if x_t.ndim != self.spatial_dims + 2 or x_t.shape[1] != self.out_channels:
-            raise ValueError(
-                f"MedSegDiff: x_t must have shape (B, {self.out_channels}, {', '.join('*' * self.spatial_dims)}), "
-                f"got {tuple(x_t.shape)}."
-            )
+        self._check_shape(x_t, "x_t", "B", self.out_channels)
         x_t = check_floating(x_t, "x_t", "MedSegDiff.forward", self.time_embed[0].weight.dtype, "a noisy mask")
         check_timesteps(timesteps, x_t.shape[0], owner="MedSegDiff.forward")
         if condition is None:

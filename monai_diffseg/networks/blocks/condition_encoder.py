@@ -17,11 +17,9 @@ __all__ = ["AnchorHead", "ConditionEncoder"]
 
 class ConditionEncoder(nn.Module):
     """
-    U-Net over the image that returns its decoder features at every scale, finest first.
-
-    MedSegDiff's condition branch, built from MONAI's ``BasicUNet`` blocks (``TwoConv``, ``Down``, ``UpCat``): it
-    depends on the image only, so a sampler runs it once per image. Its decoder (not encoder) features give the
-    denoiser semantic context at every scale, including the finest.
+    U-Net over the image that returns its decoder (not encoder: semantic context at every scale, including the
+    finest) features at every scale, finest first: MedSegDiff's condition branch, run once per image by a sampler.
+    Built from MONAI's ``BasicUNet`` blocks (``TwoConv``, ``Down``, ``UpCat``).
 
     Args:
         spatial_dims: number of spatial dimensions, 2 or 3.
@@ -77,16 +75,9 @@ class ConditionEncoder(nn.Module):
 
 class AnchorHead(nn.Module):
     """
-    Mask head on the finest condition features: MedSegDiff's anchor (auxiliary) output.
-
-    Args:
-        spatial_dims: number of spatial dimensions.
-        in_channels: width of the finest condition features.
-        out_channels: mask channels.
-        scale_factor: upsampling back to the input resolution (the condition encoder's ``stem_stride``).
-
-    Shapes:
-        ``(N, in_channels, *S / scale_factor)`` -> logits ``(N, out_channels, *S)``.
+    MedSegDiff's anchor (auxiliary) output: mask logits ``(N, out_channels, *S)`` from the finest condition features
+    ``(N, in_channels, *S / scale_factor)`` (``spatial_dims`` 2 or 3), a 1x1 convolution then linear upsampling by
+    ``scale_factor`` (the condition encoder's ``stem_stride``) back to the input resolution.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, scale_factor: int = 1) -> None:

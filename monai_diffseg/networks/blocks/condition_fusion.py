@@ -22,9 +22,8 @@ class ConditionFusion(nn.Module):
         c' = Conv1x1(c)                                  # condition projected to h's width
         out = h + c' + Conv1x1(LN(h) * LN(c') * c')      # additive path + state-adaptive attentive path
 
-    ``LN`` is a layer norm over channels and space (``GroupNorm(1, C)``), which is size-agnostic. The additive path
-    hands the (strong, precomputed) condition straight to the light denoiser; the attentive path lets the noisy
-    state gate it.
+    ``LN`` is a size-agnostic layer norm over channels and space (``GroupNorm(1, C)``). The additive path hands the
+    precomputed condition straight to the light denoiser; the attentive path lets the noisy state gate it.
 
     Args:
         spatial_dims: number of spatial dimensions.

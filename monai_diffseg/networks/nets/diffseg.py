@@ -38,16 +38,14 @@ class DiffSegDenoiser(nn.Module):
     Args:
         spatial_dims: 2 or 3.
         in_channels: image channels (3 for RGB, 1 for grayscale); the output has the same channels.
-        channels: ``DiffusionModelUNet`` widths per level, finest first.
-        num_res_blocks: resnet blocks per level.
+        channels, num_res_blocks, norm_num_groups, num_head_channels: ``DiffusionModelUNet``'s (widths per level,
+            finest first; resnet blocks per level; GroupNorm groups, dividing every width; channels per head).
         attention_levels: per level, whether to use self-attention (default: none, for speed).
-        norm_num_groups: GroupNorm groups (must divide every entry of ``channels``).
-        num_head_channels: channels per attention head.
         stem_stride: 1 or 2, see above.
 
     Shapes:
-        ``x``: ``(N, in_channels, *S)`` with every spatial size divisible by :attr:`size_divisor`; ``timesteps``:
-        ``(N,)`` (or a scalar tensor); returns ``(N, in_channels, *S)``.
+        ``x``: ``(N, in_channels, *S)``, every spatial size divisible by :attr:`size_divisor`; ``timesteps``: ``(N,)``
+        (or a scalar tensor); returns ``(N, in_channels, *S)``.
     """
 
     def __init__(
@@ -80,8 +78,7 @@ class DiffSegDenoiser(nn.Module):
         self.in_channels = in_channels
         self.out_channels = in_channels
         self.stem_stride = stem_stride
-        #: every input spatial size must be a multiple of this
-        self.size_divisor = stem_stride * 2 ** (levels - 1)
+        self.size_divisor = stem_stride * 2 ** (levels - 1)  # every input spatial size must be a multiple of it
 
         inner_channels = channels[0] if stem_stride > 1 else in_channels
         self.stem: nn.Module = (

@@ -16,11 +16,10 @@ class UnpadCollated(MapTransform):
     """
     Crop the keys that :func:`monai.data.pad_list_data_collate` padded back to each case's own size.
 
-    Evaluating at the original resolution keeps each case's label at its stored size; in a batch of mixed sizes
-    (ISIC 2018 ranges from 540x722 to 6688x4439) the labels are padded to the largest by the collate function and this
-    transform, placed in the post-processing after decollation, restores them. Keys that were not padded (all cases of
-    the batch had the same size) are left as they are. It is the dictionary wrapper MONAI lacks for
-    :meth:`monai.transforms.PadListDataCollate.inverse` (``Invertd`` accepts only ``MapTransform``).
+    Placed in the post-processing after decollation, it restores each case's label, padded to the largest of a batch
+    of mixed sizes (ISIC 2018: 540x722 to 6688x4439), for evaluation at the stored size; keys that were not padded are
+    left as they are. It is the dictionary wrapper MONAI lacks for :meth:`monai.transforms.PadListDataCollate.inverse`
+    (``Invertd`` accepts only ``MapTransform``).
 
     Args:
         keys: keys to restore, e.g. ``"label"``.

@@ -64,11 +64,8 @@ def scale_guide(
             ``"none"``: values are taken as already in 0..255 and clipped.
         name: name of the argument, used in error messages.
 
-    Returns:
-        float32 tensor ``(Cg, H, W[, D])`` with values in ``[0, 255]``, rounded to integers as for a ``uint8`` image.
-
-    Raises:
-        ValueError: wrong number of dimensions, spatial size other than ``spatial_shape``, or NaN values.
+    Returns float32 ``(Cg, H, W[, D])`` in ``[0, 255]``, rounded to integers as a ``uint8`` image; raises
+    ``ValueError`` for a wrong number of dimensions, a spatial size other than ``spatial_shape``, or NaN values.
     """
     scaling = look_up_named_option("guide_scaling", scaling, GUIDE_SCALINGS)
     g = convert_to_tensor(guide, track_meta=False)
@@ -136,10 +133,6 @@ class DenseCRF(Transform):
             ``backend="pydensecrf"``; when called: a ``prob`` with wrong dimensions, NaN or values outside
             ``[0, 1]``, or a ``guide`` whose spatial size differs from ``prob``'s.
         OptionalImportError: ``backend="pydensecrf"`` without pydensecrf.
-
-    Example::
-
-        refined = DenseCRF(backend="torch")(MeanEnsembleFusion()(samples), image)  # (1, H, W), image (3, H, W)
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]

@@ -72,10 +72,7 @@ def _checked(
         raise ValueError(f"{name} must not contain {what} values, got {name} with shape {shape}.")
     lo, hi = (float(data.min()), float(data.max())) if check_range else (0.0, 1.0)
     if lo < -1e-4 or hi > 1.0 + 1e-4:  # tolerance for round-off
-        raise ValueError(
-            f"{name} must hold probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}] for {name} with shape "
-            f"{shape}."
-        )
+        raise ValueError(f"{name} must be probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}], shape {shape}.")
     return img, data
 
 
@@ -170,10 +167,9 @@ class MedSegDiffSquaredMean(Transform):
 
     .. warning::
         **This is NOT STAPLE** (Warfield et al., 2004). MedSegDiff's ``staple()`` (``guided_diffusion/utils.py``)
-        multiplies every sample by the ensemble mean and averages again, in a convergence loop guarded by an ``if``
-        instead of a ``while`` so the body runs once: the squared mean, with no estimation of rater performance.
-        It is provided only to reproduce numbers reported with that code; use
-        :py:class:`monai_diffseg.transforms.staple.STAPLEFusion` for the expectation-maximisation STAPLE.
+        multiplies every sample by the ensemble mean and averages again, in a loop guarded by an ``if`` instead of a
+        ``while`` (so run once): the squared mean, no estimation of rater performance. It is here only to reproduce
+        numbers reported with that code; :py:class:`monai_diffseg.transforms.staple.STAPLEFusion` is the real STAPLE.
 
     Squaring shrinks probabilities (``0.7 -> 0.49``), so with a ``0.5`` threshold the mask is where the mean
     probability is at least ``sqrt(0.5) ~= 0.707``: more conservative than the mean. ``(E, C, ...) -> (C, ...)``.
@@ -244,10 +240,7 @@ class RandomSubsetFusion(Randomizable, Transform):
         num_members = int(data)
         size = self.subset_size if self.subset_size is not None else max(1, num_members // 2)
         if size > num_members:
-            raise ValueError(
-                f"subset_size must not exceed the ensemble size E, got subset_size={size} and samples with "
-                f"E={num_members}."
-            )
+            raise ValueError(f"subset_size={size} must not exceed the ensemble size E={num_members} of the samples.")
         self.subsets = [np.sort(self.R.choice(num_members, size=size, replace=False)) for _ in range(self.num_rounds)]
 
     def __call__(

@@ -124,15 +124,12 @@ def border_patch_starts(
     rng: np.random.RandomState,
 ) -> list[tuple[int, ...]]:
     """
-    ``num_samples`` random start corners (drawn with ``rng``) of ``patch_size`` patches, one entry per spatial axis,
-    lying entirely inside the border band of an image of ``spatial_shape`` ``(H, W[, D])``.
+    ``num_samples`` random start corners (drawn with ``rng``) of ``patch_size`` patches lying entirely inside the
+    border band of an image of ``spatial_shape`` ``(H, W[, D])``; ``ValueError`` for a patch larger than the image.
 
     The band along axis ``a`` is ``max(patch_size[a], round(border_fraction * spatial_shape[a]))`` voxels wide at
     both ends. For each patch an axis and a side (low/high) are drawn, with probability proportional to the band's
     area, the start along that axis is drawn inside the band and the start along the other axes anywhere in the image.
-
-    Raises:
-        ValueError: a patch larger than the image (or with another number of axes).
     """
     shape = tuple(int(s) for s in spatial_shape)
     size = tuple(int(p) for p in patch_size)
@@ -157,12 +154,10 @@ def border_patch_starts(
 
 class RandBorderPatchd(Randomizable, MapTransform):
     """
-    Sample ``num_samples`` patches from the border band of channel-first images (the same locations for every key):
-    DiffSeg's mask-free source of healthy-skin training data (see the module docstring for the assumption it makes).
-
+    Sample ``num_samples`` patches from the border band of channel-first images (the same locations for every key,
+    which must share one spatial shape): DiffSeg's mask-free healthy-skin training data (see the module docstring).
     Returns a list of ``num_samples`` dicts like :class:`monai.transforms.RandSpatialCropSamplesd` (so a MONAI
-    ``DataLoader`` flattens them into the batch), with the patches at ``keys``, their start corner at
-    ``"patch_start"`` and the other entries copied. The images at ``keys`` must share one spatial shape.
+    ``DataLoader`` flattens them into the batch): patches at ``keys``, corner at ``"patch_start"``, others copied.
 
     Args:
         keys: keys of the images ``(C, H, W[, D])``.

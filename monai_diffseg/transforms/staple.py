@@ -58,9 +58,9 @@ class STAPLEFusion(Transform):
         out.meta["staple_sensitivity"][c][e]  # true positive rate of member e for channel c
         out.meta["staple_specificity"][c][e]  # true negative rate of member e for channel c
 
-    They are also kept on the transform as ``self.sensitivity`` / ``self.specificity`` after each call. Degenerate
-    channels where no member has any foreground (or all are foreground everywhere) make the EM undefined; there the
-    posterior is the (constant) vote and the undefined rate is ``nan``.
+    They are also kept as ``self.sensitivity`` / ``self.specificity``. Degenerate channels (no member has any
+    foreground, or all are foreground everywhere) make the EM undefined: the posterior is the constant vote there
+    and the undefined rate ``nan``.
 
     Args:
         threshold: probability from which a member's voxel is foreground (inclusive).
@@ -68,11 +68,7 @@ class STAPLEFusion(Transform):
         confidence_weight: ITK's confidence weight scaling the prior foreground fraction (default 1.0).
 
     Raises:
-        OptionalImportError: when ITK is not installed (``pip install "monai-diffseg[itk]"``).
-
-    Example::
-
-        worst = int(np.argmin(STAPLEFusion()(samples).meta["staple_sensitivity"][0]))  # least sensitive member
+        OptionalImportError: when ITK is not installed.
     """
 
     backend = [TransformBackends.NUMPY]

@@ -69,10 +69,6 @@ class TorchDenseCRF(nn.Module):
         ValueError: a standard deviation or ``bilateral_srgb`` that is not positive, ``num_iterations < 0``,
             ``eps`` outside ``(0, 0.5)``, an even or non-positive ``window_size``, or ``dilation < 1``; in
             ``forward``, inconsistent shapes of ``prob`` and ``guide`` or a ``prob`` with NaN.
-
-    Example::
-
-        refined = TorchDenseCRF()(torch.rand(2, 1, 64, 64), torch.rand(2, 3, 64, 64) * 255)  # (2, 1, 64, 64)
     """
 
     def __init__(
@@ -219,8 +215,7 @@ class TorchDenseCRF(nn.Module):
             g_norm = torch.rsqrt(separable_filtering(ones[:1], g_kernels).clamp_min(1e-20))
         feats = cached = None
         window, dilation = self._window(spatial_dims)
-        if use_bilateral:
-            assert guide is not None
+        if use_bilateral and guide is not None:  # guide is not None when use_bilateral
             feats = guide.to(device=prob.device, dtype=dtype) / self.bilateral_srgb
             if prob.shape[0] * prob[0, 0].numel() * window**spatial_dims <= self.cache_limit:
                 cached = torch.stack(list(self._bilateral_weights(feats, window, dilation)))
@@ -230,8 +225,7 @@ class TorchDenseCRF(nn.Module):
             energy = logits
             if g_kernels:
                 energy = energy + self.gaussian_weight * g_norm * separable_filtering(g_norm * q, g_kernels)
-            if use_bilateral:
-                assert feats is not None
+            if feats is not None:  # bilateral term
                 energy = energy + self.bilateral_weight * b_norm * self._bilateral_message(
                     b_norm * q, feats, cached, window, dilation
                 )

@@ -92,7 +92,6 @@ class EnsembleFusiond(Randomizable, MapTransform):
         method: one of :data:`ENSEMBLE_FUSIONS`.
         guide_key: image used by the CRF methods, channel-first ``(C_img, *S)`` at the samples' resolution.
         output_keys: where to store the fused ``(C, *S)`` maps (one per key); default: in place.
-        allow_missing_keys: don't raise if a key is missing.
         num_rounds, subset_size: subset methods only (ignored by the others, like ``guide_key``): number of
             random subsets K and members per subset H (``None``: ``max(1, E // 2)``).
         method_kwargs: passed to the chosen fusion (e.g. ``bilateral_sxy`` for the CRFs, ``threshold`` for
@@ -176,7 +175,6 @@ class EnsembleUncertaintyd(MapTransform):
         prefix: prefix of the output keys, may contain ``"{key}"``.
         threshold, multi_class, unbiased: options of the region maps, of the entropy / mutual information maps
             (categorical entropies across channels) and of the variance (unbiased estimator).
-        allow_missing_keys: don't raise exception if key is missing.
 
     Raises:
         ValueError: unknown map name, or several keys with a ``prefix`` without ``"{key}"`` (colliding outputs).

@@ -117,11 +117,9 @@ def to_output(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 class MeanEnsembleFusion(Transform):
     """
-    Mean of the ensemble probabilities: ``(E, C, ...) -> (C, ...)`` (see the module docstring for ``samples``).
-
-    The fusion used for evaluation by most diffusion segmentation papers (Wolleb et al. 2022; MedSegDiff, Wu et al.
-    2023). Unlike :py:class:`monai.transforms.MeanEnsemble` it validates that the input is an ensemble of
-    probabilities and keeps the metadata of the ``(E, C, ...)`` input.
+    Mean of the ensemble probabilities ``(E, C, ...) -> (C, ...)``, the evaluation fusion of most diffusion
+    segmentation papers (Wolleb et al. 2022; MedSegDiff). Unlike :py:class:`monai.transforms.MeanEnsemble` it
+    validates that the input is an ensemble of probabilities and keeps the metadata of the ``(E, C, ...)`` input.
     """
 
     backend = [TransformBackends.TORCH]
@@ -192,13 +190,12 @@ FUSION_METHODS: dict[str, Callable[[], Callable[..., Any]]] = {
 
 class RandomSubsetFusion(Randomizable, Transform):
     """
-    DiffSeg's random-subset fusion: ``(E, C, ...) -> (C, ...)``.
-
-    ``num_rounds`` (K) times, draw ``subset_size`` (H) distinct members at random, fuse the subset with
-    ``inner_fusion`` into a ``(C, ...)`` map, and return the average of the K maps. With the mean as inner fusion
-    this equals the mean on average; with a non-linear inner fusion (DiffSeg's dense CRF guided by the image) the
-    averaging over subsets smooths out the effect of individual members. The subsets come from MONAI's
-    :py:class:`~monai.transforms.Randomizable` ``self.R``: call :py:meth:`set_random_state` to reproduce them.
+    DiffSeg's random-subset fusion ``(E, C, ...) -> (C, ...)``: ``num_rounds`` (K) times, draw ``subset_size`` (H)
+    distinct members at random, fuse the subset with ``inner_fusion`` into a ``(C, ...)`` map, and return the average
+    of the K maps. With the mean as inner fusion this equals the mean on average; with a non-linear inner fusion
+    (DiffSeg's dense CRF guided by the image) the averaging over subsets smooths out the effect of individual
+    members. The subsets come from MONAI's :py:class:`~monai.transforms.Randomizable` ``self.R``: call
+    :py:meth:`set_random_state` to reproduce them.
 
     Args:
         num_rounds: number of random subsets K (>= 1).

@@ -164,7 +164,6 @@ class RandBorderPatchd(Randomizable, MapTransform):
         patch_size: patch size (int for every axis, or one per axis); a multiple of the denoiser's ``size_divisor``.
         num_samples: patches per image.
         border_fraction: band width as a fraction of the image size, in ``(0, 0.5]`` (at least the patch size).
-        allow_missing_keys: don't raise if a key is missing.
     """
 
     def __init__(

@@ -41,8 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: ``mode`` options: convert to 3-channel RGB, to 1-channel grayscale, or keep as stored (masks, label maps).
 IMAGE_MODES: tuple[str, ...] = ("RGB", "L", "as_stored")
-"""``mode`` options: convert to 3-channel RGB, to 1-channel grayscale, or keep as stored (masks, label maps)."""
 
 # PIL modes that hold more than 8 bits per sample; scaled to 8 bits so that one intensity range fits a whole set
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")

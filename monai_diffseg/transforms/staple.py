@@ -109,8 +109,7 @@ class STAPLEFusion(Transform):
             staple.SetMaximumIterations(int(self.max_iterations))
         staple.Update()
         posterior = np.array(itk.array_from_image(staple.GetOutput()), dtype=np.float32, copy=True)
-        sens = [float(s) for s in staple.GetSensitivity()]
-        spec = [float(s) for s in staple.GetSpecificity()]
+        sens, spec = [float(s) for s in staple.GetSensitivity()], [float(s) for s in staple.GetSpecificity()]
         if not np.isfinite(posterior).all():
             warnings.warn("ITK STAPLE produced non-finite values; falling back to the vote fraction.", stacklevel=4)
             posterior = masks.mean(axis=0).astype(np.float32)

@@ -78,7 +78,7 @@ class _RegionMap(_EnsembleMap):
 
 class EnsembleVariance(_EnsembleMap):
     """
-    Voxel-wise variance of the member probabilities: ``(E, C, ...) -> (C, ...)``.
+    Voxel-wise variance of the member probabilities ``(E, C, ...) -> (C, ...)``.
 
     Args:
         unbiased: use the unbiased estimator (divide by ``E - 1``; a single member gives zeros). Defaults to the
@@ -126,12 +126,11 @@ class MutualInformation(_EnsembleMap):
         self.multi_class = multi_class
 
     def _compute(self, data: torch.Tensor) -> torch.Tensor:
+        mean = data.mean(dim=0)
         if self.multi_class:
-            total = categorical_entropy(data.mean(dim=0), dim=0)
-            expected = categorical_entropy(data, dim=1).mean(dim=0)
+            total, expected = categorical_entropy(mean, dim=0), categorical_entropy(data, dim=1).mean(dim=0)
         else:
-            total = binary_entropy(data.mean(dim=0))
-            expected = binary_entropy(data).mean(dim=0)
+            total, expected = binary_entropy(mean), binary_entropy(data).mean(dim=0)
         return (total - expected).clamp_min(0.0)
 
 

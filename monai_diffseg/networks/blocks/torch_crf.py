@@ -87,12 +87,11 @@ class TorchDenseCRF(nn.Module):
     ) -> None:
         super().__init__()
         # the spatial size is unknown until forward: check the sign of the standard deviations now, their number later
-        for name, value in (("bilateral_sxy", bilateral_sxy), ("gaussian_sxy", gaussian_sxy)):
+        positive = {"bilateral_sxy": bilateral_sxy, "gaussian_sxy": gaussian_sxy, "bilateral_srgb": bilateral_srgb}
+        for name, value in positive.items():
             values = tuple(value) if isinstance(value, Sequence) else (value,)
             if len(values) == 0 or any(float(v) <= 0 for v in values):
                 raise ValueError(f"{name} must be > 0, got {name}={value}.")
-        if float(bilateral_srgb) <= 0:
-            raise ValueError(f"bilateral_srgb must be > 0, got bilateral_srgb={bilateral_srgb}.")
         if int(num_iterations) < 0:
             raise ValueError(f"num_iterations must be >= 0, got num_iterations={num_iterations}.")
         if not 0.0 < float(eps) < 0.5:

@@ -140,11 +140,10 @@ class DiffusionTargetPrepareBatch(DiffusionPrepareBatch):
 class MaskDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
     """
     ``prepare_batch`` for ``SupervisedTrainer`` training a mask-diffusion model such as
-    :class:`monai_diffseg.networks.nets.MedSegDiff`: ``x_0`` is the label in ``[-1, 1]`` (binary, or one-hot,
-    :func:`mask_to_diffusion`), noised as in :class:`DiffusionTargetPrepareBatch`. Returns
-    ``(x_t, {"target": eps | x_0 | v, "mask": {0, 1} mask}, (), {"timesteps": t, "image": image})`` for
-    :class:`monai_diffseg.inferers.DiffusionSegmentationTrainInferer` and :class:`MaskDiffusionLoss` (``"mask"``
-    feeds the auxiliary anchor loss).
+    :class:`monai_diffseg.networks.nets.MedSegDiff`: ``x_0`` is the label (:func:`mask_to_diffusion`), noised as in
+    :class:`DiffusionTargetPrepareBatch`; returns ``(x_t, {"target": eps | x_0 | v, "mask": {0, 1} mask}, (),
+    {"timesteps": t, "image": image})`` for :class:`monai_diffseg.inferers.DiffusionSegmentationTrainInferer` and
+    :class:`MaskDiffusionLoss` (``"mask"`` feeds the auxiliary anchor loss).
 
     Args:
         scheduler, prediction_type, timestep_range: as in :class:`DiffusionTargetPrepareBatch`.

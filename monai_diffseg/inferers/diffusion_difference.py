@@ -84,9 +84,9 @@ class DiffusionDifferenceInferer(Inferer):
     5. thresholded: ``"fixed"`` (``score >= threshold``; :data:`DIFFSEG_FIXED_THRESHOLD` = 0.412 is the reference
        code's ``clip(1.2 * 255 * D_norm) < 180``) or ``"otsu"`` (per map).
 
-    The ``T`` outputs are stacked like ensemble members, so the fusion, uncertainty (DiffSeg's) and diversity metrics
-    (DiffSeg's "GED" is the ``l2`` sample diversity) apply directly, as does DiffSeg's DenseCRF fusion of K random
-    subsets of H outputs (:class:`~monai_diffseg.transforms.EnsembleFusiond`, ``random_subset``).
+    The ``T`` outputs are stacked like ensemble members, so fusion (DiffSeg's DenseCRF of K random subsets of H:
+    :class:`~monai_diffseg.transforms.EnsembleFusiond`, ``random_subset``), uncertainty and diversity (DiffSeg's
+    "GED" is the ``l2`` sample diversity) apply directly.
 
     Args:
         scheduler: the training schedule (with ``alphas_cumprod``, e.g. ``DDPMScheduler``); its ``prediction_type``

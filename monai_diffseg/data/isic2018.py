@@ -80,11 +80,7 @@ def _index_by_case(folder: str, case_of: Callable[[str], str | None], what: str,
 
 
 def _check_pairs(missing: Sequence[tuple[str, str]], orphans: Sequence[str], mask_dir: str) -> None:
-    """Raise for the images without masks (``(image file name, expected mask path)``), log the masks without images.
-
-    Raises:
-        ValueError: ``missing`` is not empty.
-    """
+    """``ValueError`` for the images without masks (``(image file name, expected mask path)``); log the orphan masks."""
     if missing:
         raise ValueError(
             f"No mask found for image(s) {_format_names([name for name, _ in missing])} in mask folder '{mask_dir}'; "

@@ -57,11 +57,8 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], max_cycles: 
 def _lesion_mask(
     rng: np.random.Generator, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
-    """Irregular star-shaped lesion with a Fourier-perturbed, noise-roughened boundary.
-
-    Returns:
-        ``(mask, depth, centre)``: bool mask (H, W), float "depth" (H, W) that is 1 at the centre and
-        about 0 at the boundary (used for shading), and the (y, x) centre.
+    """Irregular star-shaped lesion with a Fourier-perturbed, noise-roughened boundary: ``(mask, depth, centre)``, a
+    bool mask (H, W), a "depth" (H, W) from 1 at the centre to about 0 at the boundary (for shading), the (y, x) centre.
     """
     h, w = shape
     area = h * w

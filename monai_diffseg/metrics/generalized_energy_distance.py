@@ -91,13 +91,6 @@ class GeneralizedEnergyDistanceMetric(PerImageMetric):
     dict (see :data:`GED_KEYS`) and buffers them; ``E`` and ``R`` may change between iterations. :meth:`aggregate`
     reduces every term over all buffered images.
 
-    Example::
-
-        metric = GeneralizedEnergyDistanceMetric()
-        for batch in loader:
-            metric(y_pred=sample_ensemble(batch["image"]), y=batch["annotations"])  # (N, E | R, C, H, W), binary
-        result = metric.aggregate()  # {"ged": tensor(...), "ged_sqrt": ..., "cross": ..., ...}
-
     Args:
         include_background: see :func:`compute_generalized_energy_distance`.
         reduction_over_classes: see :func:`compute_generalized_energy_distance`.

@@ -27,16 +27,9 @@ REFERENCES_LAYOUT = "(N, R, C, H, W[, D])"
 
 
 def check_ensemble(x: torch.Tensor, name: str, layout: str, values: str = "binary") -> None:
-    """
-    Validate one ensemble tensor ``x`` of shape ``(N, K, C, H[, W, D])``.
-
-    Args:
-        x: tensor to validate; ``name`` and ``layout`` (e.g. ``"(N, E, C, H, W[, D])"``) name it in the errors.
-        values: ``"binary"`` (values in {0, 1}) or ``"unit"`` (values in [0, 1]).
-
-    Raises:
-        ValueError: not a real tensor, fewer than 4 dimensions, an empty dimension, NaN, or values outside the set.
-    """
+    """Validate one ensemble tensor ``x`` ``(N, K, C, H[, W, D])`` with values in {0, 1} (``values="binary"``) or
+    [0, 1] (``"unit"``); the ``ValueError`` (not a real tensor, fewer than 4 dimensions, an empty dimension, NaN, values
+    outside the set) names it by ``name`` and ``layout`` (e.g. ``"(N, E, C, H, W[, D])"``)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}.")
     if x.ndim < 4:
@@ -85,13 +78,9 @@ def select_classes(x: torch.Tensor, include_background: bool) -> torch.Tensor:
 def check_samples_and_references(
     samples: torch.Tensor, references: torch.Tensor, include_background: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Validate binary ``samples`` ``(N, E, C, H, W[, D])`` and ``references`` ``(N, R, C, H, W[, D])`` (see
-    :func:`check_ensemble`), check that they match and return both after :func:`select_classes`.
-
-    Raises:
-        ValueError: invalid tensors, or tensors that differ in batch size, channels, spatial shape or device.
-    """
+    """Validate binary ``samples`` ``(N, E, C, H, W[, D])`` and ``references`` ``(N, R, C, H, W[, D])``
+    (:func:`check_ensemble`; ``ValueError`` also if they differ in batch size, channels, spatial shape or device) and
+    return both after :func:`select_classes`."""
     check_ensemble(samples, "samples", SAMPLES_LAYOUT)
     check_ensemble(references, "references", REFERENCES_LAYOUT)
     if samples.shape[0] != references.shape[0] or samples.shape[2:] != references.shape[2:]:
@@ -164,9 +153,9 @@ class PerImageMetric(CumulativeIterationMetric):
     def __call__(  # type: ignore[override]
         self, y_pred: torch.Tensor | list[torch.Tensor], y: torch.Tensor | list[torch.Tensor] | None = None
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Compute and buffer the per-image values ``(N,)`` of samples ``y_pred`` ``(N, E, C, H, W[, D])`` and references
-        ``y`` ``(N, R, C, H, W[, D])`` (or lists of ``(E, C, ...)`` / ``(R, C, ...)`` tensors); ``ValueError`` when
-        ``y`` is required and missing."""
+        """Compute and buffer the per-image values ``(N,)`` of samples ``y_pred`` ``(N, E, C, H, W[, D])`` and
+        references ``y`` ``(N, R, C, H, W[, D])`` (or lists of ``(E, C, ...)`` / ``(R, C, ...)`` tensors);
+        ``ValueError`` when ``y`` is required and missing."""
         if self.requires_y and y is None:
             raise ValueError("y (reference annotations, shape (N, R, C, H, W[, D])) is required, got None.")
         ret = super().__call__(y_pred=y_pred, y=y)

@@ -124,8 +124,7 @@ class DenseCRF(Transform):
         guide_scaling: ``"auto"``, ``"minmax"`` or ``"none"``, see :py:func:`scale_guide`.
         eps: probability clipping, in ``(0, 0.5)``.
         backend: ``"pydensecrf"`` or ``"torch"`` (:data:`CRF_BACKENDS`).
-        window_size: ``backend="torch"`` only: odd number of bilateral window taps per axis (``None``: 11 in 2D,
-            7 in 3D).
+        window_size: ``backend="torch"`` only: odd number of bilateral window taps per axis (``None``: 11 2D, 7 3D).
         dilation: ``backend="torch"`` only: voxel spacing of the bilateral window taps (``None``: 4 in 2D, 3 in 3D).
 
     Raises:

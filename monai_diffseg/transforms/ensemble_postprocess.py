@@ -83,9 +83,8 @@ class EnsembleFusiond(Randomizable, MapTransform):
     - ``"subset_crf"`` / ``"subset_torch_crf"``: DiffSeg's DenseCRF fusion, ``"random_subset"`` with
       ``inner_fusion="crf"`` / ``"torch_crf"`` (each subset's mean refined by the CRF).
 
-    The subset methods draw their subsets from the inner :class:`RandomSubsetFusion`'s random state, which
-    :py:meth:`set_random_state` seeds (as MONAI's ``Compose`` built after ``monai.utils.set_determinism(seed)`` and
-    MONAI's ``DataLoader`` in every worker do), so runs are reproducible.
+    Subsets are drawn from the inner :class:`RandomSubsetFusion`'s random state, seeded by :py:meth:`set_random_state`
+    (as MONAI's ``Compose`` after ``monai.utils.set_determinism(seed)`` and ``DataLoader`` workers do): reproducible.
 
     Args:
         keys: keys of the ensemble samples ``(E, C, *S)``.

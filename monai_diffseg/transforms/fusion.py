@@ -5,11 +5,10 @@ Fusion of diffusion-model ensembles into a single probability map.
 
 Running a diffusion segmentation model's reverse process ``E`` times from different noise seeds yields ``E``
 plausible masks; the inferers stack them as ``(N, E, C, spatial...)`` and after MONAI's decollation every item holds
-ensemble samples ``(E, C, H, W[, D])`` of foreground probabilities in ``[0, 1]``. The transforms here reduce ``E``.
-All of them take ``samples``: a ``torch.Tensor``, ``MetaTensor`` or ``numpy.ndarray`` ``(E, C, H, W[, D])`` or a
-sequence of ``E`` ``(C, H, W[, D])`` members, and return a ``(C, H, W[, D])`` tensor: when MONAI's meta tracking is
-on (the default) a ``MetaTensor`` carrying the input's metadata (affine, ``applied_operations``...) so that
-``Invertd`` / ``SaveImaged`` work downstream.
+ensemble samples ``(E, C, H, W[, D])`` of foreground probabilities in ``[0, 1]``. The transforms here reduce ``E``:
+they take ``samples``, a ``torch.Tensor``, ``MetaTensor`` or ``numpy.ndarray`` ``(E, C, H, W[, D])`` or a sequence of
+``E`` ``(C, H, W[, D])`` members, and return ``(C, H, W[, D])``: with MONAI's meta tracking on (the default) a
+``MetaTensor`` with the input's metadata (affine, ``applied_operations``...) for ``Invertd`` / ``SaveImaged``.
 
 References:
     - Wu et al., "MedSegDiff: Medical Image Segmentation with Diffusion Probabilistic Model", MIDL 2023.

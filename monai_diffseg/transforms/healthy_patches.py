@@ -3,12 +3,11 @@
 """
 Weak supervision without masks for DiffSeg's healthy model, from the borders of the lesion images.
 
-DiffSeg (Shuai et al. 2024, arXiv:2404.16474) needs a diffusion model of *healthy skin*. When no folder of healthy
-images is available, two mask-free fallbacks use the border band of the lesion images themselves: dermoscopy images
-are framed on the lesion, so their borders almost always show skin (and the dermatoscope's vignetting). Their only
-supervision is one assumption, no annotation: *the outer ``border_fraction`` of every image is lesion-free*; images
-whose lesion reaches the border violate it, a noise accepted rather than filtered with masks. :class:`HealthySource`
-wires the choice between them (:class:`BorderFilld`, :class:`RandBorderPatchd`) and a folder of healthy images.
+DiffSeg (Shuai et al. 2024, arXiv:2404.16474) needs a diffusion model of *healthy skin*. Without a folder of healthy
+images, two mask-free fallbacks use the border band of the lesion images: dermoscopy images are framed on the lesion,
+so their borders almost always show skin (and vignetting). Their only supervision is one assumption, no annotation:
+*the outer ``border_fraction`` of every image is lesion-free* (images whose lesion reaches the border are accepted
+noise). :class:`HealthySource` wires the choice between them and a folder of healthy images.
 """
 
 from __future__ import annotations
@@ -141,10 +140,9 @@ def border_patch_starts(
     bands = [min(s, max(p, int(round(border_fraction * s)))) for s, p in zip(shape, size)]
     # area of the band strips along each axis (both sides), used to pick axes fairly
     weights = np.array([b * np.prod([s for j, s in enumerate(shape) if j != a]) for a, b in enumerate(bands)], float)
-    weights /= weights.sum()
     starts = []
     for _ in range(num_samples):
-        axis = int(rng.choice(len(shape), p=weights))
+        axis = int(rng.choice(len(shape), p=weights / weights.sum()))
         start = [int(rng.randint(0, s - p + 1)) for s, p in zip(shape, size)]
         low = int(rng.randint(0, bands[axis] - size[axis] + 1))
         start[axis] = low if rng.rand() < 0.5 else shape[axis] - size[axis] - low
@@ -237,12 +235,10 @@ class HealthySource:
         healthy_dir: folder of healthy images (``"folder"`` only).
         border_fraction: lesion-free border band, as a fraction of each side.
         fill_sigma_fraction: ``BorderFilld``'s Gaussian width, as a fraction of the image size.
-        patch_size: ``RandBorderPatchd``'s patch size.
-        patches_per_image: ``RandBorderPatchd``'s patches drawn per image.
+        patch_size, patches_per_image: ``RandBorderPatchd``'s patch size and patches drawn per image.
 
     Attributes:
-        pre_augmentation: transforms to put before the augmentation.
-        post_augmentation: transforms to put after it.
+        pre_augmentation, post_augmentation: transforms to put before / after the augmentation.
         target_key: key of the paired target for :class:`monai_diffseg.engines.ImageDiffusionPrepareBatch`
             (``None``: the image is its own target).
     """

@@ -87,9 +87,8 @@ class PILModeConverter:
 class LoadImage2D(Transform):
     """
     Load one 2D image file as a channel-first :class:`monai.data.MetaTensor` ``(C, W, H)`` (MONAI's ``PILReader``
-    axis order) with its colour mode converted (:class:`PILModeConverter`).
-
-    Any failure (missing, empty, truncated or non-image file) raises one ``ValueError`` naming the file and the cause.
+    axis order) with its colour mode converted (:class:`PILModeConverter`). Any failure (missing, empty, truncated or
+    non-image file) raises one ``ValueError`` naming the file and the cause.
 
     Args:
         mode: ``"RGB"`` (``C = 3``), ``"L"`` (``C = 1``) or ``"as_stored"``.
@@ -116,8 +115,7 @@ class LoadImage2D(Transform):
             ) from err
 
 
-def _describe(shape: tuple[int, ...]) -> str:
-    # PILReader's axis order is (W, H)
+def _describe(shape: tuple[int, ...]) -> str:  # PILReader's axis order is (W, H)
     return f"{shape[0]}x{shape[1]} (WxH)" if len(shape) == 2 else "x".join(map(str, shape))
 
 
@@ -134,8 +132,7 @@ class LoadImage2Dd(MapTransform):
             its image would otherwise be stretched onto it silently.
         allow_missing_keys: skip keys that are absent (unlabelled cases).
 
-    Raises:
-        ValueError: a file cannot be read (naming it), or sizes differ (naming both files and sizes).
+    Raises ``ValueError`` when a file cannot be read (naming it), or sizes differ (naming both files and sizes).
     """
 
     def __init__(
@@ -218,13 +215,10 @@ class SaveMapsd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         postfixes = dict(postfixes or {})
         options = {"resample": False, "separate_folder": False, "print_log": False, **save_kwargs}
+        fixed = {"output_dir": output_dir, "output_ext": output_ext, "output_dtype": np.uint8, "scale": None}
         self.savers = {
-            key: SaveImage(
-                output_dir=output_dir, output_postfix=postfixes.get(str(key), str(key)), output_ext=output_ext,
-                output_dtype=np.uint8, scale=None, **options,
-            )
-            for key in self.keys
-        }  # fmt: skip
+            key: SaveImage(output_postfix=postfixes.get(str(key), str(key)), **fixed, **options) for key in self.keys
+        }
         self.ranges = {key: display_range(str(key), num_classes) for key in self.keys}
         self.binary_keys = set(binary_keys)
 

@@ -48,19 +48,17 @@ class STAPLEFusion(Transform):
     """
     STAPLE fusion of binarised ensemble members: ``(E, C, ...) -> (C, ...)`` posterior foreground probability.
 
-    For every channel the members are binarised (``p >= threshold``) and fed as ``float32`` to
-    ``itk.STAPLEImageFilter[itk.Image[itk.F, d], itk.Image[itk.F, d]]`` (``d`` = 2 or 3), whose output, the
-    posterior probability of the true segmentation, is returned. ``samples`` are ensemble probabilities (or binary
-    masks) ``(E, C, H, W[, D])`` or a sequence of ``E`` ``(C, H, W[, D])`` members. The estimated performance of every
-    member is stored, when the output is a ``MetaTensor`` (meta tracking on), as lists (one per channel) of lists of
-    floats (one per member)::
+    ``samples``: probabilities (or binary masks) ``(E, C, H, W[, D])`` or a sequence of ``E`` ``(C, H, W[, D])``
+    members. Per channel the members are binarised (``p >= threshold``) and fed as ``float32`` to
+    ``itk.STAPLEImageFilter[itk.Image[itk.F, d], itk.Image[itk.F, d]]`` (``d`` = 2 or 3), whose output, the posterior
+    probability of the true segmentation, is returned. The members' estimated performance is stored, when the output
+    is a ``MetaTensor``, as lists (one per channel) of lists of floats (one per member)::
 
         out.meta["staple_sensitivity"][c][e]  # true positive rate of member e for channel c
         out.meta["staple_specificity"][c][e]  # true negative rate of member e for channel c
 
-    They are also kept as ``self.sensitivity`` / ``self.specificity``. Degenerate channels (no member has any
-    foreground, or all are foreground everywhere) make the EM undefined: the posterior is the constant vote there
-    and the undefined rate ``nan``.
+    They are also kept as ``self.sensitivity`` / ``self.specificity``. Where the EM is undefined (no member has any
+    foreground, or all are foreground everywhere) the posterior is the constant vote and the undefined rate ``nan``.
 
     Args:
         threshold: probability from which a member's voxel is foreground (inclusive).

@@ -115,9 +115,8 @@ class PredictiveEntropy(_EnsembleMap):
 
 class MutualInformation(_EnsembleMap):
     """
-    Mutual information between the prediction and the ensemble member (BALD), in nats.
-
-    ``MI = H(mean_e p_e) - mean_e H(p_e)``: the part of the predictive entropy due to disagreement between members
+    Mutual information between the prediction and the ensemble member (BALD), in nats:
+    ``MI = H(mean_e p_e) - mean_e H(p_e)``, the part of the predictive entropy due to disagreement between members
     (epistemic uncertainty); zero where all members predict the same probability. Round-off negatives are clamped to
     zero. ``multi_class`` as in :py:class:`PredictiveEntropy` (output ``(C, ...)`` or ``(1, ...)``).
     """
@@ -148,8 +147,7 @@ class ConsistentRegion(_RegionMap):
 class AmbiguousRegion(_RegionMap):
     """
     Voxels where the binarised members disagree (some foreground, some background) -> ``1.``, else ``0.``: the union
-    minus the intersection of the binarised members, the "ambiguous" region of DiffSeg. A single member is never
-    ambiguous.
+    minus the intersection of the binarised members (never a single member), the "ambiguous" region of DiffSeg.
 
     Args:
         threshold: probability from which a member's voxel is foreground (inclusive).

@@ -7,14 +7,12 @@ It mirrors the fully connected CRF of Krähenbühl and Koltun (as wrapped by ``p
 refine fused masks) with a Potts compatibility and two pairwise kernels, both symmetrically normalised
 (``D^-1/2 K D^-1/2`` with ``D = K 1``, pydensecrf's default ``NORMALIZE_SYMMETRIC``) so that the parameters have the
 same meaning and defaults as with pydensecrf. It is the ``backend="torch"`` of
-:py:class:`monai_diffseg.transforms.dense_crf.DenseCRF`, whose docstring describes the kernels and parameters:
+:py:class:`monai_diffseg.transforms.dense_crf.DenseCRF`, whose docstring describes the kernels and parameters.
 
-- the Gaussian (smoothness) kernel is evaluated exactly with :py:func:`monai.networks.layers.separable_filtering`
-  and sampled :py:func:`monai.networks.layers.convutils.gaussian_1d` kernels truncated at ``gaussian_truncate``
-  standard deviations;
-- the bilateral (appearance) kernel is evaluated, as in ConvCRF, over a **truncated local window** of
-  ``window_size`` taps per axis spaced by ``dilation`` voxels (local message passing), instead of pydensecrf's
-  permutohedral lattice over the whole image.
+The Gaussian (smoothness) kernel is exact (:py:func:`monai.networks.layers.separable_filtering` with sampled
+:py:func:`monai.networks.layers.convutils.gaussian_1d` kernels truncated at ``gaussian_truncate`` standard deviations);
+the bilateral (appearance) kernel is evaluated, as in ConvCRF, over a **truncated local window** of ``window_size``
+taps per axis spaced by ``dilation`` voxels instead of pydensecrf's permutohedral lattice over the whole image.
 
 .. note::
     DiffSeg's bilateral ``sxy = 80`` reaches far beyond any practical window, so the bilateral kernel is spatially
@@ -54,11 +52,10 @@ class TorchDenseCRF(nn.Module):
     The unary energy is ``-log(p)`` of the input probabilities clipped to ``[eps, 1 - eps]``. Each of the
     ``num_iterations`` mean-field steps computes ``Q = softmax(log p + w_g K_g Q + w_b K_b Q)`` over the labels (the
     Potts update up to a per-voxel constant). The constructor validates the parameters for both backends of
-    :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF` (which holds one instance of this module); see there
-    for ``bilateral_sxy`` ... ``eps``, ``window_size`` and ``dilation``. ``forward(prob, guide)`` takes ``prob``
-    ``(N, C, H, W[, D])`` as in :py:meth:`label_probabilities` and the image ``guide`` ``(N, Cg, H, W[, D])`` in the
-    units of ``bilateral_srgb`` (0..255 for the defaults; required when ``bilateral_weight != 0``), and returns the
-    refined probabilities, shaped like ``prob``.
+    :py:class:`monai_diffseg.transforms.dense_crf.DenseCRF` (which holds one instance of this module; see there for
+    the other parameters). ``forward(prob, guide)`` takes ``prob`` ``(N, C, H, W[, D])`` as in
+    :py:meth:`label_probabilities` and the image ``guide`` ``(N, Cg, H, W[, D])`` in ``bilateral_srgb``'s units
+    (0..255 by default; required when ``bilateral_weight != 0``), and returns refined probabilities shaped as ``prob``.
 
     Args:
         gaussian_truncate: the Gaussian kernel is truncated at this many standard deviations (rounded to the

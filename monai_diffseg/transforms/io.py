@@ -185,10 +185,9 @@ def display_range(name: str, num_classes: int = 1) -> tuple[float, float]:
 class SaveMapsd(MapTransform):
     """
     Write several output maps of a case as 8-bit images (PNG like the input by default) with one
-    :class:`monai.transforms.SaveImage` each, named ``<case>_<postfix><ext>``.
-
-    Each map is scaled from its :func:`display_range` to 0-255; maps in ``binary_keys`` (masks, consistent/ambiguous
-    regions) are thresholded at 0.5 first, so a binary map resampled bilinearly back to the original size stays binary.
+    :class:`monai.transforms.SaveImage` each, named ``<case>_<postfix><ext>``. Each map is scaled from its
+    :func:`display_range` to 0-255; maps in ``binary_keys`` (masks, consistent/ambiguous regions) are thresholded at
+    0.5 first, so a binary map resampled bilinearly back to the original size stays binary.
 
     Args:
         keys: maps to write, e.g. ``["pred", "prob", "variance", "entropy"]``.

@@ -96,7 +96,7 @@ class EnsembleVariance(_EnsembleMap):
 
 class PredictiveEntropy(_EnsembleMap):
     """
-    Entropy (nats) of the mean prediction ``p_mean = mean_e p_e``: total predictive uncertainty.
+    Entropy (nats) of the mean prediction ``p_mean = mean_e p_e``, the total predictive uncertainty.
 
     Args:
         multi_class: ``False`` (default): each channel is an independent foreground probability and the binary
@@ -136,8 +136,7 @@ class MutualInformation(_EnsembleMap):
 class ConsistentRegion(_RegionMap):
     """
     Voxels where all members predict foreground (``p_e >= threshold`` for every ``e``) -> ``1.``, else ``0.``: the
-    intersection of the binarised members, the "consistent" region of DiffSeg. ``threshold`` as in
-    :py:class:`AmbiguousRegion`.
+    intersection of the binarised members, DiffSeg's "consistent" region. ``threshold`` as in :class:`AmbiguousRegion`.
     """
 
     def _compute(self, data: torch.Tensor) -> torch.Tensor:

@@ -3,20 +3,8 @@
 
 from __future__ import annotations
 
-from .loss import MaskDiffusionLoss
-from .prepare_batch import (
-    PREDICTION_TARGETS,
-    DiffusionTargetPrepareBatch,
-    ImageDiffusionPrepareBatch,
-    MaskDiffusionPrepareBatch,
-    mask_to_diffusion,
-)
+from . import loss, prepare_batch
+from .loss import *
+from .prepare_batch import *
 
-__all__ = [
-    "DiffusionTargetPrepareBatch",
-    "ImageDiffusionPrepareBatch",
-    "MaskDiffusionLoss",
-    "MaskDiffusionPrepareBatch",
-    "PREDICTION_TARGETS",
-    "mask_to_diffusion",
-]
+__all__ = [*loss.__all__, *prepare_batch.__all__]

@@ -3,30 +3,8 @@
 
 from __future__ import annotations
 
-from .diffusion_difference import (
-    DIFFSEG_FIXED_THRESHOLD,
-    DIFFSEG_TIMESTEPS,
-    DiffusionDifferenceInferer,
-    grayscale,
-    otsu_threshold,
-)
-from .diffusion_segmentation import (
-    DiffusionSegmentationInferer,
-    DiffusionSegmentationTrainInferer,
-    DiffusionSlidingWindowInferer,
-    memory_aware_member_chunk,
-    x0_to_probability,
-)
+from . import diffusion_difference, diffusion_segmentation
+from .diffusion_difference import *
+from .diffusion_segmentation import *
 
-__all__ = [
-    "DIFFSEG_FIXED_THRESHOLD",
-    "DIFFSEG_TIMESTEPS",
-    "DiffusionDifferenceInferer",
-    "DiffusionSegmentationInferer",
-    "DiffusionSegmentationTrainInferer",
-    "DiffusionSlidingWindowInferer",
-    "grayscale",
-    "memory_aware_member_chunk",
-    "otsu_threshold",
-    "x0_to_probability",
-]
+__all__ = [*diffusion_difference.__all__, *diffusion_segmentation.__all__]

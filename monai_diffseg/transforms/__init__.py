@@ -1,106 +1,41 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
+"""Transforms: ensemble fusion and uncertainty, DenseCRF, 2D image I/O for real archives, DiffSeg's healthy targets.
+
+Each module's ``__all__`` is its public API; the package re-exports them so that every name is listed once.
+"""
 
 from __future__ import annotations
 
-from .binary_mask import BinaryMask, BinaryMaskD, BinaryMaskd, BinaryMaskDict
-from .collate_padding import UnpadCollateD, UnpadCollated, UnpadCollateDict
-from .dense_crf import CRF_BACKENDS, GUIDE_SCALINGS, DenseCRF, scale_guide
-from .ensemble_postprocess import (
-    ENSEMBLE_FUSIONS,
-    EnsembleFusionD,
-    EnsembleFusiond,
-    EnsembleFusionDict,
-    EnsembleUncertaintyD,
-    EnsembleUncertaintyd,
-    EnsembleUncertaintyDict,
+from . import (
+    binary_mask,
+    collate_padding,
+    dense_crf,
+    ensemble_postprocess,
+    fusion,
+    healthy_patches,
+    io,
+    staple,
+    uncertainty,
 )
-from .fusion import FUSION_METHODS, MajorityVoteFusion, MeanEnsembleFusion, MedSegDiffSquaredMean, RandomSubsetFusion
-from .healthy_patches import (
-    HEALTHY_SOURCES,
-    BorderFill,
-    BorderFillD,
-    BorderFilld,
-    BorderFillDict,
-    HealthySource,
-    RandBorderPatchD,
-    RandBorderPatchd,
-    RandBorderPatchDict,
-    border_band,
-    border_patch_starts,
-)
-from .io import (
-    IMAGE_MODES,
-    LoadImage2D,
-    LoadImage2DD,
-    LoadImage2Dd,
-    LoadImage2DDict,
-    PILModeConverter,
-    SaveMapsd,
-    display_range,
-)
-from .staple import STAPLEFusion
-from .uncertainty import (
-    UNCERTAINTY_MAPS,
-    AmbiguousRegion,
-    ConsistentRegion,
-    EnsembleVariance,
-    MutualInformation,
-    PredictiveEntropy,
-    binary_entropy,
-    categorical_entropy,
-)
+from .binary_mask import *
+from .collate_padding import *
+from .dense_crf import *
+from .ensemble_postprocess import *
+from .fusion import *
+from .healthy_patches import *
+from .io import *
+from .staple import *
+from .uncertainty import *
 
 __all__ = [
-    "AmbiguousRegion",
-    "binary_entropy",
-    "BinaryMask",
-    "BinaryMaskD",
-    "BinaryMaskd",
-    "BinaryMaskDict",
-    "border_band",
-    "border_patch_starts",
-    "BorderFill",
-    "BorderFillD",
-    "BorderFilld",
-    "BorderFillDict",
-    "categorical_entropy",
-    "ConsistentRegion",
-    "CRF_BACKENDS",
-    "DenseCRF",
-    "display_range",
-    "ENSEMBLE_FUSIONS",
-    "EnsembleFusionD",
-    "EnsembleFusiond",
-    "EnsembleFusionDict",
-    "EnsembleUncertaintyD",
-    "EnsembleUncertaintyd",
-    "EnsembleUncertaintyDict",
-    "EnsembleVariance",
-    "FUSION_METHODS",
-    "GUIDE_SCALINGS",
-    "HEALTHY_SOURCES",
-    "HealthySource",
-    "IMAGE_MODES",
-    "LoadImage2D",
-    "LoadImage2DD",
-    "LoadImage2Dd",
-    "LoadImage2DDict",
-    "MajorityVoteFusion",
-    "MeanEnsembleFusion",
-    "MedSegDiffSquaredMean",
-    "MutualInformation",
-    "PILModeConverter",
-    "PredictiveEntropy",
-    "RandBorderPatchD",
-    "RandBorderPatchd",
-    "RandBorderPatchDict",
-    "RandomSubsetFusion",
-    "SaveMapsd",
-    "scale_guide",
-    "STAPLEFusion",
-    "UNCERTAINTY_MAPS",
-    "UnpadCollateD",
-    "UnpadCollated",
-    "UnpadCollateDict",
+    *binary_mask.__all__,
+    *collate_padding.__all__,
+    *dense_crf.__all__,
+    *ensemble_postprocess.__all__,
+    *fusion.__all__,
+    *healthy_patches.__all__,
+    *io.__all__,
+    *staple.__all__,
+    *uncertainty.__all__,
 ]

@@ -34,10 +34,8 @@ from monai.utils.type_conversion import convert_to_dst_type
 
 from monai_diffseg.utils import look_up_named_option
 
+# check_ensemble_samples, check_probability_map and to_output are shared with the sibling transforms, not exported
 __all__ = [
-    "check_ensemble_samples",
-    "check_probability_map",
-    "to_output",
     "MeanEnsembleFusion",
     "MajorityVoteFusion",
     "MedSegDiffSquaredMean",

@@ -219,6 +219,10 @@ class DiffusionSegmentationInferer(Inferer):
             TypeError: an integer image (e.g. uint8 0-255): scale it in preprocessing.
         """
         members, image, base_seed = self._prepare(inputs, network, num_samples, seed)
+        return self._draw(image, network, members, base_seed, args, kwargs)
+
+    def _draw(self, image: torch.Tensor, network: Any, members: int, base_seed: int, args: tuple, kwargs: dict) -> Any:
+        """The reverse process for checked inputs: ``(N, E, C, *S)`` probabilities (see :meth:`sample`)."""
         n, device = image.shape[0], image.device
         scheduler = copy.deepcopy(self.scheduler)  # the call's timesteps on the image's device
         extra = inspect.signature(scheduler.set_timesteps).parameters
@@ -427,25 +431,14 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
         self.device = device
         self.window_progress = progress
 
-    def sample(  # type: ignore[override]
-        self,
-        inputs: torch.Tensor,
-        network: Callable[..., Any],
-        *args: Any,
-        num_samples: int | None = None,
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
+    def _draw(self, image: torch.Tensor, network: Any, members: int, base_seed: int, args: tuple, kwargs: dict) -> Any:
         """:meth:`DiffusionSegmentationInferer.sample`, window by window, stitched: ``(N, E, C, *S)``."""
-        members, image, base_seed = self._prepare(inputs, network, num_samples, seed)
         window = [0]
-        parent_sample = super().sample
+        parent_draw = super()._draw
 
         def predictor(patch: torch.Tensor) -> torch.Tensor:
             # one full reverse process per window batch; all members of every window in one batch
-            samples = parent_sample(
-                patch, network, *args, num_samples=members, seed=base_seed + window[0] * members, **kwargs
-            )
+            samples = parent_draw(patch, network, members, base_seed + window[0] * members, args, kwargs)
             window[0] += 1
             return samples.flatten(1, 2)  # (B_w, E * C, *roi)
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from bundle_utils import TINY_NETWORKS, bundle_workflow
 from PIL import Image
 
 from monai_diffseg.data import make_synthetic_isic2018
@@ -21,19 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "diffseg_isic2018"
 CONFIGS = BUNDLE / "configs"
 
-# small and fast: 32x32 inputs and a tiny network, identical in train and inference
-TINY = {"image_size": [32, 32], "channels": [8, 16], "num_workers": 0}
+TINY = TINY_NETWORKS["diffseg_isic2018"]
 
 
-def _workflow(config: str | list[str], workflow_type: str, **override) -> ConfigWorkflow:
-    files = [str(CONFIGS / c) for c in ([config] if isinstance(config, str) else config)]
-    return ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type=workflow_type,
-        **override,
-    )
+_workflow = partial(bundle_workflow, "diffseg_isic2018")
 
 
 def _chain(exc: BaseException | None):

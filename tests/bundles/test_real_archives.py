@@ -11,38 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_utils import TINY_NETWORKS, bundle_workflow
 from monai.bundle import ConfigWorkflow
 from PIL import Image
 
 from monai_diffseg.data import make_synthetic_isic2018
 
-ROOT = Path(__file__).resolve().parents[2]
 TEST_IN, TEST_GT = "ISIC2018_Task1-2_Test_Input", "ISIC2018_Task1_Test_GroundTruth"
 TINY = {
-    "medsegdiff_isic2018": {
-        "image_size": [32, 32],
-        "network_def#channels": [8, 16],
-        "network_def#cond_channels": [8, 16],
-        "network_def#norm_num_groups": 4,
-        "num_workers": 0,
-        "num_samples": 2,
-        "num_inference_steps": 2,
-    },
-    "diffseg_isic2018": {"image_size": [32, 32], "channels": [8, 16], "num_workers": 0, "timesteps": [60, 100]},
+    "medsegdiff_isic2018": {**TINY_NETWORKS["medsegdiff_isic2018"], "num_samples": 2, "num_inference_steps": 2},
+    "diffseg_isic2018": {**TINY_NETWORKS["diffseg_isic2018"], "timesteps": [60, 100]},
 }
 
 
 def _workflow(bundle: str, configs: list[str], **override) -> ConfigWorkflow:
-    folder = ROOT / "bundles" / bundle / "configs"
-    files = [str(folder / c) for c in configs]
-    return ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(folder / "metadata.json"),
-        logging_file=str(folder / "logging.conf"),
-        workflow_type="infer",
-        **TINY[bundle],
-        **override,
-    )
+    return bundle_workflow(bundle, configs, "infer", **TINY[bundle], **override)
 
 
 def _run(bundle: str, configs: list[str], dataset: str, root: Path, out: Path, **override) -> dict:

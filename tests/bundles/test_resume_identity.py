@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_utils import TINY_NETWORKS
 
 from monai_diffseg.data import make_synthetic_isic2018
 
@@ -106,11 +107,7 @@ def test_medsegdiff_kill_and_resume_equals_uninterrupted(dataset: str, tmp_path:
     # 3 iterations per epoch (12 cases, batch 4), 4 epochs, validation (which writes model.pt) every epoch
     settings = {
         "dataset_dir": dataset,
-        "image_size": [32, 32],
-        "network_def#channels": [8, 16],
-        "network_def#cond_channels": [8, 16],
-        "network_def#norm_num_groups": 4,
-        "num_workers": 0,
+        **TINY_NETWORKS["medsegdiff_isic2018"],
         "num_epochs": 4,
         "batch_size": 4,
         "val_interval": 1,
@@ -155,9 +152,7 @@ def test_diffseg_two_stage_kill_and_resume_equals_uninterrupted(dataset: str, tm
     # once in each stage (the medsegdiff test covers the other kill points)
     settings = {
         "dataset_dir": dataset,
-        "image_size": [32, 32],
-        "channels": [8, 16],
-        "num_workers": 0,
+        **TINY_NETWORKS["diffseg_isic2018"],
         "batch_size": 4,
         "lesion_num_epochs": 2,
         "healthy_num_epochs": 2,

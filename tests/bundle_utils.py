@@ -1,0 +1,36 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Shared by the bundle tests: a bundle's configs through MONAI's ConfigWorkflow, and tiny-network overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from monai.bundle import ConfigWorkflow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# small and fast: 32x32 inputs and a tiny network, identical in train and inference
+TINY_NETWORKS: dict[str, dict] = {
+    "medsegdiff_isic2018": {
+        "image_size": [32, 32],
+        "network_def#channels": [8, 16],
+        "network_def#cond_channels": [8, 16],
+        "network_def#norm_num_groups": 4,
+        "num_workers": 0,
+    },
+    "diffseg_isic2018": {"image_size": [32, 32], "channels": [8, 16], "num_workers": 0},
+}
+
+
+def bundle_workflow(bundle: str, config: str | list[str], workflow_type: str, **override) -> ConfigWorkflow:
+    """``ConfigWorkflow`` over ``bundles/<bundle>/configs/<config>`` (one file or a list, merged in order)."""
+    folder = ROOT / "bundles" / bundle / "configs"
+    files = [str(folder / c) for c in ([config] if isinstance(config, str) else config)]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(folder / "metadata.json"),
+        logging_file=str(folder / "logging.conf"),
+        workflow_type=workflow_type,
+        **override,
+    )

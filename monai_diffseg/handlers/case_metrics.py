@@ -119,12 +119,8 @@ class CaseMetricsWriter:
             stem = os.path.splitext(os.path.basename(str(src)))[0] if src else f"case_{id(item)}"
             record: dict[str, Any] = {"case": stem}
             label = item.get(self.label_key)
-            for name, metric in self.label_metrics.items():
-                if name in self.engine_metrics:
-                    continue
-                if label is None:
-                    record[name] = None
-                    continue
+            computed = {k: m for k, m in self.label_metrics.items() if k not in self.engine_metrics}
+            if label is not None and computed:
                 p = convert_to_tensor(item[self.pred_key], dtype=torch.float32, track_meta=False)[None]
                 y = convert_to_tensor(label, dtype=torch.float32, track_meta=False).to(p.device)[None]
                 if p.shape != y.shape:
@@ -132,7 +128,8 @@ class CaseMetricsWriter:
                         f"CaseMetricsWriter: prediction {tuple(p.shape[1:])} and label {tuple(y.shape[1:])} of case "
                         f"'{stem}' differ; invert the preprocessing (Invertd) before scoring."
                     )
-                record[name] = _value(metric(p, y))
+            for name, metric in computed.items():
+                record[name] = None if label is None else _value(metric(p, y))
             samples = item.get(self.samples_key) if self.samples_key else None
             if samples is not None:
                 soft = convert_to_tensor(samples, dtype=torch.float32, track_meta=False)[None]

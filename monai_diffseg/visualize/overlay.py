@@ -22,6 +22,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
+from monai_diffseg.transforms.io import PILModeConverter
 from monai_diffseg.utils import atomic_write
 
 __all__ = ["SaveOverlayd", "overlay_mask", "save_overlay"]
@@ -240,8 +241,8 @@ class SaveOverlayd(MapTransform):
         filename = os.fspath(filename)
         if not os.path.isfile(filename):
             raise FileNotFoundError(f"SaveOverlayd: source image '{filename}' of d['{self.image_key}'] not found.")
-        with Image.open(filename) as pil:
-            rgb = np.asarray(pil.convert("RGB"))
+        with Image.open(filename) as pil:  # the same mode conversion as the bundles' loader (16-bit, RGBA, ...)
+            rgb = np.asarray(PILModeConverter("RGB")(pil))
         size_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
         if self.label_key is not None and self.label_key not in d and not self.allow_missing_keys:
             raise ValueError(f"SaveOverlayd: label key '{self.label_key}' not in data (keys: {list(d)}).")

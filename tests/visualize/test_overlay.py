@@ -180,3 +180,14 @@ def test_save_overlayd_label_none_draws_no_contour(tmp_path: Path) -> None:
     saved = np.asarray(Image.open(tmp_path / "out" / "ISIC_0000001_overlay.png"))
     assert not np.any(np.all(saved == GREEN, axis=-1))  # no ground-truth contour drawn
     assert np.any(saved != img)  # the prediction is drawn
+
+
+def test_save_overlayd_16bit_source_like_the_loader(tmp_path: Path) -> None:
+    """A 16-bit grayscale source is drawn as the bundles' loader sees it (x 255 / 65535), not clipped to white."""
+    gray = np.tile(np.arange(0, 200, 10, dtype=np.uint16), (12, 1))  # (H=12, W=20), 8-bit values
+    Image.fromarray(gray * 257).save(tmp_path / "w16.png")
+    assert Image.open(tmp_path / "w16.png").mode.startswith("I")
+    img = MetaTensor(torch.zeros(1, 20, 12), meta={"filename_or_obj": str(tmp_path / "w16.png")})
+    SaveOverlayd("pred", str(tmp_path / "out"))({"image": img, "pred": torch.zeros(1, 20, 12)})
+    out = np.asarray(Image.open(tmp_path / "out" / "w16_overlay.png"))
+    assert out.shape == (12, 20, 3) and np.array_equal(out[..., 0], gray.astype(np.uint8))

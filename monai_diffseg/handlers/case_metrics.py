@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -62,6 +62,11 @@ class CaseMetricsWriter:
         include_background: passed to the metrics (keep True for one-channel masks).
         engine_metrics: ``{score name: engine metric name}`` to read instead of computing, e.g.
             ``{"dice": "test_mean_dice", "hd95": "test_hd95"}``.
+        channel_names: one name per prediction channel (e.g. ``["disc", "cup"]``): ``dice`` and ``iou`` stay the
+            mean over channels and ``dice_<name>`` / ``iou_<name>`` are added per channel.
+        case_scores: callables ``f(item) -> {score: float | None}`` given each case's merged input/output dict
+            (after post-processing, e.g. ``pred``, ``label``, ``samples``, task-specific keys); their scores are
+            added to the case's record (task measures such as the cup-to-disc ratio error or multi-rater scores).
     """
 
     def __init__(
@@ -76,12 +81,16 @@ class CaseMetricsWriter:
         threshold: float = 0.5,
         include_background: bool = True,
         engine_metrics: Mapping[str, str] | None = None,
+        channel_names: Sequence[str] | None = None,
+        case_scores: Sequence[Callable[[Mapping[str, Any]], Mapping[str, float | None]]] | None = None,
     ) -> None:
         self.output_file, self.csv_file = output_file, csv_file
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.samples_key, self.reference_key = samples_key, reference_key
         self.threshold = threshold
         self.engine_metrics = dict(engine_metrics or {})
+        self.channel_names = list(channel_names) if channel_names else None
+        self.case_scores = list(case_scores or [])
         bg = include_background
         # ignore_empty=False: an empty prediction of an empty label is a perfect score, not NaN
         self.label_metrics: dict[str, CumulativeIterationMetric] = {
@@ -129,7 +138,15 @@ class CaseMetricsWriter:
                         f"'{stem}' differ; invert the preprocessing (Invertd) before scoring."
                     )
             for name, metric in computed.items():
-                record[name] = None if label is None else _value(metric(p, y))
+                score = None if label is None else metric(p, y)  # (1, C)
+                if score is not None and self.channel_names and score.shape[1] != len(self.channel_names):
+                    raise ValueError(
+                        f"CaseMetricsWriter: channel_names {self.channel_names} name {len(self.channel_names)} "
+                        f"channels but case '{stem}' has {score.shape[1]} ({self.pred_key} {tuple(p.shape[1:])})."
+                    )
+                record[name] = None if score is None else _value(score)
+                for c, channel in enumerate(self.channel_names or []):
+                    record[f"{name}_{channel}"] = None if score is None else _value(score[:, c])
             samples = item.get(self.samples_key) if self.samples_key else None
             if samples is not None:
                 soft = convert_to_tensor(samples, dtype=torch.float32, track_meta=False)[None]
@@ -141,6 +158,8 @@ class CaseMetricsWriter:
                     ref = (convert_to_tensor(ref, dtype=torch.float32, track_meta=False) > 0.5).float()
                     ref = ref[None] if ref.ndim == hard.ndim - 2 else ref
                     record["ged"] = _value(self.ged(hard, ref[None].to(hard.device))["ged"])
+            for scorer in self.case_scores:
+                record.update({k: (None if v is None else _value(v)) for k, v in scorer(item).items()})
             self.cases.append(record)
 
     def _write(self, engine: Engine) -> None:

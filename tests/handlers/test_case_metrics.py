@@ -105,3 +105,31 @@ def test_missing_engine_details_and_size_mismatch_are_named(tmp_path: Path) -> N
     CaseMetricsWriter(tmp_path / "m.json").attach(engine)
     with pytest.raises(ValueError, match="'z'.*Invertd"):
         engine.run()
+
+
+def test_channel_names_and_case_scores(tmp_path: Path) -> None:
+    # two channels: channel 0 perfect, channel 1 pred 1 px of a 2 px label -> Dice 2/3
+    item = {
+        "image": MetaTensor(torch.zeros(3, 2, 2), meta={"filename_or_obj": "/data/f.png"}),
+        "pred": torch.tensor([[[1, 1], [0, 0]], [[1, 0], [0, 0]]], dtype=torch.float32),
+        "label": torch.tensor([[[1, 1], [0, 0]], [[1, 1], [0, 0]]], dtype=torch.float32),
+        "extra": 3.0,
+    }
+    engine = _Engine([[item]])
+    writer = CaseMetricsWriter(
+        tmp_path / "m.json",
+        samples_key=None,
+        channel_names=["disc", "cup"],
+        case_scores=[lambda it: {"extra_x2": it["extra"] * 2, "undefined": None}],
+    )
+    writer.attach(engine)
+    engine.run()
+    case = json.loads((tmp_path / "m.json").read_text())["cases"][0]
+    assert case["dice_disc"] == pytest.approx(1.0) and case["dice_cup"] == pytest.approx(2 / 3)
+    assert case["dice"] == pytest.approx((1 + 2 / 3) / 2)
+    assert case["extra_x2"] == 6.0 and case["undefined"] is None
+
+    bad = CaseMetricsWriter(tmp_path / "b.json", samples_key=None, channel_names=["disc"])
+    bad.attach(engine := _Engine([[item]]))
+    with pytest.raises(ValueError, match="channel_names"):
+        engine.run()

@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -70,7 +71,7 @@ from monai.metrics import CalibrationErrorMetric, compute_dice, compute_hausdorf
 from monai.metrics.calibration import calibration_binning
 from monai.transforms import LoadImage
 from monai.utils import convert_to_tensor
-from scipy.stats import spearmanr
+from scipy.stats import spearmanr, wilcoxon
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench_utils import machine_info, write_json  # noqa: E402
@@ -92,7 +93,21 @@ __all__ = ["main", "parse_args", "run_quality"]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="folder with images/ and masks/ (paired by file stem)")
+    p.add_argument("--data", required=True, help="dataset folder (default layout: images/ + masks/ paired by stem)")
+    p.add_argument(
+        "--datalist",
+        default=None,
+        metavar="MODULE.FUNCTION",
+        help="data-list builder called as FUNCTION(data, **--datalist-args), e.g. "
+        "monai_diffseg.data.drishti_gs_datalist; default: image_folder_datalist(data/--image-dir, data/--mask-dir)",
+    )
+    p.add_argument("--datalist-args", default="{}", metavar="JSON", help="keyword arguments of --datalist")
+    p.add_argument(
+        "--group-regex",
+        default=None,
+        help="split by group, never by case: re.search on each case id, the first capture group (or the match) is "
+        "the group, e.g. DDTI '^(.+)\\(\\d+\\)$' keeps the crops of one frame together",
+    )
     p.add_argument("--image-dir", default="images", help="image sub-folder of --data")
     p.add_argument("--mask-dir", default="masks", help="mask sub-folder of --data")
     p.add_argument("--mask-suffix", default="", help="text between the image id and the mask extension")
@@ -205,6 +220,17 @@ def _network_def(base: dict[str, Any], spec: str | None) -> dict[str, Any]:
     return net
 
 
+def _build_datalist(args: argparse.Namespace, data: Path) -> list[dict[str, Any]]:
+    """The data list of ``--data``: ``--datalist(data, **--datalist-args)`` or the flat images/ + masks/ folder."""
+    if args.datalist is None:
+        return image_folder_datalist(data / args.image_dir, data / args.mask_dir, mask_suffix=args.mask_suffix)
+    module, _, name = args.datalist.rpartition(".")
+    if not module:
+        raise ValueError(f"--datalist must be MODULE.FUNCTION, got '{args.datalist}'.")
+    builder = getattr(importlib.import_module(module), name)
+    return list(builder(str(data), **json.loads(args.datalist_args)))
+
+
 def _load_config(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
@@ -299,15 +325,16 @@ def _train(
     return info
 
 
-def _baseline_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Turn the MedSegDiff train.json into a plain supervised U-Net with Dice+CE loss."""
+def _baseline_overrides(args: argparse.Namespace, in_channels: Any = 3) -> dict[str, Any]:
+    """Turn the MedSegDiff train.json into a plain supervised U-Net with Dice+CE loss (sigmoid per channel: binary and
+    multi-label masks); ``in_channels``: the bundle's (a number or a config reference)."""
     levels = len(args.baseline_channels)
     strides = args.baseline_strides or [2] * (levels - 1)
     return {
         "network_def": {
             "_target_": "monai.networks.nets.UNet",
             "spatial_dims": 2,
-            "in_channels": 3,
+            "in_channels": in_channels,
             "out_channels": "@num_classes",
             "channels": list(args.baseline_channels),
             "strides": list(strides),
@@ -377,7 +404,7 @@ def _spearman(unc: list[float], err: list[float]) -> float | None:
 def _flag_summary(cases: list[dict[str, Any]], score: str) -> dict[str, Any]:
     """Spearman(score, 1 - Dice) and mean Dice of the most / least uncertain quarter of the cases."""
     unc = [c[score] for c in cases]
-    dice = np.array([c["dice"] for c in cases])
+    dice = np.array([c["dice"] if c.get("dice") is not None else np.nan for c in cases])
     order = np.argsort(unc)
     q = max(1, len(cases) // 4)
     return {
@@ -387,19 +414,59 @@ def _flag_summary(cases: list[dict[str, Any]], score: str) -> dict[str, Any]:
     }
 
 
+def _score_keys(cases: list[dict[str, Any]]) -> list[str]:
+    """Numeric per-case score names, in first-seen order."""
+    keys = dict.fromkeys(k for c in cases for k, v in c.items() if isinstance(v, (int, float)) and k != "case")
+    return [k for k in keys if not isinstance(next(c[k] for c in cases if k in c), bool)]
+
+
 def _summarise(cases: list[dict[str, Any]], bins: list, scores: tuple[str, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {"num_cases": len(cases)}
-    for key in ("dice", "iou", "hd95", "ece", "ged", "ged_sqrt", "diversity", "diversity_l2", "anchor_dice"):
+    for key in _score_keys(cases):
         vals = [c[key] for c in cases if c.get(key) is not None]
         if vals:
             out[key] = float(np.mean(vals))
-            if key in ("dice", "iou", "hd95"):
+            if key.startswith(("dice", "iou", "hd95")) or key.endswith("error"):
                 out[f"{key}_std"] = float(np.std(vals))
                 out[f"{key}_median"] = float(np.median(vals))
-    out["ece_pooled"] = _pooled_ece(bins)
-    out["empty_predictions"] = int(sum(c["empty_prediction"] for c in cases))
+    if bins:
+        out["ece_pooled"] = _pooled_ece(bins)
+    if any("empty_prediction" in c for c in cases):
+        out["empty_predictions"] = int(sum(c.get("empty_prediction", False) for c in cases))
     out["uncertainty"] = {s: _flag_summary(cases, s) for s in scores}
-    out["spearman_primary"] = out["uncertainty"][PRIMARY_UNCERTAINTY]["spearman"]
+    out["spearman_primary"] = out["uncertainty"].get(PRIMARY_UNCERTAINTY, {}).get("spearman")
+    return out
+
+
+def _lower_is_better(score: str) -> bool:
+    return score.startswith(("hd95", "ece", "ged")) or score.endswith("error")
+
+
+def _paired(ours: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-case paired comparison of MedSegDiff and the baseline on every score both have: cases where ours is
+    better, ties, and the two-sided Wilcoxon signed-rank p-value (``None`` when all differences are zero)."""
+    by_case = {c["case"]: c for c in base}
+    out: dict[str, Any] = {}
+    skip = {"entropy_fg", "entropy_mean", "ged_sqrt", "diversity", "diversity_l2", "anchor_dice"}
+    for score in _score_keys(ours):
+        if score in skip or score.startswith("sample_"):
+            continue
+        pairs = [
+            (c[score], by_case[c["case"]][score])
+            for c in ours
+            if c.get(score) is not None and by_case.get(c["case"], {}).get(score) is not None
+        ]
+        if len(pairs) < 3:
+            continue
+        diff = np.array([a - b for a, b in pairs]) * (-1.0 if _lower_is_better(score) else 1.0)
+        p = float(wilcoxon(diff).pvalue) if np.any(diff != 0) else None
+        out[score] = {
+            "cases": len(pairs),
+            "ours_better": int((diff > 0).sum()),
+            "ties": int((diff == 0).sum()),
+            "wilcoxon_p": p,
+            "lower_is_better": _lower_is_better(score),
+        }
     return out
 
 
@@ -448,35 +515,38 @@ def _test(
                 f"case '{name}' is missing from '{output_dir / 'metrics.json'}' (failed: {written.get('failed')})."
             )
         scored = by_case[name]
-        case: dict[str, Any] = {"case": name, "dice": scored["dice"], "iou": scored["iou"]}
+        # every per-case score the bundle wrote (task scores such as dice_cup, vcdr_error, ged against all raters)
+        case: dict[str, Any] = {"case": name}
+        case.update({k: v for k, v in scored.items() if k != "case" and (v is None or isinstance(v, (int, float)))})
+        for src, dst in (("sample_diversity", "diversity"), ("sample_diversity_l2", "diversity_l2")):
+            if src in case:
+                case[dst] = case.pop(src)
         pre = preprocessing(dict(item))
         label = convert_to_tensor(pre["label"], track_meta=False).float()  # original size, binarised by the bundle
-        prob = _read_png(output_dir / f"{name}_prob.png")
-        file_scores = _file_metrics((_read_png(output_dir / f"{name}_mask.png") > 0.5).float(), prob, label)
-        bins.append(file_scores.pop("_bins"))
-        case.update(file_scores)
-        ent = torch.special.entr(prob) + torch.special.entr(1.0 - prob)
-        case["entropy_mean"] = float(ent.mean())
-        case["entropy_fg"] = float(ent.sum()) / max(float((prob >= 0.5).sum()), 1.0)
+        prob_file = output_dir / f"{name}_prob.png"
+        # file scores for one-channel masks; multi-label bundles are scored per structure by their metrics.json
+        single = label.shape[0] == 1 and prob_file.is_file()
+        if single:
+            prob = _read_png(prob_file)
+            file_scores = _file_metrics((_read_png(output_dir / f"{name}_mask.png") > 0.5).float(), prob, label)
+            bins.append(file_scores.pop("_bins"))
+            case.update(file_scores)
+            ent = torch.special.entr(prob) + torch.special.entr(1.0 - prob)
+            case["entropy_mean"] = float(ent.mean())
+            case["entropy_fg"] = float(ent.sum()) / max(float((prob >= 0.5).sum()), 1.0)
         if diffusion:
-            ged = scored.get("ged")
-            case.update(
-                {
-                    "ged": ged,
-                    "ged_sqrt": None if ged is None else math.sqrt(max(ged, 0.0)),
-                    "diversity": scored.get("sample_diversity"),
-                    "diversity_l2": scored.get("sample_diversity_l2"),
-                    "mutual_info_mean": float(_read_png(output_dir / f"{name}_mutual_information.png").mean())
-                    * mi_high,
-                }
-            )
-        if anchor:
+            ged = case.get("ged")
+            case["ged_sqrt"] = None if ged is None else math.sqrt(max(ged, 0.0))
+            mi_file = output_dir / f"{name}_mutual_information.png"
+            if single and mi_file.is_file():
+                case["mutual_info_mean"] = float(_read_png(mi_file).mean()) * mi_high
+        if anchor and label.shape[0] == 1:
             case["anchor_dice"] = _anchor_dice(network, pre["image"], label)
         cases.append(case)
     settings = {k: get(k) for k in ("num_inference_steps", "num_samples", "fusion")}
     wf.finalize()
     scores = UNCERTAINTY_SCORES if diffusion else ("entropy_fg", "entropy_mean")
-    summary = _summarise(cases, bins, scores)
+    summary = _summarise(cases, bins, tuple(s for s in scores if all(c.get(s) is not None for c in cases)))
     summary["test_wall_s"] = round(wall, 1)
     summary["test_s_per_case"] = round(wall / max(1, len(cases)), 3)
     if diffusion:
@@ -499,8 +569,9 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     work_dir.mkdir(parents=True, exist_ok=True)
     output = Path(args.output) if args.output else work_dir / "report.json"
 
-    datalist = image_folder_datalist(data / args.image_dir, data / args.mask_dir, mask_suffix=args.mask_suffix)
-    train, val, test = split_datalist(datalist, tuple(args.fractions), seed=args.split_seed)
+    datalist = _build_datalist(args, data)
+    split_kw = {"group_regex": args.group_regex} if args.group_regex else {}
+    train, val, test = split_datalist(datalist, tuple(args.fractions), seed=args.split_seed, **split_kw)
     if args.max_test is not None:
         test = test[: args.max_test]
 
@@ -584,6 +655,9 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "models": {},
     }
 
+    in_channels = train_cfg["network_def"].get("in_channels", 3)
+    # a bundle that wraps its diffusion inferer (e.g. a region-of-interest pass) names the inner one member_inferer
+    inferer_key = "member_inferer" if "member_inferer" in infer_cfg else "inferer"
     for model in args.models:
         print(
             f"\n=== {model}: {plan['iterations']} iterations ({plan['epochs']} epochs x "
@@ -594,7 +668,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             entry: dict[str, Any] = {"train": {"checkpoint": args.checkpoint, "note": "not trained in this run"}}
             ckpt = args.checkpoint
         else:
-            train_over = msd_train if model == "medsegdiff" else {**common, **_baseline_overrides(args)}
+            train_over = msd_train if model == "medsegdiff" else {**common, **_baseline_overrides(args, in_channels)}
             entry = {"train": _train(model, bundle, train_over, work_dir)}
             ckpt = entry["train"][f"{args.checkpoint_choice}_checkpoint"]
             if not os.path.isfile(ckpt):  # no validation improved on the start: test the final weights
@@ -602,11 +676,18 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         test_over = {**infer_over, "ckpt_path": ckpt}
         if model == "baseline":
             test_over.update(
-                network_def=_baseline_overrides(args)["network_def"], inferer=SigmoidMembersInferer(), fusion="mean"
+                {
+                    "network_def": _baseline_overrides(args, in_channels)["network_def"],
+                    inferer_key: SigmoidMembersInferer(),
+                    "fusion": "mean",
+                }
             )
         entry["checkpoint"] = ckpt
         entry.update(_test(model, bundle, test_over, test, work_dir / model / "inference"))
         report["models"][model] = entry
+        write_json(str(output), report)
+    if {"medsegdiff", "baseline"} <= set(report["models"]):
+        report["paired"] = _paired(report["models"]["medsegdiff"]["cases"], report["models"]["baseline"]["cases"])
         write_json(str(output), report)
     print_table(report)
     return report
@@ -618,6 +699,9 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+_NOT_ROWS = {"num_cases", "test_wall_s", "steps", "members", "fusion", "uncertainty", "iou_std", "ged_sqrt"}
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -643,8 +727,14 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['image_size'][0]}x{report['image_size'][1]} | {report['budget']['iterations']} iterations"
     )
     print(f"{'':<34}" + "".join(f"{m:>14}" for m in models))
-    for label, key in rows:
-        print(f"{label:<34}" + "".join(f"{_fmt(report['models'][m]['summary'].get(key)):>14}" for m in models))
+    shown = {key for _, key in rows}
+    summaries = [report["models"][m]["summary"] for m in models]
+    extra = [k for k in dict.fromkeys(k for s in summaries for k in s) if k not in shown and k not in _NOT_ROWS]
+    extra = [k for k in extra if not k.endswith(("_median", "_std")) and isinstance(summaries[0].get(k, 0.0), float)]
+    for label, key in rows + [(k, k) for k in extra]:
+        if all(s.get(key) is None for s in summaries):
+            continue
+        print(f"{label:<34}" + "".join(f"{_fmt(s.get(key)):>14}" for s in summaries))
     print(
         f"{'train wall (s)':<34}"
         + "".join(f"{_fmt(report['models'][m]['train'].get('train_wall_s')):>14}" for m in models)
@@ -653,7 +743,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"{'parameters (M)':<34}"
         + "".join(f"{_fmt((report['models'][m]['train'].get('parameters') or 0) / 1e6, 2):>14}" for m in models)
     )
-    if "medsegdiff" in report["models"]:
+    if report.get("paired"):
+        print("\nPaired per case (MedSegDiff vs baseline): cases where MedSegDiff is better / ties / Wilcoxon p")
+        for score, v in report["paired"].items():
+            print(f"  {score:<24}{v['ours_better']:>5}/{v['cases']:<5}{v['ties']:>5}   p = {_fmt(v['wilcoxon_p'], 4)}")
+    if "medsegdiff" in report["models"] and report["models"]["medsegdiff"]["summary"]["uncertainty"]:
         unc = report["models"]["medsegdiff"]["summary"]["uncertainty"]
         print("\nMedSegDiff uncertainty vs error (Spearman with 1 - Dice; Dice of least / most uncertain quarter):")
         for score, v in unc.items():

@@ -112,7 +112,35 @@ def test_quality_report(folder: Path, tmp_path: Path) -> None:
     for case in msd["cases"]:
         assert case["ged_sqrt"] == pytest.approx(math.sqrt(max(case["ged"], 0.0)))
         assert {"diversity", "diversity_l2", "mutual_info_mean", "anchor_dice"} <= set(case)
-    assert "ged" not in report["models"]["baseline"]["summary"]
+    # the baseline's one-member "ensemble" has no spread: its GED^2 is twice its distance to the annotation
+    for case in report["models"]["baseline"]["cases"]:
+        assert case["diversity"] == 0.0 and case["ged"] >= 0.0
+    # paired per-case comparison on every shared score, with the direction of "better" per score
+    paired = report["paired"]
+    assert paired["dice"]["cases"] == 3 and not paired["dice"]["lower_is_better"] and paired["hd95"]["lower_is_better"]
+    ours = {c["case"]: c["dice"] for c in msd["cases"]}
+    base = {c["case"]: c["dice"] for c in report["models"]["baseline"]["cases"]}
+    assert paired["dice"]["ours_better"] == sum(ours[k] > base[k] for k in ours)
+
+
+def test_datalist_builder_option(folder: Path) -> None:
+    quality = _load_script()
+    args = quality.parse_args(
+        [
+            "--data",
+            str(folder),
+            "--datalist",
+            "monai_diffseg.data.image_folder_datalist",
+            "--datalist-args",
+            json.dumps({"mask_dir": str(folder / "masks")}),
+        ]
+    )
+    items = quality._build_datalist(args, folder / "images")
+    # called as FUNCTION(data, **args): data is the image folder here
+    assert len(items) == 14 and items[0]["case"] == "case00" and items[0]["label"].endswith("case00.png")
+    args.datalist = "image_folder_datalist"
+    with pytest.raises(ValueError, match="MODULE.FUNCTION"):
+        quality._build_datalist(args, folder)
 
 
 def test_epochs_plan_equal_budget() -> None:

@@ -20,6 +20,13 @@ TINY_NETWORKS: dict[str, dict] = {
         "num_workers": 0,
     },
     "diffseg_isic2018": {"image_size": [32, 32], "channels": [8, 16], "num_workers": 0},
+    "medsegdiff_polyp": {
+        "image_size": [32, 32],
+        "network_def#channels": [8, 16],
+        "network_def#cond_channels": [8, 16],
+        "network_def#norm_num_groups": 4,
+        "num_workers": 0,
+    },
 }
 
 

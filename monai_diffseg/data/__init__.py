@@ -16,27 +16,55 @@ from .isic2018 import (
     isic2018_train_val_datalists,
     split_datalist,
 )
+from .polyp import (
+    CVC_CLINICDB_FOLDERS,
+    KVASIR_SEG_FOLDERS,
+    POLYP_FORMATS,
+    cvc_clinicdb_datalist,
+    detect_polyp_format,
+    kvasir_seg_datalist,
+    polyp_datalist,
+    polyp_train_val_datalists,
+)
 from .skip_failed_loader import SkipFailedDataLoader
 
 if TYPE_CHECKING:  # imported on first use, see __getattr__
     from .synthetic import make_synthetic_isic2018, synthetic_lesion_sample
+    from .synthetic_polyp import make_synthetic_cvc_clinicdb, make_synthetic_kvasir_seg, synthetic_polyp_sample
 
 __all__ = [
+    "CVC_CLINICDB_FOLDERS",
     "CheckedCacheDataset",
     "ISIC2018_SPLIT_FOLDERS",
     "ISIC2018_SPLITS",
+    "KVASIR_SEG_FOLDERS",
+    "POLYP_FORMATS",
     "SkipFailedDataLoader",
+    "cvc_clinicdb_datalist",
+    "detect_polyp_format",
     "image_folder_datalist",
     "isic2018_datalist",
     "isic2018_train_val_datalists",
+    "kvasir_seg_datalist",
+    "make_synthetic_cvc_clinicdb",
     "make_synthetic_isic2018",
+    "make_synthetic_kvasir_seg",
+    "polyp_datalist",
+    "polyp_train_val_datalists",
     "split_datalist",
     "synthetic_lesion_sample",
+    "synthetic_polyp_sample",
 ]
 
 # ``synthetic`` is imported on first use: importing it here would make
 # ``python -m monai_diffseg.data.synthetic`` warn that the module was imported before running as __main__.
-_LAZY = {"make_synthetic_isic2018": ".synthetic", "synthetic_lesion_sample": ".synthetic"}
+_LAZY = {
+    "make_synthetic_isic2018": ".synthetic",
+    "synthetic_lesion_sample": ".synthetic",
+    "make_synthetic_cvc_clinicdb": ".synthetic_polyp",
+    "make_synthetic_kvasir_seg": ".synthetic_polyp",
+    "synthetic_polyp_sample": ".synthetic_polyp",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -59,13 +59,14 @@ def memory_aware_member_chunk(members: int, bytes_per_member: float, free_bytes:
     return int(max(1, min(members, (fraction * max(free_bytes, 0.0)) // bytes_per_member)))
 
 
-def x0_to_probability(x0: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+def x0_to_probability(x0: torch.Tensor, channel_dim: int = 1, multi_label: bool = False) -> torch.Tensor:
     """
     Map a predicted clean mask ``x0`` ``(..., C, *S)`` in ``[-1, 1]`` to foreground probabilities: ``(x0 + 1) / 2``,
-    renormalised to sum to 1 over ``channel_dim`` for several (one-hot) channels (so argmax and thresholding both work).
+    renormalised to sum to 1 over ``channel_dim`` for several (one-hot) channels (so argmax and thresholding both work);
+    ``multi_label``: the channels are independent structures (e.g. nested optic disc and cup), never renormalised.
     """
     prob = diffusion_to_image(x0.clamp(-1.0, 1.0))
-    if prob.shape[channel_dim] > 1:
+    if prob.shape[channel_dim] > 1 and not multi_label:
         total = prob.sum(dim=channel_dim, keepdim=True)
         # every channel at -1 (no class claims the pixel): uniform rather than all-zero probabilities
         uniform = torch.full_like(prob, 1.0 / prob.shape[channel_dim])
@@ -132,6 +133,8 @@ class DiffusionSegmentationInferer(Inferer):
         compile: ``torch.compile`` the per-step network call.
         compile_kwargs: keyword arguments of ``torch.compile`` (e.g. ``{"mode": "max-autotune"}``).
         cuda_graphs: compile with ``mode="reduce-overhead"`` (CUDA graphs); ignored with a warning on CPU.
+        multi_label: the ``C > 1`` channels are independent (multi-label) masks, e.g. nested optic disc and cup: each
+            is ``(x0 + 1) / 2`` on its own; default: one-hot classes renormalised to sum to 1 (:func:`x0_to_probability`).
 
     Shapes:
         inputs ``(N, C_in, *S)`` -> ``(N, C, *S)`` fused foreground probability, or ``(N, E, C, *S)``.
@@ -152,6 +155,7 @@ class DiffusionSegmentationInferer(Inferer):
         compile: bool = False,
         compile_kwargs: dict[str, Any] | None = None,
         cuda_graphs: bool = False,
+        multi_label: bool = False,
     ) -> None:
         super().__init__()
         if num_samples < 1:
@@ -181,6 +185,7 @@ class DiffusionSegmentationInferer(Inferer):
         self.compile = compile or cuda_graphs
         self.compile_kwargs = dict(compile_kwargs or {})
         self.cuda_graphs = cuda_graphs
+        self.multi_label = multi_label
         # per network: (the module the steps run: the network or its channels-last copy, its step callable)
         self._prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -255,7 +260,7 @@ class DiffusionSegmentationInferer(Inferer):
             hint="the inputs were finite, so the network returned NaN/Inf while sampling: an overflow under fp16 "
             "autocast (use autocast='bf16' or None) or damaged weights (check the checkpoint).",
         )
-        return x0_to_probability(per_image, channel_dim=2).contiguous()
+        return x0_to_probability(per_image, channel_dim=2, multi_label=self.multi_label).contiguous()
 
     def _prepare(self, inputs: Any, network: Any, num_samples: int | None, seed: int | None) -> tuple:
         """

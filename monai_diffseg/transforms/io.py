@@ -197,6 +197,9 @@ class SaveMapsd(MapTransform):
         num_classes: network output channels, for the entropy range (see :func:`display_range`).
         binary_keys: keys holding binary maps.
         allow_missing_keys: skip absent keys (e.g. maps not requested).
+        channel_names: one name per channel of multi-label maps (e.g. ``["disc", "cup"]``): each channel is written
+            as its own 8-bit image ``<case>_<name>_<postfix><ext>`` (``<case>_cup_prob.png``); without it a map is
+            written as stored (several channels become one multi-channel image, e.g. a grey + alpha PNG).
         save_kwargs: other :class:`monai.transforms.SaveImage` arguments (``separate_folder``, ``data_root_dir`` ...).
     """
 
@@ -209,14 +212,18 @@ class SaveMapsd(MapTransform):
         num_classes: int = 1,
         binary_keys: Sequence[str] = ("pred", "mask", "consistent", "ambiguous"),
         allow_missing_keys: bool = True,
+        channel_names: Sequence[str] | None = None,
         **save_kwargs: Any,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         postfixes = dict(postfixes or {})
         options = {"resample": False, "separate_folder": False, "print_log": False, **save_kwargs}
         fixed = {"output_dir": output_dir, "output_ext": output_ext, "output_dtype": np.uint8, "scale": None}
+        self.channel_names = list(channel_names) if channel_names else None
+        names = [f"{c}_" for c in self.channel_names] if self.channel_names else [""]
         self.savers = {
-            key: SaveImage(output_postfix=postfixes.get(str(key), str(key)), **fixed, **options) for key in self.keys
+            key: [SaveImage(output_postfix=n + postfixes.get(str(key), str(key)), **fixed, **options) for n in names]
+            for key in self.keys
         }
         self.ranges = {key: display_range(str(key), num_classes) for key in self.keys}
         self.binary_keys = set(binary_keys)
@@ -226,6 +233,13 @@ class SaveMapsd(MapTransform):
         for key in self.key_iterator(d):
             low, high = self.ranges[key]
             value = (d[key] >= 0.5).float() if key in self.binary_keys else d[key]
-            scaled = ((value - low) / (high - low)).clamp(0, 1) * 255
-            self.savers[key](torch.round(scaled).to(torch.uint8))
+            scaled = torch.round(((value - low) / (high - low)).clamp(0, 1) * 255).to(torch.uint8)
+            savers = self.savers[key]
+            if self.channel_names and scaled.shape[0] != len(savers):
+                raise ValueError(
+                    f"SaveMapsd: channel_names {self.channel_names} name {len(savers)} channels but d['{key}'] has "
+                    f"shape {tuple(scaled.shape)} (channel first); pass one name per channel."
+                )
+            for c, saver in enumerate(savers):
+                saver(scaled[c : c + 1] if self.channel_names else scaled)
         return d

@@ -6,9 +6,9 @@ Kvasir-SEG (Jha et al., MMM 2020, https://datasets.simula.no/kvasir-seg/): the o
 ``Kvasir-SEG/images/<id>.jpg`` + ``Kvasir-SEG/masks/<id>.jpg`` (JPEG masks, lossy: threshold them) and
 ``Kvasir-SEG/kavsir_bboxes.json``; 1000 images from 332x487 to 1920x1072 px.
 
-CVC-ClinicDB (Bernal et al., CMIG 2015, https://polyp.grand-challenge.org/CVCClinicDB/): ``CVC-ClinicDB/Original/<n>.tif``
-+ ``CVC-ClinicDB/Ground Truth/<n>.tif`` for ``n`` = 1..612 (384x288 px); the common re-release adds PNG copies as
-``PNG/Original/<n>.png`` + ``PNG/Ground Truth/<n>.png`` (and the TIFFs under ``TIF/``).
+CVC-ClinicDB (Bernal et al., CMIG 2015, https://polyp.grand-challenge.org/CVCClinicDB/):
+``CVC-ClinicDB/Original/<n>.tif`` + ``CVC-ClinicDB/Ground Truth/<n>.tif`` for ``n`` = 1..612 (384x288 px); the common
+re-release adds PNG copies as ``PNG/Original/<n>.png`` + ``PNG/Ground Truth/<n>.png`` (and the TIFFs under ``TIF/``).
 
 The builders return MONAI data lists ``[{"image": abs_path, "label": abs_path, "case": id}, ...]`` (no ``"label"``
 for unlabelled lists) ready for ``LoadImaged``/:class:`~monai_diffseg.transforms.LoadImage2Dd`.
@@ -232,8 +232,9 @@ def cvc_clinicdb_datalist(dataset_dir: PathLike, labels: bool | Literal["auto"] 
         PNG/Original/1.png, PNG/Ground Truth/1.png      (TIF/Original, TIF/Ground Truth: the TIFFs, preferred)
 
     Files are ``<number>.<tif|tiff|png|jpg|bmp>``; other files (``Thumbs.db``, ``.DS_Store``) are ignored. Frames are
-    sorted by number and named by it (``"1"`` ... ``"612"``). The 612 frames come from 29 video sequences: consecutive
-    frames show the same polyp, so use CVC-ClinicDB as a test set (the documented use) or split it by sequence.
+    sorted by number and named by it (``"1"`` ... ``"612"``). The 612 frames come from about 30 video sequences:
+    consecutive frames show the same polyp, so use CVC-ClinicDB as a test set (the documented use) or split it by
+    sequence.
 
     Args:
         dataset_dir: see above.
@@ -244,7 +245,8 @@ def cvc_clinicdb_datalist(dataset_dir: PathLike, labels: bool | Literal["auto"] 
         Items ``{"image": abs_path, "label": abs_path, "case": "<number>"}`` sorted by frame number.
 
     Raises:
-        FileNotFoundError: ``dataset_dir`` is missing, holds no ``Original/``, or (``labels=True``) no ``Ground Truth/``.
+        FileNotFoundError: ``dataset_dir`` is missing, holds no ``Original/``, or (``labels=True``) no
+            ``Ground Truth/``.
         ValueError: bad ``labels``, no frames, a frame number with two files, or a frame without a mask.
     """
     _check_labels(labels)

@@ -16,6 +16,14 @@ from .isic2018 import (
     isic2018_train_val_datalists,
     split_datalist,
 )
+from .multirater import (
+    LIDC_CROPS_SPLITS,
+    MULTIRATER_LAYOUTS,
+    case_folder_datalist,
+    lidc_crops_datalist,
+    multirater_datalist,
+    multirater_train_val_datalists,
+)
 from .polyp import (
     CVC_CLINICDB_FOLDERS,
     KVASIR_SEG_FOLDERS,
@@ -30,35 +38,52 @@ from .skip_failed_loader import SkipFailedDataLoader
 
 if TYPE_CHECKING:  # imported on first use, see __getattr__
     from .synthetic import make_synthetic_isic2018, synthetic_lesion_sample
+    from .synthetic_multirater import (
+        make_synthetic_case_folders,
+        make_synthetic_lidc_crops,
+        synthetic_multirater_sample,
+    )
     from .synthetic_polyp import make_synthetic_cvc_clinicdb, make_synthetic_kvasir_seg, synthetic_polyp_sample
 
 __all__ = [
     "CVC_CLINICDB_FOLDERS",
     "CheckedCacheDataset",
-    "ISIC2018_SPLIT_FOLDERS",
     "ISIC2018_SPLITS",
+    "ISIC2018_SPLIT_FOLDERS",
     "KVASIR_SEG_FOLDERS",
+    "LIDC_CROPS_SPLITS",
+    "MULTIRATER_LAYOUTS",
     "POLYP_FORMATS",
     "SkipFailedDataLoader",
+    "case_folder_datalist",
     "cvc_clinicdb_datalist",
     "detect_polyp_format",
     "image_folder_datalist",
     "isic2018_datalist",
     "isic2018_train_val_datalists",
     "kvasir_seg_datalist",
+    "lidc_crops_datalist",
+    "make_synthetic_case_folders",
     "make_synthetic_cvc_clinicdb",
     "make_synthetic_isic2018",
     "make_synthetic_kvasir_seg",
+    "make_synthetic_lidc_crops",
+    "multirater_datalist",
+    "multirater_train_val_datalists",
     "polyp_datalist",
     "polyp_train_val_datalists",
     "split_datalist",
     "synthetic_lesion_sample",
+    "synthetic_multirater_sample",
     "synthetic_polyp_sample",
 ]
 
 # ``synthetic`` is imported on first use: importing it here would make
 # ``python -m monai_diffseg.data.synthetic`` warn that the module was imported before running as __main__.
 _LAZY = {
+    "make_synthetic_case_folders": ".synthetic_multirater",
+    "make_synthetic_lidc_crops": ".synthetic_multirater",
+    "synthetic_multirater_sample": ".synthetic_multirater",
     "make_synthetic_isic2018": ".synthetic",
     "synthetic_lesion_sample": ".synthetic",
     "make_synthetic_cvc_clinicdb": ".synthetic_polyp",

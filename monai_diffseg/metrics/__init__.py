@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from .generalized_energy_distance import GED_KEYS, GeneralizedEnergyDistanceMetric, compute_generalized_energy_distance
 from .hungarian_iou import HungarianMatchedIoUMetric, compute_hungarian_matched_iou
+from .multirater import MultiRaterScores, compute_per_rater_dice
 from .sample_diversity import SampleDiversityMetric, compute_sample_diversity
 from .utils import compute_pairwise_iou
 
@@ -13,9 +14,11 @@ __all__ = [
     "GED_KEYS",
     "GeneralizedEnergyDistanceMetric",
     "HungarianMatchedIoUMetric",
+    "MultiRaterScores",
     "SampleDiversityMetric",
     "compute_generalized_energy_distance",
     "compute_hungarian_matched_iou",
     "compute_pairwise_iou",
+    "compute_per_rater_dice",
     "compute_sample_diversity",
 ]

@@ -15,6 +15,7 @@ from . import (
     fusion,
     healthy_patches,
     io,
+    raters,
     staple,
     uncertainty,
 )
@@ -25,6 +26,7 @@ from .ensemble_postprocess import *
 from .fusion import *
 from .healthy_patches import *
 from .io import *
+from .raters import *
 from .staple import *
 from .uncertainty import *
 
@@ -36,6 +38,7 @@ __all__ = [
     *fusion.__all__,
     *healthy_patches.__all__,
     *io.__all__,
+    *raters.__all__,
     *staple.__all__,
     *uncertainty.__all__,
 ]

@@ -8,13 +8,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .checked_cache_dataset import CheckedCacheDataset
+from .ddti import (
+    DDTI_FORMATS,
+    DDTI_GROUP_REGEX,
+    DDTI_IMAGE_EXTS,
+    DDTI_UNANNOTATED,
+    ddti_datalist,
+    ddti_train_val_datalists,
+    ddti_xml_polygons,
+    detect_ddti_format,
+    rasterize_polygons,
+)
 from .isic2018 import (
     ISIC2018_SPLIT_FOLDERS,
     ISIC2018_SPLITS,
     image_folder_datalist,
     isic2018_datalist,
     isic2018_train_val_datalists,
-    split_datalist,
 )
 from .multirater import (
     LIDC_CROPS_SPLITS,
@@ -35,9 +45,11 @@ from .polyp import (
     polyp_train_val_datalists,
 )
 from .skip_failed_loader import SkipFailedDataLoader
+from .splits import split_datalist
 
 if TYPE_CHECKING:  # imported on first use, see __getattr__
     from .synthetic import make_synthetic_isic2018, synthetic_lesion_sample
+    from .synthetic_ddti import make_synthetic_ddti, synthetic_ultrasound_sample
     from .synthetic_multirater import (
         make_synthetic_case_folders,
         make_synthetic_lidc_crops,
@@ -48,6 +60,10 @@ if TYPE_CHECKING:  # imported on first use, see __getattr__
 __all__ = [
     "CVC_CLINICDB_FOLDERS",
     "CheckedCacheDataset",
+    "DDTI_FORMATS",
+    "DDTI_GROUP_REGEX",
+    "DDTI_IMAGE_EXTS",
+    "DDTI_UNANNOTATED",
     "ISIC2018_SPLITS",
     "ISIC2018_SPLIT_FOLDERS",
     "KVASIR_SEG_FOLDERS",
@@ -57,6 +73,10 @@ __all__ = [
     "SkipFailedDataLoader",
     "case_folder_datalist",
     "cvc_clinicdb_datalist",
+    "ddti_datalist",
+    "ddti_train_val_datalists",
+    "ddti_xml_polygons",
+    "detect_ddti_format",
     "detect_polyp_format",
     "image_folder_datalist",
     "isic2018_datalist",
@@ -65,6 +85,7 @@ __all__ = [
     "lidc_crops_datalist",
     "make_synthetic_case_folders",
     "make_synthetic_cvc_clinicdb",
+    "make_synthetic_ddti",
     "make_synthetic_isic2018",
     "make_synthetic_kvasir_seg",
     "make_synthetic_lidc_crops",
@@ -72,10 +93,12 @@ __all__ = [
     "multirater_train_val_datalists",
     "polyp_datalist",
     "polyp_train_val_datalists",
+    "rasterize_polygons",
     "split_datalist",
     "synthetic_lesion_sample",
     "synthetic_multirater_sample",
     "synthetic_polyp_sample",
+    "synthetic_ultrasound_sample",
 ]
 
 # ``synthetic`` is imported on first use: importing it here would make
@@ -89,6 +112,8 @@ _LAZY = {
     "make_synthetic_cvc_clinicdb": ".synthetic_polyp",
     "make_synthetic_kvasir_seg": ".synthetic_polyp",
     "synthetic_polyp_sample": ".synthetic_polyp",
+    "make_synthetic_ddti": ".synthetic_ddti",
+    "synthetic_ultrasound_sample": ".synthetic_ddti",
 }
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
-import numpy as np
 from monai.config import PathLike
-from monai.data import partition_dataset
 from monai.utils import look_up_option
+
+from .splits import split_datalist
 
 __all__ = [
     "ISIC2018_SPLIT_FOLDERS",
@@ -25,7 +25,6 @@ __all__ = [
     "image_folder_datalist",
     "isic2018_datalist",
     "isic2018_train_val_datalists",
-    "split_datalist",
 ]
 
 logger = logging.getLogger(__name__)
@@ -155,54 +154,6 @@ def isic2018_datalist(
     orphans = sorted(os.path.basename(p) for k, p in masks.items() if k.endswith(_ISIC_MASK_SUFFIX) and k not in used)
     _check_pairs(missing, orphans, gt_dir)
     return datalist
-
-
-def split_datalist(
-    datalist: Sequence[Mapping[str, str]],
-    fractions: Sequence[float] = (0.7, 0.1, 0.2),
-    seed: int = 0,
-) -> tuple[list[dict[str, str]], ...]:
-    """Split a data list into disjoint, seeded random parts (e.g. train/val/test).
-
-    Counts are ``fraction * len(datalist)`` rounded by largest remainder, so they add up to ``len(datalist)``; every
-    part with a non-zero fraction gets at least one item. Each part keeps the input order.
-
-    Args:
-        datalist: items to split (mappings, e.g. from :func:`image_folder_datalist`).
-        fractions: non-negative fractions, one per output part, summing to 1.
-        seed: seed of the random permutation.
-
-    Returns:
-        One list per fraction; items are shallow copies of the input dicts.
-
-    Raises:
-        ValueError: bad ``fractions``, or fewer items than non-zero fractions.
-    """
-    fracs = np.asarray(list(fractions), dtype=float)
-    if fracs.ndim != 1 or fracs.size == 0 or np.any(fracs < 0) or not np.isclose(fracs.sum(), 1.0, atol=1e-6):
-        raise ValueError(f"fractions must be non-negative and sum to 1, got {tuple(fractions)}.")
-    n = len(datalist)
-    nonzero = np.flatnonzero(fracs > 0)
-    if n < nonzero.size:
-        raise ValueError(
-            f"Cannot split a data list of {n} item(s) into {nonzero.size} non-empty parts {tuple(fractions)}."
-        )
-    exact = fracs * n
-    counts = np.floor(exact).astype(int)
-    # Largest-remainder rounding; ties resolved by part order so the result is deterministic.
-    for idx in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
-        counts[idx] += 1
-    # Guarantee a non-empty part for every non-zero fraction (e.g. a 10% holdout of 5 cases).
-    for idx in nonzero:
-        if counts[idx] == 0:
-            counts[int(np.argmax(counts))] -= 1
-            counts[idx] = 1
-
-    # MONAI's partition_dataset(shuffle=True) draws another permutation (RandomState) and rounds each part on its
-    # own, so it can leave items out or a holdout empty: our permutation and counts keep the published splits, and
-    # counts that sum to n make its ratios exact.
-    order = np.random.default_rng(seed).permutation(n).tolist()
-    return tuple([dict(datalist[i]) for i in sorted(part)] for part in partition_dataset(order, ratios=counts.tolist()))
 
 
 def isic2018_train_val_datalists(

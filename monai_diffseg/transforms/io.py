@@ -56,15 +56,19 @@ class PILModeConverter:
     file name is still at hand. Conversions to ``"RGB"``: grayscale (``L``, ``1``, ``P``, ``LA``) is replicated to
     three channels, the alpha channel of ``RGBA``/``LA`` dropped, ``CMYK``/``YCbCr`` converted by PIL; 16-bit
     grayscale (``I;16``, ``I``) is first scaled to 8 bits (x 255 / 65535) to fit the set's 0-255 intensity range.
-    Each conversion is logged at INFO level with the file name.
+    Conversions are logged with the file name: the first :attr:`info_per_kind` of each kind (e.g. ``RGB -> L``) at
+    INFO level, the rest at DEBUG (a set of 1000 RGB-stored JPEG masks gives three lines and a notice, not 1000).
 
     Args:
         mode: ``"RGB"``, ``"L"`` (grayscale) or ``"as_stored"`` (decode only: masks and label maps, whose values must
             not be changed; a palette ``P`` mask keeps its indices).
     """
 
+    info_per_kind: int = 3
+
     def __init__(self, mode: str = "RGB") -> None:
         self.mode = look_up_option(mode, IMAGE_MODES)
+        self._logged: dict[str, int] = {}  # conversions seen per kind, in this process
 
     def __call__(self, img: Image.Image) -> Image.Image:
         img.load()  # raises OSError for truncated data, with the file still known to the caller
@@ -80,7 +84,12 @@ class PILModeConverter:
             img = img.convert("RGBA" if "transparency" in img.info else "RGB")
         if img.mode != self.mode:
             img = img.convert(self.mode)
-        logger.info("converted '%s' from %s to %s", name, stored, self.mode)
+        kind = f"{stored} to {self.mode}"
+        seen = self._logged[kind] = self._logged.get(kind, 0) + 1
+        level = logging.INFO if seen <= self.info_per_kind else logging.DEBUG
+        logger.log(level, "converted '%s' from %s", name, kind)
+        if seen == self.info_per_kind:
+            logger.info("further conversions from %s are logged at DEBUG level", kind)
         return img
 
 

@@ -47,6 +47,19 @@ def test_grayscale_rgba_palette_become_rgb_with_a_log_line(tmp_path: Path, caplo
     assert "g.png' from L to RGB" in logged and "a.png' from RGBA to RGB" in logged and "p.png' from P to RGB" in logged
 
 
+def test_repeated_conversions_are_logged_once_per_kind_then_at_debug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    load = LoadImage2D("L")
+    paths = [_save(tmp_path / f"m{i}.png", RGB) for i in range(5)]
+    with caplog.at_level(logging.INFO, logger="monai_diffseg.transforms.io"):
+        for path in paths:
+            load(path)
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert [m for m in info if m.startswith("converted")] == [f"converted '{p}' from RGB to L" for p in paths[:3]]
+    assert info[-1] == "further conversions from RGB to L are logged at DEBUG level"
+
+
 def test_16bit_grayscale_is_scaled_to_8bit(tmp_path: Path) -> None:
     wide = (RGB[..., 0].astype(np.uint16) * 257).astype(np.uint16)  # 16-bit copy of an 8-bit image
     path = tmp_path / "w.png"

@@ -29,10 +29,9 @@ from xml.etree import ElementTree
 
 import numpy as np
 from monai.config import PathLike
-from monai.utils import look_up_option
 from PIL import Image, ImageDraw
 
-from monai_diffseg.utils import atomic_write
+from monai_diffseg.utils import atomic_write, look_up_named_option
 
 from .isic2018 import _check_dir, _format_names, _index_by_case, image_folder_datalist
 from .splits import split_datalist
@@ -314,8 +313,8 @@ def ddti_datalist(
         ValueError: bad options, no images, an image without a mask (naming it and the expected path), an
             unrecognised layout, or (``unannotated="error"``) frames without outline.
     """
-    dataset_format = look_up_option(dataset_format, DDTI_FORMATS)
-    unannotated = look_up_option(unannotated, DDTI_UNANNOTATED)
+    dataset_format = look_up_named_option("dataset_format", dataset_format, DDTI_FORMATS)
+    unannotated = look_up_named_option("unannotated", unannotated, DDTI_UNANNOTATED)
     _check_labels(labels)
     root = _check_dir(dataset_dir, "DDTI dataset_dir")
     if dataset_format == "auto":

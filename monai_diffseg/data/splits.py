@@ -66,7 +66,7 @@ def _item_groups(
         try:
             pattern = re.compile(group_regex)
         except re.error as err:
-            raise ValueError(f"group_regex {group_regex!r} is not a valid regular expression: {err}.") from err
+            raise ValueError(f"group_regex '{group_regex}' is not a valid regular expression: {err}.") from err
         groups: list[Hashable] = []
         for index, item in enumerate(datalist):
             case = item.get("case") if isinstance(item, Mapping) else None
@@ -78,7 +78,7 @@ def _item_groups(
             match = pattern.search(case)
             if match is None:
                 raise ValueError(
-                    f"Case '{case}' (item {index}) does not match group_regex {group_regex!r}; use a regex that "
+                    f"Case '{case}' (item {index}) does not match group_regex '{group_regex}'; use a regex that "
                     "matches every case id (its first capture group names the group), or group_regex=None for an "
                     "ungrouped split."
                 )

@@ -19,6 +19,16 @@ from .ddti import (
     detect_ddti_format,
     rasterize_polygons,
 )
+from .fundus import (
+    DRISHTI_GS_SPLITS,
+    REFUGE_SPLIT_FOLDERS,
+    REFUGE_SPLITS,
+    drishti_gs_datalist,
+    fundus_datalist,
+    fundus_layout,
+    fundus_train_val_datalists,
+    refuge_datalist,
+)
 from .isic2018 import (
     ISIC2018_SPLIT_FOLDERS,
     ISIC2018_SPLITS,
@@ -50,6 +60,7 @@ from .splits import split_datalist
 if TYPE_CHECKING:  # imported on first use, see __getattr__
     from .synthetic import make_synthetic_isic2018, synthetic_lesion_sample
     from .synthetic_ddti import make_synthetic_ddti, synthetic_ultrasound_sample
+    from .synthetic_fundus import make_synthetic_drishti_gs, make_synthetic_refuge, synthetic_fundus_sample
     from .synthetic_multirater import (
         make_synthetic_case_folders,
         make_synthetic_lidc_crops,
@@ -64,12 +75,15 @@ __all__ = [
     "DDTI_GROUP_REGEX",
     "DDTI_IMAGE_EXTS",
     "DDTI_UNANNOTATED",
+    "DRISHTI_GS_SPLITS",
     "ISIC2018_SPLITS",
     "ISIC2018_SPLIT_FOLDERS",
     "KVASIR_SEG_FOLDERS",
     "LIDC_CROPS_SPLITS",
     "MULTIRATER_LAYOUTS",
     "POLYP_FORMATS",
+    "REFUGE_SPLITS",
+    "REFUGE_SPLIT_FOLDERS",
     "SkipFailedDataLoader",
     "case_folder_datalist",
     "cvc_clinicdb_datalist",
@@ -78,6 +92,10 @@ __all__ = [
     "ddti_xml_polygons",
     "detect_ddti_format",
     "detect_polyp_format",
+    "drishti_gs_datalist",
+    "fundus_datalist",
+    "fundus_layout",
+    "fundus_train_val_datalists",
     "image_folder_datalist",
     "isic2018_datalist",
     "isic2018_train_val_datalists",
@@ -86,15 +104,19 @@ __all__ = [
     "make_synthetic_case_folders",
     "make_synthetic_cvc_clinicdb",
     "make_synthetic_ddti",
+    "make_synthetic_drishti_gs",
     "make_synthetic_isic2018",
     "make_synthetic_kvasir_seg",
     "make_synthetic_lidc_crops",
+    "make_synthetic_refuge",
     "multirater_datalist",
     "multirater_train_val_datalists",
     "polyp_datalist",
     "polyp_train_val_datalists",
     "rasterize_polygons",
+    "refuge_datalist",
     "split_datalist",
+    "synthetic_fundus_sample",
     "synthetic_lesion_sample",
     "synthetic_multirater_sample",
     "synthetic_polyp_sample",
@@ -114,6 +136,9 @@ _LAZY = {
     "synthetic_polyp_sample": ".synthetic_polyp",
     "make_synthetic_ddti": ".synthetic_ddti",
     "synthetic_ultrasound_sample": ".synthetic_ddti",
+    "make_synthetic_drishti_gs": ".synthetic_fundus",
+    "make_synthetic_refuge": ".synthetic_fundus",
+    "synthetic_fundus_sample": ".synthetic_fundus",
 }
 
 

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from . import diffusion_difference, diffusion_segmentation
+from . import diffusion_difference, diffusion_segmentation, region_of_interest
 from .diffusion_difference import *
 from .diffusion_segmentation import *
+from .region_of_interest import *
 
-__all__ = [*diffusion_difference.__all__, *diffusion_segmentation.__all__]
+__all__ = [*diffusion_difference.__all__, *diffusion_segmentation.__all__, *region_of_interest.__all__]

@@ -4,6 +4,12 @@
 
 from __future__ import annotations
 
+from .cup_to_disc import (
+    CupToDiscRatioScores,
+    vcdr_absolute_error,
+    vertical_cup_to_disc_ratio,
+    vertical_extent,
+)
 from .generalized_energy_distance import GED_KEYS, GeneralizedEnergyDistanceMetric, compute_generalized_energy_distance
 from .hungarian_iou import HungarianMatchedIoUMetric, compute_hungarian_matched_iou
 from .multirater import MultiRaterScores, compute_per_rater_dice
@@ -11,6 +17,7 @@ from .sample_diversity import SampleDiversityMetric, compute_sample_diversity
 from .utils import compute_pairwise_iou
 
 __all__ = [
+    "CupToDiscRatioScores",
     "GED_KEYS",
     "GeneralizedEnergyDistanceMetric",
     "HungarianMatchedIoUMetric",
@@ -21,4 +28,7 @@ __all__ = [
     "compute_pairwise_iou",
     "compute_per_rater_dice",
     "compute_sample_diversity",
+    "vcdr_absolute_error",
+    "vertical_cup_to_disc_ratio",
+    "vertical_extent",
 ]

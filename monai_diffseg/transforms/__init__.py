@@ -12,6 +12,7 @@ from . import (
     collate_padding,
     dense_crf,
     ensemble_postprocess,
+    fundus,
     fusion,
     healthy_patches,
     io,
@@ -23,6 +24,7 @@ from .binary_mask import *
 from .collate_padding import *
 from .dense_crf import *
 from .ensemble_postprocess import *
+from .fundus import *
 from .fusion import *
 from .healthy_patches import *
 from .io import *
@@ -35,6 +37,7 @@ __all__ = [
     *collate_padding.__all__,
     *dense_crf.__all__,
     *ensemble_postprocess.__all__,
+    *fundus.__all__,
     *fusion.__all__,
     *healthy_patches.__all__,
     *io.__all__,

@@ -262,17 +262,22 @@ def multirater_datalist(
     task: int | None = None,
     num_raters: int | None = None,
     labels: bool | Literal["auto"] = "auto",
+    val_fraction: float = 0.2,
+    seed: int = 0,
 ) -> list[dict]:
     """Data list of a multi-rater dataset in either layout (for inference and evaluation).
 
     Args:
         dataset_dir: a folder of case folders, or the LIDC ``lidc_crops`` folder.
         split: LIDC split (``"train"``, ``"val"``, ``"test"``; used when that folder exists, else the crops directly
-            under ``dataset_dir``); case folders have no split: every case is listed.
+            under ``dataset_dir``). Case folders: ``"train"`` / ``"val"`` are the two parts of the seeded holdout of
+            :func:`multirater_train_val_datalists` (same ``val_fraction`` and ``seed`` as training), ``"test"`` or
+            ``None`` every case (a separate test folder, e.g. QUBIQ's ``Validation``).
         layout: ``"auto"`` (LIDC when ``images/`` or ``<split>/images/`` exists), ``"case_folders"``, ``"lidc_crops"``.
         task: QUBIQ task number, see :func:`case_folder_datalist`.
         num_raters: raters per case (default: LIDC 4, case folders as many as the first case).
         labels: see :func:`case_folder_datalist`.
+        val_fraction, seed: the holdout of case folders for ``split="train"`` / ``"val"``.
 
     Returns:
         Items as :func:`case_folder_datalist` / :func:`lidc_crops_datalist`.
@@ -284,6 +289,9 @@ def multirater_datalist(
     if layout == "lidc_crops":
         lidc_split = split if split is not None and os.path.isdir(os.path.join(root, split)) else None
         return lidc_crops_datalist(root, lidc_split, num_raters=num_raters or 4, labels=labels)
+    if split in ("train", "val"):
+        parts = multirater_train_val_datalists(root, val_fraction, seed, "case_folders", task, num_raters)
+        return parts[split == "val"]
     return case_folder_datalist(root, task=task, num_raters=num_raters, labels=labels)
 
 

@@ -34,6 +34,13 @@ TINY_NETWORKS: dict[str, dict] = {
         "network_def#norm_num_groups": 4,
         "num_workers": 0,
     },
+    "medsegdiff_thyroid_ddti": {
+        "image_size": [32, 32],
+        "network_def#channels": [8, 16],
+        "network_def#cond_channels": [8, 16],
+        "network_def#norm_num_groups": 4,
+        "num_workers": 0,
+    },
     "medsegdiff_fundus_disc_cup": {
         "image_size": [32, 32],
         "network_def#channels": [8, 16],

@@ -1,6 +1,7 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""Data lists for DDTI thyroid-nodule ultrasound (Pedraza et al., SIPAIM 2015), in the two layouts it is shared in.
+"""Data lists for DDTI thyroid-nodule ultrasound (Pedraza et al., Proc. SPIE 9287, 2015) in the two layouts it is
+shared in.
 
 - ``"folders"``: ``images/`` + ``masks/`` with one mask per image of the same id and any of PNG, JPEG, GIF, BMP or
   TIFF (e.g. the widely shared nodule-centred crops ``images/<patient>_<frame>(<k>).png`` + ``masks/...gif``, where

@@ -57,7 +57,8 @@ class CaseMetricsWriter:
         label_key: key of the binary label ``(C, *S)``.
         samples_key: key of the ensemble samples ``(E, C, *S')`` (probabilities); ``None`` skips ensemble scores.
         reference_key: key of the reference at the samples' resolution ``(C, *S')`` or ``(R, C, *S')`` for GED.
-        image_key: key whose metadata names the case.
+        image_key: key whose metadata names the case (file stem), unless the item has a ``"case"`` string (the data
+            lists' case id), which is used instead.
         threshold: probability from which a member is foreground for the IoU-based ensemble scores.
         include_background: passed to the metrics (keep True for one-channel masks).
         engine_metrics: ``{score name: engine metric name}`` to read instead of computing, e.g.
@@ -126,6 +127,8 @@ class CaseMetricsWriter:
             img = item.get(self.image_key)
             src = img.meta.get("filename_or_obj", "") if isinstance(img, MetaTensor) else ""
             stem = os.path.splitext(os.path.basename(str(src)))[0] if src else f"case_{id(item)}"
+            if isinstance(item.get("case"), str):  # the data list's case id, when it has one (QUBIQ: */image.png)
+                stem = item["case"]
             record: dict[str, Any] = {"case": stem}
             label = item.get(self.label_key)
             computed = {k: m for k, m in self.label_metrics.items() if k not in self.engine_metrics}

@@ -128,6 +128,11 @@ def test_channel_names_and_case_scores(tmp_path: Path) -> None:
     assert case["dice_disc"] == pytest.approx(1.0) and case["dice_cup"] == pytest.approx(2 / 3)
     assert case["dice"] == pytest.approx((1 + 2 / 3) / 2)
     assert case["extra_x2"] == 6.0 and case["undefined"] is None
+    assert case["case"] == "f"  # the file stem without a case id ...
+    engine = _Engine([[{**item, "case": "case07"}]])  # ... the data list's id when the item has one
+    writer.attach(engine)
+    engine.run()
+    assert json.loads((tmp_path / "m.json").read_text())["cases"][0]["case"] == "case07"
 
     bad = CaseMetricsWriter(tmp_path / "b.json", samples_key=None, channel_names=["disc"])
     bad.attach(engine := _Engine([[item]]))

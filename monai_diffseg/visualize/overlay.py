@@ -167,6 +167,9 @@ class SaveOverlayd(MapTransform):
         output_postfix: suffix of the output file names.
         alpha: fill opacity in [0, 1].
         allow_missing_keys: skip absent mask/label keys instead of raising.
+        data_root_dir: when given, the source file's folder relative to it is kept under ``output_dir`` (as
+            ``data_root_dir`` of :class:`monai.transforms.SaveImage`): layouts whose images share one name, e.g.
+            ``<case>/image.png``, get ``<output_dir>/<case>/image_overlay.png`` instead of overwriting each other.
 
     Raises:
         ValueError: at call time, when the image's source file name cannot be found, refers to a batch, ``label_key``
@@ -183,8 +186,10 @@ class SaveOverlayd(MapTransform):
         output_postfix: str = "overlay",
         alpha: float = 0.4,
         allow_missing_keys: bool = False,
+        data_root_dir: PathLike | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.data_root_dir = None if not data_root_dir else os.path.abspath(os.fspath(data_root_dir))
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
         self.output_dir = os.fspath(output_dir)
@@ -250,9 +255,14 @@ class SaveOverlayd(MapTransform):
         label = None if self.label_key is None else d.get(self.label_key)
         label = None if label is None else self._to_hw(label, str(self.label_key), size_hw)
         base = os.path.splitext(os.path.basename(filename))[0]
+        folder = self.output_dir
+        if self.data_root_dir is not None:
+            rel = os.path.relpath(os.path.dirname(os.path.abspath(filename)), self.data_root_dir)
+            if rel != "." and not rel.startswith(".."):  # files outside data_root_dir go to output_dir itself
+                folder = os.path.join(self.output_dir, rel)
         for key in keys:
             infix = f"_{key}" if len(self.keys) > 1 else ""
             mask = self._to_hw(d[key], str(key), size_hw)
-            path = os.path.join(self.output_dir, f"{base}{infix}_{self.output_postfix}.png")
+            path = os.path.join(folder, f"{base}{infix}_{self.output_postfix}.png")
             save_overlay(path, rgb, mask, label=label, alpha=self.alpha)
         return d

@@ -152,6 +152,7 @@ def test_inference_on_lidc_crops_names_cases_by_patient_and_slice(lidc: str, tmp
     assert [c["case"] for c in metrics["cases"]] == ["LIDC-IDRI-0004_z-105.0_c0", "LIDC-IDRI-0004_z-107.5_c0"]
     assert all(f"dice_rater{k}" in c for c in metrics["cases"] for k in (1, 2, 3, 4))
     assert (tmp_path / "o" / "test" / "images" / "LIDC-IDRI-0004" / "z-105.0_c0_mask.png").is_file()
+    assert (tmp_path / "o" / "test" / "images" / "LIDC-IDRI-0004" / "z-105.0_c0_overlay.png").is_file()
 
 
 def test_cli_inference_without_labels(cases: str, tmp_path: Path) -> None:
@@ -165,6 +166,11 @@ def test_cli_inference_without_labels(cases: str, tmp_path: Path) -> None:
         cmd += [f"--{k}", v if isinstance(v, str) else str(v) if isinstance(v, bool) else json.dumps(v)]
     subprocess.run(cmd, check=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
     assert len(list((tmp_path / "o").glob("case*/image_mask.png"))) == 6
+    assert len(list((tmp_path / "o").glob("case*/image_overlay.png"))) == 6  # one per case, none overwritten
+    assert [c["case"] for c in json.loads((tmp_path / "o" / "metrics.json").read_text())["cases"]][:2] == [
+        "case01",
+        "case02",
+    ]  # the data list's case ids, also without labels
     assert not list((tmp_path / "o").glob("case*/image_agreement.png"))
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert metrics["num_cases"] == 6 and metrics["num_labelled"] == 0

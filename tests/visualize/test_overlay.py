@@ -191,3 +191,22 @@ def test_save_overlayd_16bit_source_like_the_loader(tmp_path: Path) -> None:
     SaveOverlayd("pred", str(tmp_path / "out"))({"image": img, "pred": torch.zeros(1, 20, 12)})
     out = np.asarray(Image.open(tmp_path / "out" / "w16_overlay.png"))
     assert out.shape == (12, 20, 3) and np.array_equal(out[..., 0], gray.astype(np.uint8))
+
+
+def test_save_overlayd_data_root_dir_keeps_case_folders(tmp_path: Path) -> None:
+    # QUBIQ-like layout: every case's image is called image.png
+    rng = np.random.default_rng(0)
+    items = []
+    for case in ("case01", "case02"):
+        (tmp_path / "data" / case).mkdir(parents=True)
+        path = tmp_path / "data" / case / "image.png"
+        Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path)
+        items.append({"image": MetaTensor(torch.zeros(3, W, H), meta={"filename_or_obj": str(path)})})
+    outside = tmp_path / "elsewhere.png"
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(outside)
+    items.append({"image": MetaTensor(torch.zeros(3, W, H), meta={"filename_or_obj": str(outside)})})
+    save = SaveOverlayd(keys="pred", output_dir=tmp_path / "out", data_root_dir=tmp_path / "data")
+    for item in items:
+        save({**item, "pred": torch.as_tensor(_mask().T[None].copy())})
+    written = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.png"))
+    assert written == ["case01/image_overlay.png", "case02/image_overlay.png", "elsewhere_overlay.png"]

@@ -34,8 +34,9 @@ from PIL import Image, ImageDraw
 
 from monai_diffseg.utils import atomic_write, look_up_named_option
 
-from .isic2018 import _check_dir, _format_names, _index_by_case, image_folder_datalist
+from .isic2018 import image_folder_datalist
 from .splits import split_datalist
+from .utils import check_dir, format_names, index_by_case
 
 __all__ = [
     "DDTI_FORMATS",
@@ -91,7 +92,7 @@ def detect_ddti_format(dataset_dir: PathLike) -> str:
         FileNotFoundError: ``dataset_dir`` is not a folder.
         ValueError: neither layout, naming what the folder contains and what was expected.
     """
-    root = _check_dir(dataset_dir, "DDTI dataset_dir")
+    root = check_dir(dataset_dir, "DDTI dataset_dir")
     if _child(root, _IMAGE_DIR_NAMES) is not None:
         return "folders"
     if _has_xml(root):
@@ -100,7 +101,7 @@ def detect_ddti_format(dataset_dir: PathLike) -> str:
     raise ValueError(
         f"'{root}' is not a DDTI layout: expected either 'images/' + 'masks/' folders (one mask per image, same id) "
         "or the original release (<patient>_<frame>.jpg images with one <patient>.xml per patient). It contains: "
-        f"{_format_names(contents) if contents else 'nothing'}."
+        f"{format_names(contents) if contents else 'nothing'}."
     )
 
 
@@ -184,7 +185,7 @@ def _folders_datalist(root: str, labels: bool | str) -> list[dict[str, str]]:
     if image_dir is None:
         raise FileNotFoundError(
             f"DDTI image folder not found: expected '{os.path.join(root, 'images')}' (or 'image/'). "
-            f"'{root}' contains: {_format_names(sorted(os.listdir(root))) or 'nothing'}."
+            f"'{root}' contains: {format_names(sorted(os.listdir(root))) or 'nothing'}."
         )
     mask_dir = _child(root, _MASK_DIR_NAMES)
     if labels is True and mask_dir is None:
@@ -219,7 +220,7 @@ def _xml_datalist(root: str, labels: bool | str, mask_cache_dir: PathLike | None
             return None
         return stem
 
-    images = _index_by_case(root, frame_case, "DDTI frame", "image")
+    images = index_by_case(root, frame_case, "DDTI frame", "image")
     if not images:
         raise ValueError(
             f"No DDTI frames <patient>_<frame>.{{{','.join(e[1:] for e in DDTI_IMAGE_EXTS)}}} found in '{root}'."
@@ -317,7 +318,7 @@ def ddti_datalist(
     dataset_format = look_up_named_option("dataset_format", dataset_format, DDTI_FORMATS)
     unannotated = look_up_named_option("unannotated", unannotated, DDTI_UNANNOTATED)
     _check_labels(labels)
-    root = _check_dir(dataset_dir, "DDTI dataset_dir")
+    root = check_dir(dataset_dir, "DDTI dataset_dir")
     if dataset_format == "auto":
         dataset_format = detect_ddti_format(root)
     if dataset_format == "folders":

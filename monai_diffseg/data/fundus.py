@@ -26,7 +26,9 @@ from typing import Any, Literal
 from monai.config import PathLike
 from monai.utils import look_up_option
 
-from monai_diffseg.data.isic2018 import _check_dir, _check_pairs, _format_names, image_folder_datalist, split_datalist
+from monai_diffseg.data.isic2018 import image_folder_datalist
+from monai_diffseg.data.splits import split_datalist
+from monai_diffseg.data.utils import check_dir, check_pairs, format_names
 
 __all__ = [
     "DRISHTI_GS_SPLITS",
@@ -143,13 +145,13 @@ def refuge_datalist(
     """
     split = look_up_option(split, REFUGE_SPLITS)
     _check_labels(labels)
-    root = _check_dir(dataset_dir, "REFUGE dataset_dir")
+    root = check_dir(dataset_dir, "REFUGE dataset_dir")
     image_names, gt_names = REFUGE_SPLIT_FOLDERS[split]
     image_dirs = _find_dirs(root, image_names)
     if not image_dirs:
         raise FileNotFoundError(
             f"REFUGE {split} image folder not found: expected a folder named {' or '.join(image_names)} (from the "
-            f"official zip) under '{root}', which contains: {_format_names(sorted(os.listdir(root))) or 'nothing'}."
+            f"official zip) under '{root}', which contains: {format_names(sorted(os.listdir(root))) or 'nothing'}."
         )
     images = _files_by_stem(image_dirs[0], (".jpg", ".jpeg", ".png"), "REFUGE image")
     if not images:
@@ -168,7 +170,7 @@ def refuge_datalist(
         for c in sorted(images)
         if c not in masks
     ]
-    _check_pairs(missing, sorted(os.path.basename(masks[c]) for c in masks if c not in images), mask_dirs[0])
+    check_pairs(missing, sorted(os.path.basename(masks[c]) for c in masks if c not in images), mask_dirs[0])
     return [_refuge_item(images[c], masks[c], c) for c in sorted(images)]
 
 
@@ -235,7 +237,7 @@ def drishti_gs_datalist(
     split = look_up_option(split, DRISHTI_GS_SPLITS)
     _check_labels(labels)
     threshold = _check_expert_threshold(expert_threshold)
-    root = _check_dir(dataset_dir, "Drishti-GS dataset_dir")
+    root = check_dir(dataset_dir, "Drishti-GS dataset_dir")
     official = [d for d in _find_dirs(root, ("Training", "Test")) if os.path.isdir(os.path.join(d, "Images"))]
     if not official and os.path.isdir(os.path.join(root, "images")):
         return _drishti_flat(root, split, labels, threshold)
@@ -244,7 +246,7 @@ def drishti_gs_datalist(
         raise FileNotFoundError(
             f"Drishti-GS {split} folder not found: expected 'Drishti-GS1_files/{_DRISHTI_SPLIT_FOLDERS[split]}/Images' "
             f"(official release) or flat 'images/', 'disc/', 'cup/' folders under '{root}', which contains: "
-            f"{_format_names(sorted(os.listdir(root))) or 'nothing'}."
+            f"{format_names(sorted(os.listdir(root))) or 'nothing'}."
         )
     split_dir = split_dirs[0]
     images = _files_by_stem(os.path.join(split_dir, "Images"), _IMAGE_EXTS, "Drishti-GS image")
@@ -272,7 +274,7 @@ def drishti_gs_datalist(
         datalist.append({"image": images[case], **files, "expert_threshold": threshold, "case": case})
     suffixes = tuple(_DRISHTI_SOFTMAPS.values())
     orphans = sorted(s for s in maps if s.endswith(suffixes) and s.rsplit("_", 1)[0] not in images)
-    _check_pairs(missing, orphans, gt_dirs[0])
+    check_pairs(missing, orphans, gt_dirs[0])
     return datalist
 
 
@@ -284,7 +286,7 @@ def _drishti_flat(root: str, split: str, labels: Any, threshold: int) -> list[di
     if labels is False or (labels == "auto" and not os.path.isdir(os.path.join(root, "disc"))):
         return image_folder_datalist(image_dir, None, image_exts=_IMAGE_EXTS)
     for folder in _FLAT_FOLDERS[1:]:
-        _check_dir(os.path.join(root, folder), f"Drishti-GS flat '{folder}' folder")
+        check_dir(os.path.join(root, folder), f"Drishti-GS flat '{folder}' folder")
     disc = image_folder_datalist(image_dir, os.path.join(root, "disc"), image_exts=_IMAGE_EXTS, mask_exts=(".png",))
     cup = image_folder_datalist(image_dir, os.path.join(root, "cup"), image_exts=_IMAGE_EXTS, mask_exts=(".png",))
     return [{**d, "label_cup": c["label"], "expert_threshold": threshold} for d, c in zip(disc, cup)]
@@ -293,7 +295,7 @@ def _drishti_flat(root: str, split: str, labels: Any, threshold: int) -> list[di
 def fundus_layout(dataset_dir: PathLike) -> str:
     """``"refuge"`` or ``"drishti_gs"``: the layout found under ``dataset_dir`` (see the two builders);
     ``FileNotFoundError`` listing what was looked for when neither is there."""
-    root = _check_dir(dataset_dir, "Fundus dataset_dir")
+    root = check_dir(dataset_dir, "Fundus dataset_dir")
     if any(_find_dirs(root, names) for names, _ in REFUGE_SPLIT_FOLDERS.values()):
         return "refuge"
     flat = all(os.path.isdir(os.path.join(root, f)) for f in _FLAT_FOLDERS)
@@ -303,7 +305,7 @@ def fundus_layout(dataset_dir: PathLike) -> str:
     raise FileNotFoundError(
         f"No REFUGE (Training400/, REFUGE-Validation400/, Test400/) or Drishti-GS1 (Drishti-GS1_files/Training/Images, "
         f"or flat images/ disc/ cup/) folders found under '{root}', which contains: "
-        f"{_format_names(sorted(os.listdir(root))) or 'nothing'}."
+        f"{format_names(sorted(os.listdir(root))) or 'nothing'}."
     )
 
 

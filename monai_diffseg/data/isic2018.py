@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 from monai.config import PathLike
 from monai.utils import look_up_option
 
 from .splits import split_datalist
+from .utils import check_dir, check_pairs, index_by_case
 
 __all__ = [
     "ISIC2018_SPLIT_FOLDERS",
@@ -44,51 +45,6 @@ ISIC2018_SPLIT_FOLDERS: dict[str, tuple[str, str]] = {
 _ISIC_IMAGE_RE = re.compile(r"^(ISIC_\d+)\.(jpe?g|png)$", re.IGNORECASE)
 _ISIC_MASK_SUFFIX = "_segmentation.png"
 _DEFAULT_MASK_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-_MAX_LISTED = 5
-
-
-def _check_dir(path: PathLike, what: str) -> str:
-    """``path`` as an absolute string; ``FileNotFoundError`` naming it as ``what`` if it is not a folder."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{what} not found: '{path}' does not exist or is not a folder.")
-    return path
-
-
-def _format_names(names: Sequence[str]) -> str:
-    """The first few names plus a total count, for messages."""
-    more = ", ..." if len(names) > _MAX_LISTED else ""
-    return f"{', '.join(names[:_MAX_LISTED])}{more} ({len(names)} in total)"
-
-
-def _index_by_case(folder: str, case_of: Callable[[str], str | None], what: str, kind: str) -> dict[str, str]:
-    """Map case id -> path for the files of ``folder`` (sorted) that ``case_of`` names (``None``: ignored);
-    ``ValueError`` for a case with two files, named ``f"{what} '{case}' has more than one {kind}"``."""
-    index: dict[str, str] = {}
-    for name in sorted(os.listdir(folder)):
-        case = case_of(name)
-        if case is None or not os.path.isfile(os.path.join(folder, name)):
-            continue
-        if case in index:
-            raise ValueError(
-                f"{what} '{case}' has more than one {kind} in '{folder}': "
-                f"'{os.path.basename(index[case])}' and '{name}'; keep exactly one."
-            )
-        index[case] = os.path.join(folder, name)
-    return index
-
-
-def _check_pairs(missing: Sequence[tuple[str, str]], orphans: Sequence[str], mask_dir: str) -> None:
-    """``ValueError`` for the images without masks (``(image file name, expected mask path)``); log the orphan masks."""
-    if missing:
-        raise ValueError(
-            f"No mask found for image(s) {_format_names([name for name, _ in missing])} in mask folder '{mask_dir}'; "
-            f"e.g. expected '{missing[0][1]}' for '{missing[0][0]}'. Pass labels=False to list images only."
-        )
-    if orphans:  # harmless, but usually a sign of a partial download
-        logger.warning(
-            "Ignoring %d mask(s) without an image in '%s': %s", len(orphans), mask_dir, _format_names(orphans)
-        )
 
 
 def isic2018_datalist(
@@ -122,14 +78,14 @@ def isic2018_datalist(
     split = look_up_option(split, ISIC2018_SPLITS)
     if labels not in (True, False, "auto"):
         raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
-    root = _check_dir(dataset_dir, "ISIC 2018 dataset_dir")
+    root = check_dir(dataset_dir, "ISIC 2018 dataset_dir")
     input_dir, gt_dir = (os.path.join(root, name) for name in ISIC2018_SPLIT_FOLDERS[split])
     if not os.path.isdir(input_dir):
         raise FileNotFoundError(
             f"ISIC 2018 {split} input folder not found: expected '{input_dir}'. "
             f"'{root}' contains: {sorted(os.listdir(root)) or 'nothing'}."
         )
-    images = _index_by_case(input_dir, lambda n: (m := _ISIC_IMAGE_RE.match(n)) and m.group(1), "Case", "image")
+    images = index_by_case(input_dir, lambda n: (m := _ISIC_IMAGE_RE.match(n)) and m.group(1), "Case", "image")
     if not images:
         raise ValueError(f"No ISIC images (ISIC_<id>.jpg/.jpeg/.png) found in '{input_dir}' for split '{split}'.")
 
@@ -152,7 +108,7 @@ def isic2018_datalist(
             datalist.append({"image": images[case], "label": mask, "case": case})
     used = {os.path.basename(d["label"]).lower() for d in datalist}
     orphans = sorted(os.path.basename(p) for k, p in masks.items() if k.endswith(_ISIC_MASK_SUFFIX) and k not in used)
-    _check_pairs(missing, orphans, gt_dir)
+    check_pairs(missing, orphans, gt_dir)
     return datalist
 
 
@@ -180,7 +136,7 @@ def isic2018_train_val_datalists(
     """
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
-    root = _check_dir(dataset_dir, "ISIC 2018 dataset_dir")
+    root = check_dir(dataset_dir, "ISIC 2018 dataset_dir")
     train = isic2018_datalist(root, "training", labels=True)
     if all(os.path.isdir(os.path.join(root, name)) for name in ISIC2018_SPLIT_FOLDERS["validation"]):
         val = isic2018_datalist(root, "validation", labels=True)
@@ -233,7 +189,7 @@ def image_folder_datalist(
         FileNotFoundError: ``image_dir`` or (when used) ``mask_dir`` is not an existing folder.
         ValueError: no images, an id with several images or masks, or an image without a mask.
     """
-    image_root = _check_dir(image_dir, "Image folder")
+    image_root = check_dir(image_dir, "Image folder")
     image_ext_set = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in image_exts}
     mask_ext_set = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in mask_exts}
 
@@ -243,13 +199,13 @@ def image_folder_datalist(
             return None
         return stem[: len(stem) - len(suffix)] if suffix else stem
 
-    images = _index_by_case(image_root, lambda n: stem_of(n, image_ext_set), "Image id", "file")
+    images = index_by_case(image_root, lambda n: stem_of(n, image_ext_set), "Image id", "file")
     if not images:
         raise ValueError(f"No images with extensions {sorted(image_ext_set)} found in '{image_root}'.")
     if mask_dir is None or not labels:
         return [{"image": images[case], "case": case} for case in sorted(images)]
-    mask_root = _check_dir(mask_dir, "Mask folder")
-    masks = _index_by_case(mask_root, lambda n: stem_of(n, mask_ext_set, mask_suffix), "Image id", "mask")
+    mask_root = check_dir(mask_dir, "Mask folder")
+    masks = index_by_case(mask_root, lambda n: stem_of(n, mask_ext_set, mask_suffix), "Image id", "mask")
     datalist: list[dict[str, str]] = []
     missing: list[tuple[str, str]] = []
     for case in sorted(images):
@@ -258,5 +214,5 @@ def image_folder_datalist(
         else:
             expected = os.path.join(mask_root, f"{case}{mask_suffix}{{{','.join(sorted(mask_ext_set))}}}")
             missing.append((os.path.basename(images[case]), expected))
-    _check_pairs(missing, sorted(os.path.basename(masks[c]) for c in masks if c not in images), mask_root)
+    check_pairs(missing, sorted(os.path.basename(masks[c]) for c in masks if c not in images), mask_root)
     return datalist

@@ -26,7 +26,8 @@ from typing import Literal
 from monai.config import PathLike
 from monai.utils import look_up_option
 
-from monai_diffseg.data.isic2018 import _check_dir, _format_names, split_datalist
+from monai_diffseg.data.splits import split_datalist
+from monai_diffseg.data.utils import check_dir, format_names
 
 __all__ = [
     "LIDC_CROPS_SPLITS",
@@ -138,7 +139,7 @@ def case_folder_datalist(
     """
     if labels not in (True, False, "auto"):
         raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
-    root = _check_dir(dataset_dir, "Multi-rater dataset_dir")
+    root = check_dir(dataset_dir, "Multi-rater dataset_dir")
     items: list[dict] = []
     for case in sorted(os.listdir(root)):
         case_dir = os.path.join(root, case)
@@ -160,7 +161,7 @@ def case_folder_datalist(
     if not items:
         sub = [n for n in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, n))]
         raise ValueError(
-            f"No case folders with an 'image.<ext>' found in '{root}' (sub-folders: {_format_names(sub) if sub else 'none'}"
+            f"No case folders with an 'image.<ext>' found in '{root}' (sub-folders: {format_names(sub) if sub else 'none'}"
             "); expected <dataset_dir>/<case>/image.png with rater1.png ... (or QUBIQ's <case>/image.nii.gz with "
             "task01_seg01.nii.gz ...)."
         )
@@ -170,7 +171,7 @@ def case_folder_datalist(
     missing = [d["case"] for d in items if not d["raters"]]
     if missing:
         raise ValueError(
-            f"Case folder(s) {_format_names(missing)} in '{root}' have no rater masks (rater<k>.<ext> or "
+            f"Case folder(s) {format_names(missing)} in '{root}' have no rater masks (rater<k>.<ext> or "
             "task<TT>_seg<KK>.<ext>); pass labels=False to list images only."
         )
     return _check_counts(items, num_raters, root)
@@ -208,13 +209,13 @@ def lidc_crops_datalist(
     """
     if labels not in (True, False, "auto"):
         raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
-    root = _check_dir(dataset_dir, "LIDC crops dataset_dir")
+    root = check_dir(dataset_dir, "LIDC crops dataset_dir")
     base = root if split is None else os.path.join(root, look_up_option(split, LIDC_CROPS_SPLITS))
-    image_root = _check_dir(os.path.join(base, "images"), f"LIDC crops images folder (split {split!r})")
+    image_root = check_dir(os.path.join(base, "images"), f"LIDC crops images folder (split {split!r})")
     gt_root = os.path.join(base, "gt")
     use = os.path.isdir(gt_root) if labels == "auto" else labels
     if use:
-        gt_root = _check_dir(gt_root, f"LIDC crops gt folder (split {split!r}); pass labels=False to list images only")
+        gt_root = check_dir(gt_root, f"LIDC crops gt folder (split {split!r}); pass labels=False to list images only")
     items: list[dict] = []
     missing: list[str] = []
     for patient in sorted(os.listdir(image_root)):
@@ -240,7 +241,7 @@ def lidc_crops_datalist(
             items.append(item)
     if missing:
         raise ValueError(
-            f"LIDC crop(s) {_format_names(missing)} lack rater masks in '{gt_root}': expected "
+            f"LIDC crop(s) {format_names(missing)} lack rater masks in '{gt_root}': expected "
             f"<patient>/<slice>_l0 ... _l{num_raters - 1} (num_raters={num_raters}). Complete or remove them."
         )
     if not items:
@@ -282,7 +283,7 @@ def multirater_datalist(
     Returns:
         Items as :func:`case_folder_datalist` / :func:`lidc_crops_datalist`.
     """
-    root = _check_dir(dataset_dir, "Multi-rater dataset_dir")
+    root = check_dir(dataset_dir, "Multi-rater dataset_dir")
     layout = look_up_option(layout, MULTIRATER_LAYOUTS)
     if layout == "auto":
         layout = _detect_layout(root)
@@ -317,7 +318,7 @@ def multirater_train_val_datalists(
     Returns:
         ``(train_list, val_list)``, disjoint, each sorted by case.
     """
-    root = _check_dir(dataset_dir, "Multi-rater dataset_dir")
+    root = check_dir(dataset_dir, "Multi-rater dataset_dir")
     layout = look_up_option(layout, MULTIRATER_LAYOUTS)
     if layout == "auto":
         layout = _detect_layout(root)

@@ -25,7 +25,9 @@ from typing import Literal
 from monai.config import PathLike
 from monai.utils import look_up_option
 
-from monai_diffseg.data.isic2018 import _check_dir, _check_pairs, _index_by_case, image_folder_datalist, split_datalist
+from monai_diffseg.data.isic2018 import image_folder_datalist
+from monai_diffseg.data.splits import split_datalist
+from monai_diffseg.data.utils import check_dir, check_pairs, index_by_case
 
 __all__ = [
     "CVC_CLINICDB_FOLDERS",
@@ -147,7 +149,7 @@ def detect_polyp_format(dataset_dir: PathLike) -> str:
         FileNotFoundError: ``dataset_dir`` is missing or holds neither layout (the message names both).
         ValueError: both layouts at the same depth.
     """
-    root = _check_dir(dataset_dir, "Polyp dataset_dir")
+    root = check_dir(dataset_dir, "Polyp dataset_dir")
     level = [root]
     for depth in range(_SEARCH_DEPTH + 1):
         kinds = sorted(
@@ -204,7 +206,7 @@ def kvasir_seg_datalist(dataset_dir: PathLike, labels: bool | Literal["auto"] = 
         ValueError: bad ``labels``, no images, an id with several files, or an image without a mask.
     """
     _check_labels(labels)
-    root = _resolve_root(_check_dir(dataset_dir, "Kvasir-SEG dataset_dir"), "kvasir_seg")
+    root = _resolve_root(check_dir(dataset_dir, "Kvasir-SEG dataset_dir"), "kvasir_seg")
     image_dir = _child_dir(root, KVASIR_SEG_FOLDERS[0])
     mask_dir = _child_dir(root, KVASIR_SEG_FOLDERS[1])
     if labels is True and mask_dir is None:
@@ -250,10 +252,10 @@ def cvc_clinicdb_datalist(dataset_dir: PathLike, labels: bool | Literal["auto"] 
         ValueError: bad ``labels``, no frames, a frame number with two files, or a frame without a mask.
     """
     _check_labels(labels)
-    root = _resolve_root(_check_dir(dataset_dir, "CVC-ClinicDB dataset_dir"), "cvc_clinicdb")
+    root = _resolve_root(check_dir(dataset_dir, "CVC-ClinicDB dataset_dir"), "cvc_clinicdb")
     image_dir = _child_dir(root, CVC_CLINICDB_FOLDERS[0])
     mask_dir = _child_dir(root, _CVC_MASK_DIR_NAMES)
-    images = _index_by_case(image_dir, _cvc_case, "CVC-ClinicDB frame", "image")
+    images = index_by_case(image_dir, _cvc_case, "CVC-ClinicDB frame", "image")
     if not images:
         raise ValueError(f"No CVC-ClinicDB frames (<number>.tif/.png) found in '{image_dir}'; {_contents(image_dir)}.")
     order = sorted(images, key=int)
@@ -266,13 +268,13 @@ def cvc_clinicdb_datalist(dataset_dir: PathLike, labels: bool | Literal["auto"] 
         return [{"image": images[c], "case": c} for c in order]
     if labels is False:
         return [{"image": images[c], "case": c} for c in order]
-    masks = _index_by_case(mask_dir, _cvc_case, "CVC-ClinicDB frame", "mask")
+    masks = index_by_case(mask_dir, _cvc_case, "CVC-ClinicDB frame", "mask")
     missing = [
         (os.path.basename(images[c]), os.path.join(mask_dir, f"{c}{os.path.splitext(images[c])[1]}"))
         for c in order
         if c not in masks
     ]
-    _check_pairs(missing, sorted(os.path.basename(masks[c]) for c in masks if c not in images), mask_dir)
+    check_pairs(missing, sorted(os.path.basename(masks[c]) for c in masks if c not in images), mask_dir)
     return [{"image": images[c], "label": masks[c], "case": c} for c in order]
 
 

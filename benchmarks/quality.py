@@ -42,6 +42,20 @@ Run (from the repository root; one CPU thread unless ``--threads``)::
     python benchmarks/quality.py --data ../shared/data/kvasir_seg --mask-threshold 127 --output runs/quality/kvasir.json
     python benchmarks/quality.py --data ../shared/data/ph2 --quick          # a few minutes on a CPU
 
+Task bundles (their data-list builder, split and scores; every per-case score of the bundle's ``metrics.json`` is
+summarised and compared per case, e.g. ``dice_cup`` / ``vcdr_error`` for fundus, ``ged`` against all raters)::
+
+    python benchmarks/quality.py --bundle bundles/medsegdiff_fundus_disc_cup --data ../shared/data/drishti_gs \
+        --datalist monai_diffseg.data.drishti_gs_datalist --datalist-args '{"expert_threshold": 2}' \
+        --fractions 0.6 0.1 0.3 --image-size 128 --iterations 400
+    python benchmarks/quality.py --bundle bundles/medsegdiff_thyroid_ddti --data ../shared/data/ddti \
+        --datalist monai_diffseg.data.ddti_datalist --group-regex '^(\\d+)_' --image-size 128 --iterations 500
+    python benchmarks/quality.py --bundle bundles/medsegdiff_polyp --data ../shared/data/kvasir_seg \
+        --datalist monai_diffseg.data.polyp_datalist --datalist-args '{"dataset_format": "kvasir_seg"}'
+    python benchmarks/quality.py --bundle bundles/medsegdiff_multirater --data ../shared/data/qubiq_brain_growth \
+        --datalist monai_diffseg.data.multirater_datalist --datalist-args '{"split": "test"}' \
+        --fractions 0.55 0.15 0.3 --batch-size 5 --image-size 128 --iterations 400
+
 Recipe options (``--prediction-type``, ``--aux-weight``, ``--network-config``, ``--noise-schedule``, ``--steps``,
 ``--members``, ``--fusion`` ...) override the bundle; ``--set KEY=JSON`` sets any other train/inference config item.
 ``--checkpoint PATH`` skips MedSegDiff training and only tests a trained model (e.g. to sweep steps/members/fusion).
@@ -106,7 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--group-regex",
         default=None,
         help="split by group, never by case: re.search on each case id, the first capture group (or the match) is "
-        "the group, e.g. DDTI '^(.+)\\(\\d+\\)$' keeps the crops of one frame together",
+        "the group, e.g. DDTI '^(\\d+)_' keeps the frames and nodule crops of one patient together",
     )
     p.add_argument("--image-dir", default="images", help="image sub-folder of --data")
     p.add_argument("--mask-dir", default="masks", help="mask sub-folder of --data")

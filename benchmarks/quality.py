@@ -45,15 +45,15 @@ Run (from the repository root; one CPU thread unless ``--threads``)::
 Task bundles (their data-list builder, split and scores; every per-case score of the bundle's ``metrics.json`` is
 summarised and compared per case, e.g. ``dice_cup`` / ``vcdr_error`` for fundus, ``ged`` against all raters)::
 
-    python benchmarks/quality.py --bundle bundles/medsegdiff_fundus_disc_cup --data ../shared/data/drishti_gs \
-        --datalist monai_diffseg.data.drishti_gs_datalist --datalist-args '{"expert_threshold": 2}' \
+    python benchmarks/quality.py --bundle bundles/medsegdiff_fundus_disc_cup --data ../shared/data/drishti_gs \\
+        --datalist monai_diffseg.data.drishti_gs_datalist --datalist-args '{"expert_threshold": 2}' \\
         --fractions 0.6 0.1 0.3 --image-size 128 --iterations 400
-    python benchmarks/quality.py --bundle bundles/medsegdiff_thyroid_ddti --data ../shared/data/ddti \
+    python benchmarks/quality.py --bundle bundles/medsegdiff_thyroid_ddti --data ../shared/data/ddti \\
         --datalist monai_diffseg.data.ddti_datalist --group-regex '^(\\d+)_' --image-size 128 --iterations 500
-    python benchmarks/quality.py --bundle bundles/medsegdiff_polyp --data ../shared/data/kvasir_seg \
+    python benchmarks/quality.py --bundle bundles/medsegdiff_polyp --data ../shared/data/kvasir_seg \\
         --datalist monai_diffseg.data.polyp_datalist --datalist-args '{"dataset_format": "kvasir_seg"}'
-    python benchmarks/quality.py --bundle bundles/medsegdiff_multirater --data ../shared/data/qubiq_brain_growth \
-        --datalist monai_diffseg.data.multirater_datalist --datalist-args '{"split": "test"}' \
+    python benchmarks/quality.py --bundle bundles/medsegdiff_multirater --data ../shared/data/qubiq_brain_growth \\
+        --datalist monai_diffseg.data.multirater_datalist --datalist-args '{"split": "test"}' \\
         --fractions 0.55 0.15 0.3 --batch-size 5 --image-size 128 --iterations 400
 
 Recipe options (``--prediction-type``, ``--aux-weight``, ``--network-config``, ``--noise-schedule``, ``--steps``,

@@ -16,6 +16,7 @@ from . import (
     fusion,
     healthy_patches,
     io,
+    label_map,
     raters,
     staple,
     uncertainty,
@@ -28,6 +29,7 @@ from .fundus import *
 from .fusion import *
 from .healthy_patches import *
 from .io import *
+from .label_map import *
 from .raters import *
 from .staple import *
 from .uncertainty import *
@@ -41,6 +43,7 @@ __all__ = [
     *fusion.__all__,
     *healthy_patches.__all__,
     *io.__all__,
+    *label_map.__all__,
     *raters.__all__,
     *staple.__all__,
     *uncertainty.__all__,

@@ -22,10 +22,14 @@ class BinaryMask(Transform):
 
     Accepts masks stored as ``{0, 1}`` or ``{0, 255}`` (ISIC, PH2, most PNG masks; a mask that is all 0 or all 255
     is fine). Lossy masks (JPEG, as Kvasir-SEG ships them) have intermediate values: pass ``threshold`` (e.g. 127)
-    to binarise them explicitly instead. RGB masks (3 equal channels) are reduced to one channel.
+    to binarise them explicitly instead. A mask whose values are all in ``{0, 1}`` is a label map (as MONAI Label
+    stores the masks it serves and the ones users correct) and is taken as it is, whatever ``threshold``, so one
+    bundle trains on both the archive's 0-255 masks and MONAI Label's 0/1 labels. RGB masks (3 equal channels) are
+    reduced to one channel.
 
     Args:
-        threshold: if given, ``mask > threshold`` is foreground and no value check is made.
+        threshold: if given, ``mask > threshold`` is foreground (unless the mask is a ``{0, 1}`` label map) and no
+            value check is made.
 
     Raises:
         ValueError: naming the mask file and the unexpected values.
@@ -45,9 +49,9 @@ class BinaryMask(Transform):
                     f"mask '{name}' has {t.shape[0]} differing colour channels; expected a grayscale mask."
                 )
             t = t[:1]
-        if self.threshold is not None:
-            return (t > self.threshold).float()
         values = torch.unique(t)
+        if self.threshold is not None:
+            return (t > (0 if set(values.tolist()) <= {0, 1} else self.threshold)).float()
         if not any(set(values.tolist()) <= allowed for allowed in ({0, 1}, {0, 255})):
             shown = values[:8].tolist()
             raise ValueError(

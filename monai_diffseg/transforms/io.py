@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import KeysCollection, PathLike
-from monai.data import PILReader
+from monai.data import MetaTensor, PILReader
 from monai.transforms import LoadImage, MapTransform, SaveImage, Transform
 from monai.utils import ensure_tuple_rep, look_up_option
 from PIL import Image
@@ -140,6 +140,10 @@ class LoadImage2Dd(MapTransform):
         check_same_size: raise when the loaded keys of a case differ in spatial size; a mask of another size than
             its image would otherwise be stretched onto it silently.
         allow_missing_keys: skip keys that are absent (unlabelled cases).
+        same_size_as: a key loaded by an earlier step (e.g. ``"image"``) that the keys loaded here must match in
+            spatial size (with ``check_same_size``): loading the mask in its own step after the image keeps the
+            check. A bundle does this so that its top-level loader reads the image only and an unlabelled request
+            (MONAI Label's ``/infer``) never meets a loader that needs ``"label"``.
 
     Raises ``ValueError`` when a file cannot be read (naming it), or sizes differ (naming both files and sizes).
     """
@@ -151,14 +155,20 @@ class LoadImage2Dd(MapTransform):
         check_same_size: bool = True,
         dtype: Any = np.float32,
         allow_missing_keys: bool = False,
+        same_size_as: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loaders = [LoadImage2D(m, dtype=dtype) for m in ensure_tuple_rep(modes, len(self.keys))]
         self.check_same_size = check_same_size
+        self.same_size_as = same_size_as
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         first: tuple[Hashable, Any, tuple[int, ...]] | None = None
+        ref = d.get(self.same_size_as) if self.same_size_as is not None else None
+        if isinstance(ref, torch.Tensor):  # loaded by an earlier step
+            name = ref.meta.get("filename_or_obj", "<in memory>") if isinstance(ref, MetaTensor) else "<in memory>"
+            first = (self.same_size_as, name, tuple(int(s) for s in ref.shape[1:]))
         for key, loader in self.key_iterator(d, self.loaders):
             path = d[key]
             d[key] = loader(path)

@@ -77,3 +77,10 @@ def test_dict_version() -> None:
     bad = MetaTensor(torch.tensor([[[0.0, 7.0]]]), meta={"filename_or_obj": "bad_mask.png"})
     with pytest.raises(ValueError, match="bad_mask.png"):
         BinaryMaskd(keys="label")({"label": bad})
+
+
+def test_label_map_taken_as_is_whatever_the_threshold() -> None:
+    label_map = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])  # what MONAI Label stores: 0/1
+    assert BinaryMask(threshold=127)(label_map).tolist() == label_map.tolist()
+    jpeg = torch.tensor([[[3.0, 250.0], [130.0, 1.0]]])  # a lossy 0-255 mask: the threshold applies
+    assert BinaryMask(threshold=127)(jpeg).tolist() == [[[0.0, 1.0], [1.0, 0.0]]]

@@ -121,6 +121,17 @@ def test_missing_label_is_allowed_when_asked(tmp_path: Path) -> None:
     assert set(out) == {"image"} and out["image"].shape == (3, 20, 12)
 
 
+def test_mask_loaded_in_its_own_step_is_checked_against_the_image(tmp_path: Path) -> None:
+    image = _save(tmp_path / "i.png", RGB)
+    mask = _save(tmp_path / "m.png", np.zeros((12, 21), np.uint8))
+    loaded = LoadImage2Dd("image")({"image": str(image), "label": str(mask)})
+    label_step = LoadImage2Dd("label", "as_stored", same_size_as="image", allow_missing_keys=True)
+    with pytest.raises(ValueError) as err:
+        label_step(loaded)
+    assert "m.png" in str(err.value) and "i.png" in str(err.value) and "21x12" in str(err.value)
+    assert set(label_step(LoadImage2Dd("image")({"image": str(image)}))) == {"image"}  # unlabelled: skipped
+
+
 def test_converter_rejects_unknown_mode() -> None:
     with pytest.raises(ValueError, match="CMYK"):
         PILModeConverter("CMYK")

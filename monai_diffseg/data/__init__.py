@@ -56,6 +56,7 @@ from .polyp import (
 )
 from .skip_failed_loader import SkipFailedDataLoader
 from .splits import split_datalist
+from .train_loader import ClippedBatchDataLoader
 
 if TYPE_CHECKING:  # imported on first use, see __getattr__
     from .synthetic import make_synthetic_isic2018, synthetic_lesion_sample
@@ -71,6 +72,7 @@ if TYPE_CHECKING:  # imported on first use, see __getattr__
 __all__ = [
     "CVC_CLINICDB_FOLDERS",
     "CheckedCacheDataset",
+    "ClippedBatchDataLoader",
     "DDTI_FORMATS",
     "DDTI_GROUP_REGEX",
     "DDTI_IMAGE_EXTS",

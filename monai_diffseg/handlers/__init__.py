@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from .case_metrics import CaseMetricsWriter
 from .checkpoint_loader import CheckedCheckpointLoader
-from .checkpoint_saver import AtomicCheckpointSaver, remove_stale_temp_files
+from .checkpoint_saver import AtomicCheckpointSaver, FinalModelSaver, remove_stale_temp_files
 from .random_state import RandomStateHandler
 
 __all__ = [
     "AtomicCheckpointSaver",
     "CaseMetricsWriter",
     "CheckedCheckpointLoader",
+    "FinalModelSaver",
     "RandomStateHandler",
     "remove_stale_temp_files",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
@@ -58,6 +59,15 @@ class CheckedCheckpointLoader(CheckpointLoader):
             if a checkpoint exists, else start fresh).
         epochs_key: the bundle config key that sets the trainer's ``max_epochs``, named in the messages about a
             finished run (``--num_epochs N``).
+        total_epochs: the configured length of the whole training (the bundle's ``num_epochs``), for a trainer in
+            ``load_dict``. ``None`` or equal to the trainer's ``max_epochs``: ``max_epochs`` is the total, a resumed
+            run continues up to it (above). A trainer whose ``max_epochs`` differs from it was given the length of
+            this run instead (MONAI Label's ``/train`` sets ``train#trainer#max_epochs`` to the requested epochs): the
+            resumed run trains ``max_epochs`` **more** epochs after the checkpoint's, so every request trains what
+            it asks for (``resume`` would otherwise make a request after a finished one train nothing).
+        fresh_per_run: ``load_dict`` entries not restored when a run trains ``max_epochs`` more epochs (see
+            ``total_epochs``), e.g. the best-model record (``"best_model_saver"``): a new request is scored on its
+            own validation data, so its first validation writes ``model.pt``.
     """
 
     def __init__(
@@ -70,10 +80,17 @@ class CheckedCheckpointLoader(CheckpointLoader):
         strict_shape: bool = True,
         optional: bool = False,
         epochs_key: str = "num_epochs",
+        total_epochs: int | None = None,
+        fresh_per_run: Sequence[str] = (),
     ) -> None:
         path = os.fspath(load_path) if load_path is not None else load_path
         super().__init__(path, load_dict, name, map_location, strict, strict_shape)  # type: ignore[arg-type]
         self.optional, self.epochs_key = optional, epochs_key
+        self.total_epochs = None if total_epochs is None else int(total_epochs)
+        unknown = [k for k in fresh_per_run if k not in load_dict]
+        if unknown:
+            raise ValueError(f"fresh_per_run {unknown} are not keys of load_dict {list(load_dict)}.")
+        self.fresh_per_run = list(fresh_per_run)
 
     def validate(self, checkpoint: dict | None = None) -> dict:
         """
@@ -114,8 +131,25 @@ class CheckedCheckpointLoader(CheckpointLoader):
         checkpoint = self.validate()
         # as the parent's __call__, on the checkpoint read (and checked) once: keep this run's max_epochs
         prior_max_epochs = engine.state.max_epochs
-        Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=self.strict)
+        is_trainer = any(obj is engine for obj in self.load_dict.values())
+        per_run = (
+            is_trainer
+            and self.total_epochs is not None
+            and prior_max_epochs is not None
+            and prior_max_epochs != self.total_epochs
+        )
+        to_load = {k: v for k, v in self.load_dict.items() if not (per_run and k in self.fresh_per_run)}
+        Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint, strict=self.strict)
         resumed = engine.state.epoch
+        if per_run:
+            engine.state.max_epochs = resumed + prior_max_epochs
+            self.logger.info(
+                f"Restored {list(to_load)} from {self.load_path} at epoch {resumed}; max_epochs={prior_max_epochs} "
+                f"differs from the configured total ({self.epochs_key}={self.total_epochs}): training "
+                f"{prior_max_epochs} more epochs, to epoch {resumed + prior_max_epochs}"
+                + (f" ({self.fresh_per_run} start fresh)." if self.fresh_per_run else ".")
+            )
+            return
         engine.state.max_epochs = prior_max_epochs
         if prior_max_epochs is not None and resumed > prior_max_epochs:
             raise ValueError(
@@ -124,7 +158,6 @@ class CheckedCheckpointLoader(CheckpointLoader):
                 "over, do not resume (bundle: --resume false) or delete the checkpoint."
             )
         self.logger.info(f"Restored all variables from {self.load_path}")
-        is_trainer = any(obj is engine for obj in self.load_dict.values())
         if is_trainer and prior_max_epochs is not None and resumed == prior_max_epochs:
             self.logger.warning(
                 f"Training is already complete: checkpoint '{self.load_path}' is at epoch {resumed} of "

@@ -14,13 +14,17 @@ from typing import TYPE_CHECKING, Any
 from monai.handlers import CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_diffseg.utils import unwrap_network
+
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 idist, _ = optional_import("ignite", IgniteInfo.OPT_IMPORT_VERSION, min_version, "distributed")
+Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
+DiskSaver, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "DiskSaver")
 
-__all__ = ["AtomicCheckpointSaver", "remove_stale_temp_files"]
+__all__ = ["AtomicCheckpointSaver", "FinalModelSaver", "remove_stale_temp_files"]
 
 # ignite's atomic DiskSaver writes to tempfile.NamedTemporaryFile(dir=save_dir): "tmp" + 8 of [a-z0-9_]
 _TEMP_NAME = re.compile(r"tmp[a-z0-9_]{8}")
@@ -90,6 +94,15 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().attach(engine)
         self._engine = engine
 
+    @property
+    def best_model_file(self) -> str | None:
+        """Path of the key-metric (best-model) file this saver has recorded and that exists, else ``None``."""
+        if self._key_metric_checkpoint is None or not self._key_metric_checkpoint._saved:
+            return None
+        fixed = getattr(self._key_metric_checkpoint.save_handler, "filename", None)
+        path = os.path.join(self.save_dir, fixed or self._key_metric_checkpoint._saved[-1].filename)
+        return path if os.path.isfile(path) else None
+
     def state_dict(self) -> dict[str, Any]:
         """
         The best-metric record: ``{"_saved": [(score, filename), ...], "best_metric": ..., "best_metric_epoch": ...}``
@@ -129,3 +142,54 @@ class AtomicCheckpointSaver(CheckpointSaver):
         if state is not None and kept and "best_metric" in state_dict:
             state.best_metric = state_dict["best_metric"]
             state.best_metric_epoch = state_dict["best_metric_epoch"]
+
+
+class FinalModelSaver:
+    """
+    At the end of every training run (the trainer's ``COMPLETED``), write the networks of ``save_dict`` to
+    ``save_dir/filename`` (atomically, in the format of :class:`AtomicCheckpointSaver`: one network is saved as its
+    bare state dict) **unless** ``best_saver`` holds a validated best model, so the file that inference loads
+    (``model.pt``: what MONAI Label's ``/infer`` serves) always comes from the training: the best validated model when
+    there is one, else the final weights (no validation data, or a run shorter than the validation interval, e.g. a
+    short MONAI Label ``/train`` request).
+
+    Args:
+        save_dir: checkpoint folder (created if missing).
+        save_dict: ``{"model": network}``; ``DistributedDataParallel`` / ``DataParallel`` wrappers are unwrapped.
+        filename: file name in ``save_dir``; the same as ``best_saver``'s ``key_metric_filename``.
+        best_saver: the validation's best-model saver, or ``None`` (always write).
+        name: logger name; ``None``: the engine's logger.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        filename: str = "model.pt",
+        best_saver: AtomicCheckpointSaver | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not save_dict:
+            raise ValueError("FinalModelSaver: save_dict is empty; pass e.g. {'model': network}.")
+        self.save_dir, self.save_dict, self.filename = os.fspath(save_dir), dict(save_dict), filename
+        self.best_saver = best_saver
+        self.logger = logging.getLogger(name) if name is not None else None
+
+    def attach(self, engine: Engine) -> None:
+        if self.logger is None:
+            self.logger = engine.logger
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        logger = self.logger or engine.logger
+        best = self.best_saver.best_model_file if self.best_saver is not None else None
+        if best is not None:
+            logger.info(f"{os.path.join(self.save_dir, self.filename)}: keeping the best validated model ({best}).")
+            return
+        state = {k: unwrap_network(v).state_dict() for k, v in self.save_dict.items()}
+        checkpoint = next(iter(state.values())) if len(state) == 1 else state
+        DiskSaver(self.save_dir, atomic=True, create_dir=True, require_empty=False)(checkpoint, self.filename)
+        logger.info(
+            f"{os.path.join(self.save_dir, self.filename)}: no validated best model in this training, saved the final "
+            f"weights (epoch {engine.state.epoch})."
+        )

@@ -196,3 +196,37 @@ def test_missing_resume_entry_named(tmp_path: Path) -> None:
     load_dict = {"model": _mlp(), "trainer": engine, "random_states": RandomStateHandler()}  # new entry, old file
     with pytest.raises(ValueError, match=r"old.pt' has no entries \['random_states'\].*--resume false"):
         CheckedCheckpointLoader(tmp_path / "old.pt", load_dict)(engine)
+
+
+def test_per_run_epochs_train_more_after_a_finished_run(tmp_path: Path) -> None:
+    """MONAI Label's /train sets the trainer's max_epochs apart from the configured total: that many more epochs."""
+    _trained_checkpoint(tmp_path / "last.pt", epochs=2)  # finished: epoch 2 of 2, 2 iterations per epoch
+    iterations: list[int] = []
+    engine = _trainer(1, iterations)
+    CheckedCheckpointLoader(tmp_path / "last.pt", {"model": _mlp(), "trainer": engine}, total_epochs=100).attach(engine)
+    engine.run([0, 1], max_epochs=1)
+    assert iterations == [5, 6] and engine.state.epoch == 3  # one more epoch, not zero
+
+    # the configured total (max_epochs == total_epochs): a finished run trains nothing, as before
+    iterations.clear()
+    engine = _trainer(2, iterations)
+    CheckedCheckpointLoader(tmp_path / "last.pt", {"model": _mlp(), "trainer": engine}, total_epochs=2).attach(engine)
+    engine.run([0, 1], max_epochs=2)
+    assert iterations == []
+    with pytest.raises(ValueError, match=r"fresh_per_run \['nope'\]"):
+        CheckedCheckpointLoader(tmp_path / "last.pt", {"model": _mlp()}, fresh_per_run=["nope"])
+
+
+def test_fresh_per_run_entries_are_not_restored(tmp_path: Path) -> None:
+    engine = Engine(lambda e, b: None)
+    engine.run([0], max_epochs=1)
+    saved_opt = torch.optim.SGD(_mlp().parameters(), lr=0.25)
+    torch.save(
+        {"model": _mlp().state_dict(), "trainer": engine.state_dict(), "opt": saved_opt.state_dict()}, tmp_path / "c.pt"
+    )
+    for total, want_lr in ((5, 0.5), (1, 0.25)):  # per-run (max_epochs 3 != 5): "opt" starts fresh; total: restored
+        opt = torch.optim.SGD(_mlp().parameters(), lr=0.5)
+        trainer = _trainer(3, []) if total == 5 else _trainer(1, [])
+        load_dict = {"model": _mlp(), "trainer": trainer, "opt": opt}
+        CheckedCheckpointLoader(tmp_path / "c.pt", load_dict, total_epochs=total, fresh_per_run=["opt"])(trainer)
+        assert opt.param_groups[0]["lr"] == want_lr

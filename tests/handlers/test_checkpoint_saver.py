@@ -144,3 +144,23 @@ def test_stale_temp_files_removed(tmp_path: Path, caplog: pytest.LogCaptureFixtu
         save_dir=str(tmp_path), save_dict={"model": nn.Linear(1, 1)}, save_interval=1, remove_stale_temp=False
     )
     assert (tmp_path / "tmp12345678").exists()
+
+
+def test_final_model_saver_writes_unless_a_best_model_exists(tmp_path: Path) -> None:
+    from monai_diffseg.handlers import FinalModelSaver
+
+    net = nn.Linear(1, 1, bias=False)
+    best = _best_saver(tmp_path, net)
+    trainer = Engine(lambda e, b: net.weight.data.fill_(7.0))
+    FinalModelSaver(tmp_path, {"model": net}, "model.pt", best_saver=best).attach(trainer)
+    trainer.run([0], max_epochs=1)  # no validation ran: the final weights
+    assert best.best_model_file is None
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item() == 7.0  # bare state dict
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("tmp")]  # atomic write left nothing behind
+
+    validator = _validator([0.5], net, [3.0])
+    best.attach(validator)
+    validator.run([0], max_epochs=1)  # a validated best model (weight 3) ...
+    assert best.best_model_file == str(tmp_path / "model.pt")
+    trainer.run([0], max_epochs=2)  # ... is kept at the end of the run (weights are 7 again)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["weight"].item() == 3.0

@@ -1,13 +1,14 @@
 # monai-diffseg: two commands do everything on a fresh machine with Python >= 3.10.
 #   make demo   set up .venv, train the ISIC 2018 bundle briefly on the embedded synthetic dataset, run ensemble inference
 #   make test   set up .venv, lint (ruff check + format check), run the whole test suite
+#   make label-test   live MONAI Label server test of apps/monailabel (creates its own venv once: MONAI_LABEL_VENV)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.monai-diffseg-installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup demo lint test clean
+.PHONY: setup demo lint test label-test clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest -q tests
+
+label-test:
+	bash scripts/label_test.sh
 
 clean:
 	rm -rf demo_output .pytest_cache

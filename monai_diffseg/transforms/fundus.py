@@ -59,6 +59,9 @@ class FundusLabeld(MapTransform):
 
     - REFUGE (``cup_key`` absent from the data): one mask coded 0 = cup, 128 = rim, 255 = background; disc is
       ``value < 192``, cup ``value < 64`` (robust to a few grey levels of resampling).
+    - A label map (``cup_key`` absent, every value in ``{0, 1, 2}``): 0 background, 1 disc rim, 2 cup, as the
+      bundle serves its prediction (``MasksToLabelMapd``) and MONAI Label stores labels; disc is ``value >= 1``, cup
+      ``value == 2``. (A REFUGE mask always has background 255.)
     - Drishti-GS (``cup_key`` present): ``d[key]`` the disc and ``d[cup_key]`` the cup soft map (``k`` of 4 experts
       stored as ``k * 255 / 4``); a pixel is foreground when at least ``expert_threshold`` experts marked it
       (:func:`expert_level`). The threshold is read from ``d[threshold_key]`` when present (the data list records
@@ -106,6 +109,8 @@ class FundusLabeld(MapTransform):
                         f"{tuple(cup_map.shape[1:])} differ in size; the two soft maps of a case must match."
                     )
                 disc, cup = value >= level, cup_map >= level
+            elif set(torch.unique(value).tolist()) <= {0, 1, 2}:
+                disc, cup = value >= 1, value == 2
             else:
                 disc, cup = value < _REFUGE_DISC_BELOW, value < _REFUGE_CUP_BELOW
             if self.nested:

@@ -59,6 +59,8 @@ class LoadRatersd(MapTransform):
         name_key: key of the case id that names the stack (``None`` or absent: the first mask's name is kept).
         threshold: passed to :class:`~monai_diffseg.transforms.BinaryMask` (e.g. 127 for lossy JPEG masks).
         allow_missing_keys: skip absent keys (unlabelled cases).
+        single_key: when a key is absent but this one is present, its one mask file is read as the only rater: an
+            item with one annotation, as MONAI Label lists its labelled images (``{"image", "label"}``).
 
     Raises:
         ValueError: an empty list, an unreadable or non-binary mask (naming the file), or sizes that differ.
@@ -71,14 +73,19 @@ class LoadRatersd(MapTransform):
         name_key: str | None = "case",
         threshold: float | None = None,
         allow_missing_keys: bool = False,
+        single_key: str | None = None,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.loader = LoadImage2D("as_stored")
         self.binarize = BinaryMask(threshold)
         self.image_key, self.name_key = image_key, name_key
+        self.single_key = single_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        if self.single_key is not None and isinstance(d.get(self.single_key), (str, os.PathLike)):
+            for key in self.keys:
+                d.setdefault(key, [d[self.single_key]])
         image = d.get(self.image_key) if self.image_key else None
         for key in self.key_iterator(d):
             paths = [d[key]] if isinstance(d[key], (str, os.PathLike)) else list(d[key])

@@ -33,6 +33,18 @@ def test_refuge_coded_mask() -> None:
     assert out[1, 0].tolist() == [0, 0, 1, 0, 1, 0]  # cup (< 64)
 
 
+def test_served_label_map_round_trips() -> None:
+    """The 0 / 1 rim / 2 cup map the bundle serves (and MONAI Label stores) reads back as the same disc and cup."""
+    from monai_diffseg.transforms import MasksToLabelMap
+
+    disc = torch.tensor([[0.0, 1.0, 1.0, 1.0, 0.0]])
+    cup = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0]])
+    label_map = MasksToLabelMap(values=(1, 2))(torch.stack([disc, cup]))
+    assert label_map.tolist() == [[0, 1, 2, 1, 0]]
+    out = FundusLabeld("label")({"label": label_map[None].float()})["label"]
+    assert out[0].tolist() == disc.tolist() and out[1].tolist() == cup.tolist()
+
+
 @pytest.mark.parametrize("k, disc_row", [(1, [0, 1, 1, 1, 1]), (2, [0, 0, 1, 1, 1]), (4, [0, 0, 0, 0, 1])])
 def test_drishti_soft_maps(k: int, disc_row: list[int]) -> None:
     levels = torch.tensor([[[0.0, 64.0, 128.0, 191.0, 255.0]]])

@@ -42,6 +42,15 @@ def test_load_stack_named_by_case(item: dict) -> None:
     assert stack.meta["filename_or_obj"].endswith("case07/case07.raters")
 
 
+def test_single_label_is_one_rater(item: dict) -> None:
+    """MONAI Label lists {"image", "label"}: the label is read as the only rater; "raters" wins when present."""
+    single = {"image": item["image"], "label": item["raters"][1]}
+    d = LoadRatersd(single_key="label")(LoadImage2Dd("image", "L")(single))
+    assert d["raters"].shape == (1, 6, 4) and d["raters"].sum() == 18
+    both = LoadRatersd(single_key="label")(LoadImage2Dd("image", "L")({**item, "label": item["raters"][1]}))
+    assert both["raters"].shape == (4, 6, 4)
+
+
 def test_load_rejects_size_mismatch_and_non_binary(item: dict, tmp_path: Path) -> None:
     _png(Path(item["raters"][2]), np.zeros((5, 6)))
     with pytest.raises(ValueError, match=r"rater3.png' is 6x5 \(WxH\) but 'image' is 6x4"):

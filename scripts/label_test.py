@@ -17,7 +17,8 @@ it. Steps, each timed:
    ISIC the ensemble scores in the result and the uncertainty map saved under the label tag ``uncertainty``;
 6. ``/scoring/medsegdiff_isic2018`` then ``/activelearning/ensemble_uncertainty``: the grey image has the highest
    mutual information and is served first (``first`` serves another one);
-7. ``/train/medsegdiff_isic2018`` twice: each run finishes and changes ``model.pt`` (hash before/after);
+7. ``/train/medsegdiff_isic2018`` twice: each run finishes and changes ``model.pt`` (hash before/after); /infer
+   then runs with the new checkpoint;
 8. the server is stopped (also on failure or Ctrl-C); the timings are printed.
 
 Exit status 0 when every check passed.
@@ -30,6 +31,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -68,6 +70,7 @@ INFERENCE: dict[str, dict[str, Any]] = {
     "medsegdiff_polyp": {**TINY, "num_samples": 2, "num_inference_steps": 2},
     "medsegdiff_thyroid_ddti": {**TINY, "num_samples": 2, "num_inference_steps": 2},
 }
+SCORES = ("entropy", "mutual_information", "sample_diversity")
 TRAIN: dict[str, Any] = {**TINY, "batch_size": 2, "val_num_inference_steps": 2, "val_num_samples": 2}
 
 TIMINGS: list[tuple[str, float]] = []
@@ -209,10 +212,11 @@ class Server:
         log(f"server stopped (exit {self.proc.returncode})")
 
 
-def call(method: str, url: str, **kwargs: Any) -> requests.Response:
+def call(method: str, url: str, quiet: bool = False, **kwargs: Any) -> requests.Response:
     t0 = time.time()
     r = requests.request(method, url, timeout=kwargs.pop("timeout", 600), **kwargs)
-    log(f"{method} {url.split('127.0.0.1')[1]} -> HTTP {r.status_code} ({time.time() - t0:.2f} s)")
+    if not quiet:
+        log(f"{method} {url.split('127.0.0.1')[1]} -> HTTP {r.status_code} ({time.time() - t0:.2f} s)")
     check(r.status_code == 200, f"{method} {url}: HTTP {r.status_code}: {r.text[:2000]}")
     return r
 
@@ -257,6 +261,10 @@ def infer(url: str, model: str, image: str, size: tuple[int, int], info: dict) -
 
 def run(args: argparse.Namespace, work: Path) -> None:
     names = bundles()
+    if args.bundles:
+        wanted = [b.strip() for b in args.bundles.split(",") if b.strip()]
+        check(ISIC in wanted and set(wanted) <= set(names), f"--bundles {args.bundles}: need {ISIC}; have {names}")
+        names = sorted(wanted)
     app = work / "app"
     with step("data + pre-training of the tiny ISIC network"):
         from monai_diffseg.data import make_synthetic_isic2018
@@ -280,7 +288,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         (work / "overrides.json").write_text(json.dumps(overrides, indent=1))
 
     conf = {
-        "models": "all",
+        "models": "all" if names == bundles() else ",".join(names),
         "bundles_dir": str(REPO / "bundles"),
         "overrides": str(work / "overrides.json"),
         "scoring_models": ISIC,
@@ -321,7 +329,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
             # an uploaded file (not in the datastore): scores in the result, no map stored
             with open(work / "studies" / f"{unlabelled[1]}.jpg", "rb") as f:
                 r = call("POST", f"{url}/infer/{ISIC}?output=json", files={"file": (f"{unlabelled[1]}.jpg", f)})
-            unc = r.json()["ensemble_uncertainty"]
+            unc = uploaded = r.json()["ensemble_uncertainty"]
             log(f"  uploaded file: ensemble_uncertainty {unc}")
             check(unc["label_tag"] is None and "file" not in unc, f"uploaded file: {unc}")
             for n in names:
@@ -342,7 +350,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
             deadline = time.time() + 60  # the server reloads the datastore file the scoring process wrote
             while time.time() < deadline and len(scores) < len(candidates):
                 for image in candidates:
-                    got = call("GET", f"{url}/datastore/image/info?image={image}").json()
+                    got = call("GET", f"{url}/datastore/image/info?image={image}", quiet=True).json()
                     entry = (got.get("ensemble_uncertainty") or {}).get(ISIC)
                     if entry:
                         scores[image] = entry
@@ -352,6 +360,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
                 s = scores[image]
                 log(f"  {image:16s} entropy {s['entropy']:.4f}  MI {s['mutual_information']:.5f}  "
                     f"diversity {s['sample_diversity']:.4f}  ({s['latency']} s)")  # fmt: skip
+            # the same image and seeds: /infer (uploaded above) and the scoring process agree
+            agree = all(math.isclose(scores[unlabelled[1]][k], uploaded[k], rel_tol=1e-3, abs_tol=1e-6) for k in SCORES)
+            check(agree, f"scoring {scores[unlabelled[1]]} != /infer {uploaded} for {unlabelled[1]}")
             ranked = sorted(candidates, key=lambda i: -scores[i]["mutual_information"])
             check(ranked[0] == BLANK, f"most uncertain by MI is {ranked[0]}, not {BLANK}: {scores}")
             served = call("POST", f"{url}/activelearning/ensemble_uncertainty", json={}).json()
@@ -373,6 +384,11 @@ def run(args: argparse.Namespace, work: Path) -> None:
                 after = sha256(model_pt)
                 log(f"  model.pt {before[:12]} -> {after[:12]}; task {task['status']}")
                 check(after != before, f"model.pt unchanged after /train #{attempt}; see {server.log_file}")
+        with step("/infer with the retrained model.pt"):
+            mask, _ = infer(url, ISIC, unlabelled[0], size, info)
+            log(
+                f"  {ISIC}: Dice vs ground truth {dice(mask > 0, np.asarray(Image.open(truth[unlabelled[0]])) > 0):.3f}"
+            )
     finally:
         server.stop()
     check(not FAILURES, f"{len(FAILURES)} bundle check(s) failed: " + "; ".join(FAILURES))
@@ -381,6 +397,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", help="keep everything here (default: a temporary folder, removed on success)")
+    parser.add_argument("--bundles", help=f"comma separated bundles to serve (default: all; must include {ISIC})")
     parser.add_argument("--pretrain-epochs", type=int, default=20)
     parser.add_argument("--start-timeout", type=float, default=300.0)
     parser.add_argument("--task-timeout", type=float, default=600.0)

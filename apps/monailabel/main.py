@@ -12,7 +12,7 @@ Settings (``--conf key value``):
     models: ``all`` (default) or comma separated bundle names from ``bundles_dir``.
     bundles_dir: folder of the bundles (default: ``bundles/`` of the repository this app is in). Each served bundle's
         ``configs/``, ``docs/`` and ``LICENSE`` are copied into ``<app>/model/<name>`` at every start; the checkpoint
-        goes to ``<app>/model/<name>/models/model.pt`` (a bundle without one is listed as a trainer only).
+        goes to ``<app>/model/<name>/models/model.pt`` (a bundle without one is a trainer only until a restart).
     overrides: JSON file of per-bundle config overrides (:func:`lib.bundles.load_overrides`).
     uncertainty_map: ``entropy`` (default) or ``mutual_information``: the map stored for each /infer.
     scoring_models: models scored for active learning (default: every model with a checkpoint).

@@ -339,9 +339,9 @@ def _train(
     return info
 
 
-def _baseline_overrides(args: argparse.Namespace, in_channels: Any = 3) -> dict[str, Any]:
-    """Turn the MedSegDiff train.json into a plain supervised U-Net with Dice+CE loss (sigmoid per channel: binary and
-    multi-label masks); ``in_channels``: the bundle's (a number or a config reference)."""
+def _baseline_overrides(args: argparse.Namespace, in_channels: Any = 3, num_classes: int = 1) -> dict[str, Any]:
+    """Turn the MedSegDiff train.json into a plain supervised U-Net with Dice + binary cross-entropy loss (sigmoid per
+    channel: binary and multi-label masks); ``in_channels``: the bundle's (a number or a config reference)."""
     levels = len(args.baseline_channels)
     strides = args.baseline_strides or [2] * (levels - 1)
     return {
@@ -354,7 +354,11 @@ def _baseline_overrides(args: argparse.Namespace, in_channels: Any = 3) -> dict[
             "strides": list(strides),
             "num_res_units": args.baseline_res_units,
         },
-        "loss": {"_target_": "DiceCELoss", "sigmoid": True},
+        # Dice + binary cross-entropy per channel: MONAI's DiceCELoss switches to softmax cross-entropy for more
+        # than one channel, wrong for multi-label masks (nested disc/cup), so those get DiceFocalLoss(gamma=0)
+        "loss": {"_target_": "DiceCELoss", "sigmoid": True}
+        if num_classes == 1
+        else {"_target_": "DiceFocalLoss", "sigmoid": True, "gamma": 0.0},
         "train#inferer": {"_target_": "SimpleInferer"},
         "train#prepare_batch": "$monai.engines.default_prepare_batch",
         "validate#inferer": {"_target_": "SimpleInferer"},
@@ -670,6 +674,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     }
 
     in_channels = train_cfg["network_def"].get("in_channels", 3)
+    num_classes = int(train_cfg.get("num_classes", 1))
     # a bundle that wraps its diffusion inferer (e.g. a region-of-interest pass) names the inner one member_inferer
     inferer_key = "member_inferer" if "member_inferer" in infer_cfg else "inferer"
     for model in args.models:
@@ -682,7 +687,11 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             entry: dict[str, Any] = {"train": {"checkpoint": args.checkpoint, "note": "not trained in this run"}}
             ckpt = args.checkpoint
         else:
-            train_over = msd_train if model == "medsegdiff" else {**common, **_baseline_overrides(args, in_channels)}
+            train_over = (
+                msd_train
+                if model == "medsegdiff"
+                else {**common, **_baseline_overrides(args, in_channels, num_classes)}
+            )
             entry = {"train": _train(model, bundle, train_over, work_dir)}
             ckpt = entry["train"][f"{args.checkpoint_choice}_checkpoint"]
             if not os.path.isfile(ckpt):  # no validation improved on the start: test the final weights
@@ -691,7 +700,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         if model == "baseline":
             test_over.update(
                 {
-                    "network_def": _baseline_overrides(args, in_channels)["network_def"],
+                    "network_def": _baseline_overrides(args, in_channels, num_classes)["network_def"],
                     inferer_key: SigmoidMembersInferer(),
                     "fusion": "mean",
                 }

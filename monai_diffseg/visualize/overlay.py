@@ -198,6 +198,7 @@ class SaveOverlayd(MapTransform):
         self.output_postfix = output_postfix
         self.alpha = float(alpha)
         self._warned_resize = False
+        self._to_rgb = PILModeConverter("RGB")  # one instance: its conversion log lines are counted per kind
 
     def _to_hw(self, value: Any, name: str, size_hw: tuple[int, int]) -> np.ndarray:
         """Channel-first (C, W, H) mask -> uint8 (H, W) at ``size_hw``, resized by nearest neighbour if needed."""
@@ -247,7 +248,7 @@ class SaveOverlayd(MapTransform):
         if not os.path.isfile(filename):
             raise FileNotFoundError(f"SaveOverlayd: source image '{filename}' of d['{self.image_key}'] not found.")
         with Image.open(filename) as pil:  # the same mode conversion as the bundles' loader (16-bit, RGBA, ...)
-            rgb = np.asarray(PILModeConverter("RGB")(pil))
+            rgb = np.asarray(self._to_rgb(pil))
         size_hw = (int(rgb.shape[0]), int(rgb.shape[1]))
         if self.label_key is not None and self.label_key not in d and not self.allow_missing_keys:
             raise ValueError(f"SaveOverlayd: label key '{self.label_key}' not in data (keys: {list(d)}).")

@@ -16,7 +16,14 @@ REQUIRED = ("metadata.json", "train.json", "inference.json", "evaluate.json")
 
 
 def test_bundles_found() -> None:
-    assert {b.name for b in BUNDLES} >= {"medsegdiff_isic2018", "diffseg_isic2018"}
+    assert {b.name for b in BUNDLES} >= {
+        "medsegdiff_isic2018",
+        "diffseg_isic2018",
+        "medsegdiff_fundus_disc_cup",
+        "medsegdiff_thyroid_ddti",
+        "medsegdiff_polyp",
+        "medsegdiff_multirater",
+    }
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda b: b.name)

@@ -7,6 +7,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .brats import (
+    BRATS_ET_LABEL,
+    BRATS_FORMATS,
+    BRATS_MODALITIES,
+    BRATS_SPLITS,
+    brats_datalist,
+    brats_output_name,
+    detect_brats_format,
+)
 from .checked_cache_dataset import CheckedCacheDataset
 from .ddti import (
     DDTI_FORMATS,
@@ -60,6 +69,7 @@ from .train_loader import ClippedBatchDataLoader
 
 if TYPE_CHECKING:  # imported on first use, see __getattr__
     from .synthetic import make_synthetic_isic2018, synthetic_lesion_sample
+    from .synthetic_brats import make_synthetic_brats, synthetic_brats_sample
     from .synthetic_ddti import make_synthetic_ddti, synthetic_ultrasound_sample
     from .synthetic_fundus import make_synthetic_drishti_gs, make_synthetic_refuge, synthetic_fundus_sample
     from .synthetic_multirater import (
@@ -70,6 +80,10 @@ if TYPE_CHECKING:  # imported on first use, see __getattr__
     from .synthetic_polyp import make_synthetic_cvc_clinicdb, make_synthetic_kvasir_seg, synthetic_polyp_sample
 
 __all__ = [
+    "BRATS_ET_LABEL",
+    "BRATS_FORMATS",
+    "BRATS_MODALITIES",
+    "BRATS_SPLITS",
     "CVC_CLINICDB_FOLDERS",
     "CheckedCacheDataset",
     "ClippedBatchDataLoader",
@@ -87,11 +101,14 @@ __all__ = [
     "REFUGE_SPLITS",
     "REFUGE_SPLIT_FOLDERS",
     "SkipFailedDataLoader",
+    "brats_datalist",
+    "brats_output_name",
     "case_folder_datalist",
     "cvc_clinicdb_datalist",
     "ddti_datalist",
     "ddti_train_val_datalists",
     "ddti_xml_polygons",
+    "detect_brats_format",
     "detect_ddti_format",
     "detect_polyp_format",
     "drishti_gs_datalist",
@@ -103,6 +120,7 @@ __all__ = [
     "isic2018_train_val_datalists",
     "kvasir_seg_datalist",
     "lidc_crops_datalist",
+    "make_synthetic_brats",
     "make_synthetic_case_folders",
     "make_synthetic_cvc_clinicdb",
     "make_synthetic_ddti",
@@ -118,6 +136,7 @@ __all__ = [
     "rasterize_polygons",
     "refuge_datalist",
     "split_datalist",
+    "synthetic_brats_sample",
     "synthetic_fundus_sample",
     "synthetic_lesion_sample",
     "synthetic_multirater_sample",
@@ -128,6 +147,8 @@ __all__ = [
 # ``synthetic`` is imported on first use: importing it here would make
 # ``python -m monai_diffseg.data.synthetic`` warn that the module was imported before running as __main__.
 _LAZY = {
+    "make_synthetic_brats": ".synthetic_brats",
+    "synthetic_brats_sample": ".synthetic_brats",
     "make_synthetic_case_folders": ".synthetic_multirater",
     "make_synthetic_lidc_crops": ".synthetic_multirater",
     "synthetic_multirater_sample": ".synthetic_multirater",

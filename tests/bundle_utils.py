@@ -10,7 +10,7 @@ from monai.bundle import ConfigWorkflow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# small and fast: 32x32 inputs and a tiny network, identical in train and inference
+# small and fast: 32x32 inputs (16^3 patches in 3D) and a tiny network, identical in train and inference
 TINY_NETWORKS: dict[str, dict] = {
     "medsegdiff_isic2018": {
         "image_size": [32, 32],
@@ -36,6 +36,13 @@ TINY_NETWORKS: dict[str, dict] = {
     },
     "medsegdiff_thyroid_ddti": {
         "image_size": [32, 32],
+        "network_def#channels": [8, 16],
+        "network_def#cond_channels": [8, 16],
+        "network_def#norm_num_groups": 4,
+        "num_workers": 0,
+    },
+    "medsegdiff_brats": {
+        "roi_size": [16, 16, 16],
         "network_def#channels": [8, 16],
         "network_def#cond_channels": [8, 16],
         "network_def#norm_num_groups": 4,

@@ -64,7 +64,8 @@ class CaseMetricsWriter:
         engine_metrics: ``{score name: engine metric name}`` to read instead of computing, e.g.
             ``{"dice": "test_mean_dice", "hd95": "test_hd95"}``.
         channel_names: one name per prediction channel (e.g. ``["disc", "cup"]``): ``dice`` and ``iou`` stay the
-            mean over channels and ``dice_<name>`` / ``iou_<name>`` are added per channel.
+            mean over channels and ``dice_<name>`` / ``iou_<name>`` are added per channel (likewise for the
+            ``engine_metrics`` with one value per channel, e.g. ``hd95_tc``).
         case_scores: callables ``f(item) -> {score: float | None}`` given each case's merged input/output dict
             (after post-processing, e.g. ``pred``, ``label``, ``samples``, task-specific keys); their scores are
             added to the case's record (task measures such as the cup-to-disc ratio error or multi-rater scores).
@@ -176,6 +177,8 @@ class CaseMetricsWriter:
             values = torch.as_tensor(details[name]).reshape(len(self.cases), -1)
             for record, row in zip(self.cases, values):
                 record[score] = _value(row)
+                if self.channel_names and row.numel() == len(self.channel_names):  # per channel, e.g. hd95_tc
+                    record.update({f"{score}_{c}": _value(v) for c, v in zip(self.channel_names, row)})
         scores = [k for k in dict.fromkeys(k for c in self.cases for k in c) if k != "case"]
 
         def mean(name: str) -> float | None:

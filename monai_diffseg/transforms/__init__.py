@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import (
     binary_mask,
+    brats,
     collate_padding,
     dense_crf,
     ensemble_postprocess,
@@ -22,6 +23,7 @@ from . import (
     uncertainty,
 )
 from .binary_mask import *
+from .brats import *
 from .collate_padding import *
 from .dense_crf import *
 from .ensemble_postprocess import *
@@ -36,6 +38,7 @@ from .uncertainty import *
 
 __all__ = [
     *binary_mask.__all__,
+    *brats.__all__,
     *collate_padding.__all__,
     *dense_crf.__all__,
     *ensemble_postprocess.__all__,

@@ -82,14 +82,14 @@ def _case_format(folder: str) -> str | None:
 
 
 def _case_folders(root: str) -> list[str]:
-    """Case folders (named like the files they hold) at ``root`` or below, breadth first up to :data:`_SEARCH_DEPTH`
-    levels, sorted by case id; hidden folders and ``__MACOSX`` are skipped."""
+    """Case folders (named like the files they hold) at ``root`` (a single case) or below, breadth first up to
+    :data:`_SEARCH_DEPTH` levels, sorted by case id; hidden folders and ``__MACOSX`` are skipped."""
     found: list[str] = []
     level = [root]
     for _ in range(_SEARCH_DEPTH + 1):
         nxt: list[str] = []
         for folder in level:
-            if folder != root and _case_format(folder) is not None:
+            if _case_format(folder) is not None:
                 found.append(folder)
                 continue
             try:
@@ -203,7 +203,7 @@ def brats_datalist(
     """Data list of a BraTS release in its official per-case layout, or one part of a seeded split of it.
 
     Expected layout (``dataset_dir`` holds the case folders, directly or up to three levels down, e.g. the 2018
-    ``MICCAI_BraTS_2018_Data_Training/`` with ``HGG/`` and ``LGG/``)::
+    ``MICCAI_BraTS_2018_Data_Training/`` with ``HGG/`` and ``LGG/``, or is one case folder)::
 
         Brats18_2013_11_1/Brats18_2013_11_1_{t1,t1ce,t2,flair,seg}.nii.gz         BraTS 2018-2021
         BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz   BraTS 2023

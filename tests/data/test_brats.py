@@ -55,6 +55,8 @@ def test_nested_release_folders(brats18: str, tmp_path: Path) -> None:
         (grade / case.name).symlink_to(case)
     (root / "survival_data.csv").write_text("id\n")
     assert [i["case"] for i in brats_datalist(tmp_path)] == [i["case"] for i in brats_datalist(brats18)]
+    single = brats_datalist(root / "HGG" / "Brats18_Synth_1_1")  # one case folder
+    assert [i["case"] for i in single] == ["Brats18_Synth_1_1"] and len(single[0]["image"]) == 4
 
 
 def _copy_cases(src: str, dst: Path) -> Path:

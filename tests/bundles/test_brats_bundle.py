@@ -210,3 +210,72 @@ def test_monailabel_infer_and_train(brats18: str, tmp_path: Path) -> None:
     stamp = (bundle / "models" / "model.pt").stat().st_mtime_ns
     serve_train(bundle, store, max_epochs=1, extra=TINY)
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns != stamp
+
+
+def test_multi_gpu_evaluate_wiring(brats18: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """multi_gpu_evaluate.json on one process (gloo, CPU instead of NCCL/CUDA): the distributed sampler feeds the
+    evaluator and the rank writes its own metrics file."""
+    import torch.distributed as dist
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", str(29500 + np.random.default_rng().integers(1000)))
+    _random_model(tmp_path)
+    out = tmp_path / "pred"
+    wf = _workflow(
+        ["inference.json", "evaluate.json", "multi_gpu_evaluate.json"],
+        "eval",
+        dataset_dir=brats18,
+        bundle_root=str(tmp_path),
+        output_dir=str(out),
+        device="$torch.device('cpu')",
+        initialize=["$dist.is_initialized() or dist.init_process_group(backend='gloo')"],
+        **FAST,
+        **TINY,
+    )
+    try:
+        wf.initialize()
+        wf.run()
+        metrics = json.loads((out / "metrics_rank0.json").read_text())
+        assert metrics["num_cases"] == 4 and not (out / "metrics.json").exists()
+        assert {"test_mean_dice", "test_hd95"} <= set(metrics["engine_metrics"])
+    finally:
+        wf.finalize()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_multi_gpu_train_wiring(brats18: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """multi_gpu_train.json on one process (gloo and CPU DDP instead of NCCL/CUDA): trains, validates, saves."""
+    import torch.distributed as dist
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", str(30500 + np.random.default_rng().integers(1000)))
+    wf = _workflow(
+        ["train.json", "multi_gpu_train.json"],
+        "train",
+        dataset_dir=brats18,
+        bundle_root=str(tmp_path),
+        num_epochs=1,
+        val_interval=1,
+        val_fraction=0.25,
+        val_num_inference_steps=1,
+        val_num_samples=2,
+        device="$torch.device('cpu')",
+        **{"network#device_ids": None},
+        initialize=[
+            "$import torch.distributed as dist",
+            "$dist.is_initialized() or dist.init_process_group(backend='gloo')",
+            "$os.makedirs(@ckpt_dir, exist_ok=True)",
+        ],
+        **TINY,
+    )
+    try:
+        wf.initialize()
+        wf.run()
+        assert (tmp_path / "models" / "model.pt").is_file() and wf.trainer.state.iteration == 1
+    finally:
+        wf.finalize()
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -6,7 +6,7 @@ What MONAI Label 0.8.5 does with a bundle, re-enacted without importing MONAI La
 Each step follows ``monailabel/tasks/infer/bundle.py`` (``BundleInferTask``), ``tasks/infer/basic_infer.py``
 (``BasicInferTask.__call__``, ``_get_network``, ``run_inferer``), ``transform/pre.py`` (``LoadImageTensord``),
 ``transform/post.py`` (``Restored``), ``transform/writer.py`` (``Writer``, ``write_itk``) and
-``tasks/train/bundle.py`` (``BundleTrainTask``) of monailabel 0.8.5; the line of the original is named at each step.
+``tasks/train/bundle.py`` (``BundleTrainTask``) of monailabel 0.8.5; each step names the original it re-enacts.
 """
 
 from __future__ import annotations
@@ -146,7 +146,10 @@ class Restored:  # monailabel.transform.post.Restored(keys="pred", ref_image="im
         if np.any(np.not_equal(current_size, spatial_size)):
             result = Resize(spatial_size=spatial_size, mode="nearest")(result, mode="nearest", align_corners=None)
         d[self.key] = result if len(result.shape) <= 3 else result[0] if result.shape[0] == 1 else result
-        d.setdefault(f"{self.key}_meta_dict", {})["affine"] = meta.get("original_affine")
+        out_meta = d.get(f"{self.key}_meta_dict")
+        if out_meta is None:  # absent, or None as Invertd leaves it
+            out_meta = d[f"{self.key}_meta_dict"] = {}
+        out_meta["affine"] = meta.get("original_affine")
         return d
 
 
@@ -162,6 +165,8 @@ def writer(data: dict[str, Any]) -> str | None:
         raise AssertionError("a multi-channel 4D label goes to seg.nrrd; not expected from these bundles")
     meta = data.get("pred_meta_dict")
     affine = meta.get("affine") if meta else None
+    if affine is None and isinstance(pred, MetaTensor):
+        affine = pred.affine
     output = tempfile.NamedTemporaryFile(suffix=ext, delete=False).name
     write_itk(image_np, output, affine if len(image_np.shape) > 2 else None, data.get("result_dtype"))
     return output

@@ -168,7 +168,7 @@ def test_brats2023_labels(brats23: str, tmp_path: Path) -> None:
 def test_monailabel_infer_and_train(brats18: str, tmp_path: Path) -> None:
     """MONAI Label 0.8.5 re-enacted: /infer on a 4D NIfTI returns the BraTS label map in the volume's geometry and
     writes nothing into the bundle; /train on two labelled volumes writes model.pt."""
-    from monailabel_emulation import ServedInfer, serve_train
+    from monailabel_emulation import serve_infer, serve_train
 
     bundle = tmp_path / "bundle"
     shutil.copytree(ROOT / "bundles" / "medsegdiff_brats", bundle, ignore=shutil.ignore_patterns("models", "eval"))
@@ -188,17 +188,7 @@ def test_monailabel_infer_and_train(brats18: str, tmp_path: Path) -> None:
         nib.save(four, str(path))
         store.append({"image": str(path), "label": item["label"]})
     before = sorted(p.relative_to(bundle) for p in bundle.rglob("*"))
-    # BasicInferTask.__call__ step by step, up to MONAI Label's Restored: the emulation's Restored expects a dict or no
-    # "pred_meta_dict" while Invertd leaves None there after a LoadImaged(image_only=False), which the real Restored
-    # of 0.8.5 accepts (checked with the real MONAI Label, see the bundle README)
-    served = ServedInfer(bundle)
-    data = {"image": store[0]["image"], "image_path": store[0]["image"], "device": "cpu"}
-    for t in served.pre_transforms():
-        data = t(data)
-    with torch.no_grad():
-        data["pred"] = served.inferer()(data["image"][None], served.get_network())[0]
-    for t in served.post_transforms()[:-1]:
-        data = t(data)
+    label_file, data = serve_infer(bundle, store[0]["image"])
     pred = data["pred"]
     assert tuple(pred.shape) == SHAPE and pred.dtype == torch.uint8
     assert set(torch.unique(pred).tolist()) <= {0, 1, 2, 4}
@@ -207,6 +197,10 @@ def test_monailabel_infer_and_train(brats18: str, tmp_path: Path) -> None:
     assert channel_def["0"] == "background" and set(map(int, channel_def)) == {0, 1, 2, 4}
     np.testing.assert_allclose(np.asarray(pred.affine), nib.load(store[0]["image"]).affine, atol=1e-5)
     assert sorted(p.relative_to(bundle) for p in bundle.rglob("*")) == before  # nothing written when served
+    written = nib.load(label_file)  # the file MONAI Label's Writer returns (.nii.gz like the input)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), pred.numpy())
+    np.testing.assert_allclose(written.affine, nib.load(store[0]["image"]).affine, atol=1e-5)
+    Path(label_file).unlink()
     stamp = (bundle / "models" / "model.pt").stat().st_mtime_ns
     serve_train(bundle, store, max_epochs=1, extra=TINY)
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns != stamp

@@ -28,13 +28,21 @@ from PIL import Image
 from monai_diffseg.transforms import MasksToLabelMapd
 
 BUNDLES = sorted(p.name for p in (ROOT / "bundles").iterdir() if (p / "configs" / "inference.json").is_file())
-SIZE = (40, 56)  # (H, W) of the synthetic images: not square, not the network size
+SIZE = (40, 56)  # (H, W) of most synthetic images: not square, not the network size
 
 # small and fast settings on top of TINY_NETWORKS (identical in train and inference where both have the key)
 FAST: dict[str, dict] = {
     "medsegdiff_isic2018": {"num_samples": 2, "num_inference_steps": 2, "val_num_samples": 2},
     "medsegdiff_polyp": {"num_samples": 2, "num_inference_steps": 2, "val_num_samples": 2},
     "diffseg_isic2018": {"timesteps": [60, 100], "healthy_num_epochs": 1, "batch_size": 8},
+    "medsegdiff_thyroid_ddti": {"num_samples": 2, "num_inference_steps": 2, "val_num_samples": 2},
+    "medsegdiff_fundus_disc_cup": {
+        "num_samples": 2,
+        "num_inference_steps": 2,
+        "coarse_num_inference_steps": 1,
+        "val_num_samples": 2,
+    },
+    "medsegdiff_multirater": {"num_samples": 2, "num_inference_steps": 2, "val_num_samples": 2},
 }
 
 
@@ -52,9 +60,35 @@ def _polyp(root: Path) -> list[dict[str, str]]:
     return polyp_datalist(data, dataset_format="kvasir_seg")
 
 
+def _ddti(root: Path) -> list[dict[str, str]]:
+    from monai_diffseg.data import ddti_datalist, make_synthetic_ddti
+
+    return ddti_datalist(make_synthetic_ddti(str(root), "folders", num_patients=2, crop_size=48, seed=5))
+
+
+def _refuge(root: Path) -> list[dict[str, str]]:
+    from monai_diffseg.data import fundus_datalist, make_synthetic_refuge
+
+    data = make_synthetic_refuge(str(root), num_train=3, num_val=0, num_test=0, image_size=SIZE, seed=5)
+    return fundus_datalist(data, split="training")
+
+
+def _raters(root: Path) -> list[dict[str, str]]:
+    from monai_diffseg.data import make_synthetic_case_folders, multirater_datalist
+
+    data = make_synthetic_case_folders(str(root), num_cases=3, num_raters=3, image_size=SIZE, seed=5)
+    return [{"image": d["image"], "label": d["raters"][0]} for d in multirater_datalist(data, split=None)]
+
+
 def _binary_label_map(path: str) -> np.ndarray:
     """A 0/255 (or lossy JPEG) archive mask as the 0/1 label map MONAI Label stores."""
     return (np.asarray(Image.open(path).convert("L")) > 127).astype(np.uint8)
+
+
+def _refuge_label_map(path: str) -> np.ndarray:
+    """REFUGE's coded mask (0 cup, 128 rim, 255 background) as the served map: 0 background, 1 rim, 2 cup."""
+    code = np.asarray(Image.open(path).convert("L"))
+    return np.select([code < 64, code < 192], [2, 1], 0).astype(np.uint8)
 
 
 # bundle -> (synthetic labelled data list, archive label -> the label map MONAI Label would store)
@@ -62,6 +96,9 @@ DATA: dict[str, tuple[Callable[[Path], list[dict]], Callable[[str], np.ndarray]]
     "medsegdiff_isic2018": (_isic, _binary_label_map),
     "diffseg_isic2018": (_isic, _binary_label_map),
     "medsegdiff_polyp": (_polyp, _binary_label_map),
+    "medsegdiff_thyroid_ddti": (_ddti, _binary_label_map),
+    "medsegdiff_fundus_disc_cup": (_refuge, _refuge_label_map),
+    "medsegdiff_multirater": (_raters, _binary_label_map),
 }
 SERVED = sorted(DATA)
 
@@ -119,10 +156,21 @@ def _random_model(bundle_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ static properties
-@pytest.mark.parametrize("bundle", SERVED)
-def test_channel_def_starts_with_background_and_names_every_served_value(bundle: str) -> None:
+def test_every_bundle_is_served_here_or_in_its_own_tests() -> None:
+    # medsegdiff_brats (3D, BraTS label values 0/1/2/4) re-enacts MONAI Label in tests/bundles/test_brats_bundle.py
+    assert set(BUNDLES) - set(SERVED) <= {"medsegdiff_brats"}
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_channel_def_starts_with_background(bundle: str) -> None:
     channel_def = _channel_def(bundle)
-    assert channel_def["0"] == "background" and sorted(map(int, channel_def)) == list(range(len(channel_def)))
+    assert next(iter(channel_def.items())) == ("0", "background"), channel_def
+
+
+@pytest.mark.parametrize("bundle", SERVED)
+def test_channel_def_names_every_served_value(bundle: str) -> None:
+    channel_def = _channel_def(bundle)
+    assert sorted(map(int, channel_def)) == list(range(len(channel_def)))
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.json"))
     post = parser.get_parsed_content("post_transforms")
@@ -137,7 +185,7 @@ def test_channel_def_starts_with_background_and_names_every_served_value(bundle:
     assert served == set(map(int, channel_def)) - {0}
 
 
-@pytest.mark.parametrize("bundle", SERVED)
+@pytest.mark.parametrize("bundle", BUNDLES)
 def test_top_level_loaders_read_the_image_only_and_nothing_is_written_when_served(bundle: str) -> None:
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.json"))
@@ -165,12 +213,13 @@ def test_infer_serves_a_label_map_in_the_image_geometry(served: tuple[str, Path,
     # as a client asks for a lossless result (the default is the input's format: JPEG for ISIC and Kvasir)
     label_file, data = serve_infer(bundle_dir, image, result_extension=".png")
     assert _tree(bundle_dir) == before, "serving wrote into the bundle folder"
+    size = Image.open(image).size[::-1]  # (H, W)
     served_map = np.asarray(Image.open(label_file))
-    assert served_map.shape == SIZE and served_map.dtype == np.uint8  # (H, W) of the input, one channel
+    assert served_map.shape == size and served_map.dtype == np.uint8  # (H, W) of the input, one channel
     assert set(np.unique(served_map).tolist()) == set(map(int, _channel_def(bundle_dir)))
-    assert data["pred"].shape == SIZE[::-1]  # MONAI's (W, H) before the writer's transpose
+    assert data["pred"].shape == size[::-1]  # MONAI's (W, H) before the writer's transpose
     default_file, _ = serve_infer(bundle_dir, image)  # the input's format works too (lossy for JPEG)
-    assert np.asarray(Image.open(default_file)).shape == SIZE
+    assert np.asarray(Image.open(default_file)).shape == size
 
     # the served map is the bundle's own mask: post_transforms shares postprocessing's steps, minus the writers
     own = ConfigWorkflow(
@@ -179,13 +228,23 @@ def test_infer_serves_a_label_map_in_the_image_geometry(served: tuple[str, Path,
         workflow_type="infer",
         bundle_root=str(bundle_dir),
         datalist=[{"image": image}],
+        dataset_dir=str(Path(image).parents[1]),  # the multi-rater writers keep the folders below it
         output_dir=str(tmp_path),
         **_ckpt_override(bundle, bundle_dir),
     )
     own.initialize()
     own.run()
-    mask = np.asarray(Image.open(next(tmp_path.glob("*_mask.png"))))
-    np.testing.assert_array_equal(served_map, (mask > 127).astype(np.uint8))
+    np.testing.assert_array_equal(served_map, _own_label_map(bundle, tmp_path))
+
+
+def _own_label_map(bundle: str, output_dir: Path) -> np.ndarray:
+    """The bundle's own written mask(s) (0/255 PNG) as a label map with the channel_def values."""
+    names = ["disc_mask", "cup_mask"] if bundle == "medsegdiff_fundus_disc_cup" else ["mask"]
+    masks = [np.asarray(Image.open(next(output_dir.rglob(f"*_{n}.png")))) > 127 for n in names]
+    label = np.zeros(masks[0].shape, np.uint8)
+    for value, mask in enumerate(masks, start=1):  # later structures (cup) over earlier ones (disc)
+        label[mask] = value
+    return label
 
 
 def _ckpt_override(bundle: str, bundle_dir: Path) -> dict:
@@ -222,3 +281,8 @@ def test_train_small_data_writes_model_pt_and_each_request_trains(served: tuple[
     infer = ServedInfer(bundle_dir)
     state = torch.load(models / "model.pt", weights_only=True)
     assert set(state.get("model", state)) == set(infer.network.state_dict())
+    # and what the next /train warm-starts from: MONAI Label loads model.pt into train.json's `network`
+    parser = ConfigParser()
+    parser.read_config(str(bundle_dir / "configs" / "train.json"))
+    parser["device"] = "cpu"
+    assert set(state.get("model", state)) == set(parser.get_parsed_content("network").state_dict())

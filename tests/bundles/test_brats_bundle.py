@@ -206,10 +206,21 @@ def test_monailabel_infer_and_train(brats18: str, tmp_path: Path) -> None:
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns != stamp
 
 
+def _end_distributed() -> None:
+    """Destroy the test's process group and reset ignite's cached distributed context: ignite keeps the native model
+    it found while the group existed, and every later metric sync in this pytest process would call into the
+    destroyed group ("Default process group has not been initialized")."""
+    import torch.distributed as dist
+    from ignite.distributed import utils as idist_utils
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    idist_utils._set_model(idist_utils._SerialModel())
+
+
 def test_multi_gpu_evaluate_wiring(brats18: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """multi_gpu_evaluate.json on one process (gloo, CPU instead of NCCL/CUDA): the distributed sampler feeds the
     evaluator and the rank writes its own metrics file."""
-    import torch.distributed as dist
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         monkeypatch.setenv(key, value)
@@ -235,13 +246,11 @@ def test_multi_gpu_evaluate_wiring(brats18: str, tmp_path: Path, monkeypatch: py
         assert {"test_mean_dice", "test_hd95"} <= set(metrics["engine_metrics"])
     finally:
         wf.finalize()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _end_distributed()
 
 
 def test_multi_gpu_train_wiring(brats18: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """multi_gpu_train.json on one process (gloo and CPU DDP instead of NCCL/CUDA): trains, validates, saves."""
-    import torch.distributed as dist
 
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         monkeypatch.setenv(key, value)
@@ -271,5 +280,4 @@ def test_multi_gpu_train_wiring(brats18: str, tmp_path: Path, monkeypatch: pytes
         assert (tmp_path / "models" / "model.pt").is_file() and wf.trainer.state.iteration == 1
     finally:
         wf.finalize()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _end_distributed()

@@ -28,7 +28,7 @@ from monai.data.folder_layout import default_name_formatter
 from monai.utils import look_up_option
 
 from monai_diffseg.data.splits import split_datalist
-from monai_diffseg.data.utils import check_dir, format_names
+from monai_diffseg.data.utils import check_dir, check_labels_option, format_names, subfolders
 
 __all__ = [
     "BRATS_ET_LABEL",
@@ -92,15 +92,7 @@ def _case_folders(root: str) -> list[str]:
             if _case_format(folder) is not None:
                 found.append(folder)
                 continue
-            try:
-                entries = sorted(os.listdir(folder))
-            except OSError:
-                continue
-            nxt.extend(
-                os.path.join(folder, e)
-                for e in entries
-                if not e.startswith((".", "__MACOSX")) and os.path.isdir(os.path.join(folder, e))
-            )
+            nxt.extend(subfolders(folder))
         level = nxt
     return sorted(found, key=os.path.basename)
 
@@ -232,8 +224,7 @@ def brats_datalist(
         ValueError: a case missing a modality, a labelled list with a case missing its seg (both naming the cases),
             mixed layouts, bad ``labels`` / ``split`` / fractions, or fewer labelled cases than non-empty parts.
     """
-    if labels not in (True, False, "auto"):
-        raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
+    check_labels_option(labels)
     split = look_up_option(split, BRATS_SPLITS)
     dataset_format = look_up_option(dataset_format, BRATS_FORMATS)
     root = check_dir(dataset_dir, "BraTS dataset_dir")

@@ -36,7 +36,7 @@ from monai_diffseg.utils import atomic_write, look_up_named_option
 
 from .isic2018 import image_folder_datalist
 from .splits import split_datalist
-from .utils import check_dir, format_names, index_by_case
+from .utils import check_dir, check_labels_option, format_names, index_by_case
 
 __all__ = [
     "DDTI_FORMATS",
@@ -173,11 +173,6 @@ def rasterize_polygons(polygons: Sequence[np.ndarray], spatial_size: Sequence[in
             raise ValueError(f"each outline must be a (K >= 3, 2) array of (x, y) points, got shape {pts.shape}.")
         draw.polygon([tuple(p) for p in pts.tolist()], fill=1, outline=1)
     return np.asarray(canvas, dtype=np.uint8)
-
-
-def _check_labels(labels: bool | str) -> None:
-    if labels not in (True, False, "auto"):
-        raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
 
 
 def _folders_datalist(root: str, labels: bool | str) -> list[dict[str, str]]:
@@ -317,7 +312,7 @@ def ddti_datalist(
     """
     dataset_format = look_up_named_option("dataset_format", dataset_format, DDTI_FORMATS)
     unannotated = look_up_named_option("unannotated", unannotated, DDTI_UNANNOTATED)
-    _check_labels(labels)
+    check_labels_option(labels)
     root = check_dir(dataset_dir, "DDTI dataset_dir")
     if dataset_format == "auto":
         dataset_format = detect_ddti_format(root)

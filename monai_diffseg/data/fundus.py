@@ -28,7 +28,7 @@ from monai.utils import look_up_option
 
 from monai_diffseg.data.isic2018 import image_folder_datalist
 from monai_diffseg.data.splits import split_datalist
-from monai_diffseg.data.utils import check_dir, check_pairs, format_names
+from monai_diffseg.data.utils import check_dir, check_labels_option, check_pairs, format_names, subfolders
 
 __all__ = [
     "DRISHTI_GS_SPLITS",
@@ -75,14 +75,7 @@ def _find_dirs(root: str, names: Sequence[str], max_depth: int = _MAX_DEPTH) -> 
     level = [root]
     for _ in range(max_depth + 1):
         found += sorted(d for d in level if os.path.basename(d).lower() in wanted)
-        nxt = []
-        for d in level:
-            try:
-                entries = sorted(os.scandir(d), key=lambda e: e.name)
-            except OSError:
-                continue
-            nxt += [e.path for e in entries if e.is_dir() and e.name != "__MACOSX" and not e.name.startswith(".")]
-        level = nxt
+        level = [sub for d in level for sub in subfolders(d)]
     return found
 
 
@@ -102,11 +95,6 @@ def _files_by_stem(folder: str, exts: Sequence[str], what: str) -> dict[str, str
                 raise ValueError(f"{what} '{stem}' occurs twice under '{folder}': '{index[stem]}' and '{path}'.")
             index[stem] = path
     return index
-
-
-def _check_labels(labels: Any) -> None:
-    if labels not in (True, False, "auto"):
-        raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
 
 
 def _glaucoma_of(path: str) -> int | None:
@@ -144,7 +132,7 @@ def refuge_datalist(
         ValueError: bad ``split``/``labels``, no images, a duplicated case, or an image without a mask.
     """
     split = look_up_option(split, REFUGE_SPLITS)
-    _check_labels(labels)
+    check_labels_option(labels)
     root = check_dir(dataset_dir, "REFUGE dataset_dir")
     image_names, gt_names = REFUGE_SPLIT_FOLDERS[split]
     image_dirs = _find_dirs(root, image_names)
@@ -235,7 +223,7 @@ def drishti_gs_datalist(
         ValueError: bad arguments, no images, a duplicated case, or an image without both soft maps.
     """
     split = look_up_option(split, DRISHTI_GS_SPLITS)
-    _check_labels(labels)
+    check_labels_option(labels)
     threshold = _check_expert_threshold(expert_threshold)
     root = check_dir(dataset_dir, "Drishti-GS dataset_dir")
     official = [d for d in _find_dirs(root, ("Training", "Test")) if os.path.isdir(os.path.join(d, "Images"))]

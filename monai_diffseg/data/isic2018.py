@@ -18,7 +18,7 @@ from monai.config import PathLike
 from monai.utils import look_up_option
 
 from .splits import split_datalist
-from .utils import check_dir, check_pairs, index_by_case
+from .utils import check_dir, check_labels_option, check_pairs, index_by_case
 
 __all__ = [
     "ISIC2018_SPLIT_FOLDERS",
@@ -76,8 +76,7 @@ def isic2018_datalist(
         ValueError: bad ``split``/``labels``, no images, or (with masks) an image without ``<case>_segmentation.png``.
     """
     split = look_up_option(split, ISIC2018_SPLITS)
-    if labels not in (True, False, "auto"):
-        raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
+    check_labels_option(labels)
     root = check_dir(dataset_dir, "ISIC 2018 dataset_dir")
     input_dir, gt_dir = (os.path.join(root, name) for name in ISIC2018_SPLIT_FOLDERS[split])
     if not os.path.isdir(input_dir):

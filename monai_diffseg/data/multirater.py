@@ -27,7 +27,7 @@ from monai.config import PathLike
 from monai.utils import look_up_option
 
 from monai_diffseg.data.splits import split_datalist
-from monai_diffseg.data.utils import check_dir, format_names
+from monai_diffseg.data.utils import check_dir, check_labels_option, format_names
 
 __all__ = [
     "LIDC_CROPS_SPLITS",
@@ -137,8 +137,7 @@ def case_folder_datalist(
         ValueError: no case folder, a case with masks but no ``image.<ext>`` (or several), a case with another
             number of raters, several QUBIQ tasks without ``task``.
     """
-    if labels not in (True, False, "auto"):
-        raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
+    check_labels_option(labels)
     root = check_dir(dataset_dir, "Multi-rater dataset_dir")
     items: list[dict] = []
     for case in sorted(os.listdir(root)):
@@ -207,8 +206,7 @@ def lidc_crops_datalist(
         FileNotFoundError: missing ``images/`` (or ``gt/`` with ``labels=True``) folder.
         ValueError: bad ``split``, no image, a crop without all ``num_raters`` masks.
     """
-    if labels not in (True, False, "auto"):
-        raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
+    check_labels_option(labels)
     root = check_dir(dataset_dir, "LIDC crops dataset_dir")
     base = root if split is None else os.path.join(root, look_up_option(split, LIDC_CROPS_SPLITS))
     image_root = check_dir(os.path.join(base, "images"), f"LIDC crops images folder (split {split!r})")

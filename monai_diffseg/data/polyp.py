@@ -27,7 +27,7 @@ from monai.utils import look_up_option
 
 from monai_diffseg.data.isic2018 import image_folder_datalist
 from monai_diffseg.data.splits import split_datalist
-from monai_diffseg.data.utils import check_dir, check_pairs, index_by_case
+from monai_diffseg.data.utils import check_dir, check_labels_option, check_pairs, index_by_case, subfolders
 
 __all__ = [
     "CVC_CLINICDB_FOLDERS",
@@ -87,18 +87,7 @@ def _layout_roots(root: str, holds_layout: Callable[[str], bool]) -> list[str]:
         found = [f for f in level if holds_layout(f)]
         if found or depth == _SEARCH_DEPTH:
             return found
-        nxt: list[str] = []
-        for folder in level:
-            try:
-                entries = sorted(os.listdir(folder))
-            except OSError:
-                continue
-            nxt.extend(
-                os.path.join(folder, e)
-                for e in entries
-                if not e.startswith((".", "__MACOSX")) and os.path.isdir(os.path.join(folder, e))
-            )
-        level = nxt
+        level = [d for f in level for d in subfolders(f)]
     return []
 
 
@@ -163,21 +152,11 @@ def detect_polyp_format(dataset_dir: PathLike) -> str:
                 f"'{root}' holds both a Kvasir-SEG and a CVC-ClinicDB layout {depth} level(s) down; set "
                 "dataset_format ('kvasir_seg' or 'cvc_clinicdb') or point dataset_dir at one of them."
             )
-        level = [
-            os.path.join(f, e)
-            for f in level
-            for e in (sorted(os.listdir(f)) if os.path.isdir(f) else [])
-            if not e.startswith((".", "__MACOSX")) and os.path.isdir(os.path.join(f, e))
-        ]
+        level = [d for f in level for d in subfolders(f)]
     raise FileNotFoundError(
         f"Cannot detect the polyp dataset layout in '{root}': expected {_EXPECTED['kvasir_seg']} or "
         f"{_EXPECTED['cvc_clinicdb']}, in dataset_dir or up to {_SEARCH_DEPTH} levels below; {_contents(root)}."
     )
-
-
-def _check_labels(labels: bool | str) -> None:
-    if labels not in (True, False, "auto"):
-        raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
 
 
 def kvasir_seg_datalist(dataset_dir: PathLike, labels: bool | Literal["auto"] = "auto") -> list[dict[str, str]]:
@@ -205,7 +184,7 @@ def kvasir_seg_datalist(dataset_dir: PathLike, labels: bool | Literal["auto"] = 
         FileNotFoundError: ``dataset_dir`` is missing, holds no ``images/``, or (``labels=True``) no ``masks/``.
         ValueError: bad ``labels``, no images, an id with several files, or an image without a mask.
     """
-    _check_labels(labels)
+    check_labels_option(labels)
     root = _resolve_root(check_dir(dataset_dir, "Kvasir-SEG dataset_dir"), "kvasir_seg")
     image_dir = _child_dir(root, KVASIR_SEG_FOLDERS[0])
     mask_dir = _child_dir(root, KVASIR_SEG_FOLDERS[1])
@@ -251,7 +230,7 @@ def cvc_clinicdb_datalist(dataset_dir: PathLike, labels: bool | Literal["auto"] 
             ``Ground Truth/``.
         ValueError: bad ``labels``, no frames, a frame number with two files, or a frame without a mask.
     """
-    _check_labels(labels)
+    check_labels_option(labels)
     root = _resolve_root(check_dir(dataset_dir, "CVC-ClinicDB dataset_dir"), "cvc_clinicdb")
     image_dir = _child_dir(root, CVC_CLINICDB_FOLDERS[0])
     mask_dir = _child_dir(root, _CVC_MASK_DIR_NAMES)

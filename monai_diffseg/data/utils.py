@@ -11,7 +11,16 @@ from typing import Any
 
 from monai.config import PathLike
 
-__all__ = ["MAX_LISTED", "check_dir", "check_pairs", "describe_case", "format_names", "index_by_case"]
+__all__ = [
+    "MAX_LISTED",
+    "check_dir",
+    "check_labels_option",
+    "check_pairs",
+    "describe_case",
+    "format_names",
+    "index_by_case",
+    "subfolders",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +82,19 @@ def check_pairs(missing: Sequence[tuple[str, str]], orphans: Sequence[str], mask
         logger.warning(
             "Ignoring %d mask(s) without an image in '%s': %s", len(orphans), mask_dir, format_names(orphans)
         )
+
+
+def check_labels_option(labels: Any) -> None:
+    """``ValueError`` unless ``labels`` is one of the data-list builders' options ``True``, ``False``, ``"auto"``."""
+    if labels not in (True, False, "auto"):
+        raise ValueError(f"labels must be True, False or 'auto', got {labels!r}.")
+
+
+def subfolders(folder: str) -> list[str]:
+    """Paths of the visible sub-folders of ``folder``, sorted by name: hidden folders and macOS ``__MACOSX`` trees
+    skipped; ``[]`` when ``folder`` cannot be listed (missing, no permission)."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [e.path for e in entries if e.is_dir() and not e.name.startswith((".", "__MACOSX"))]

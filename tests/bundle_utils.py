@@ -10,51 +10,22 @@ from monai.bundle import ConfigWorkflow
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# small and fast: 32x32 inputs (16^3 patches in 3D) and a tiny network, identical in train and inference
+# small and fast: a tiny network (32x32 inputs in 2D, 16^3 patches in 3D), identical in train and inference
+_TINY_MEDSEGDIFF: dict = {
+    "network_def#channels": [8, 16],
+    "network_def#cond_channels": [8, 16],
+    "network_def#norm_num_groups": 4,
+    "num_workers": 0,
+}
+_TINY_2D: dict = {**_TINY_MEDSEGDIFF, "image_size": [32, 32]}
 TINY_NETWORKS: dict[str, dict] = {
-    "medsegdiff_isic2018": {
-        "image_size": [32, 32],
-        "network_def#channels": [8, 16],
-        "network_def#cond_channels": [8, 16],
-        "network_def#norm_num_groups": 4,
-        "num_workers": 0,
-    },
+    "medsegdiff_isic2018": dict(_TINY_2D),
     "diffseg_isic2018": {"image_size": [32, 32], "channels": [8, 16], "num_workers": 0},
-    "medsegdiff_polyp": {
-        "image_size": [32, 32],
-        "network_def#channels": [8, 16],
-        "network_def#cond_channels": [8, 16],
-        "network_def#norm_num_groups": 4,
-        "num_workers": 0,
-    },
-    "medsegdiff_multirater": {
-        "image_size": [32, 32],
-        "network_def#channels": [8, 16],
-        "network_def#cond_channels": [8, 16],
-        "network_def#norm_num_groups": 4,
-        "num_workers": 0,
-    },
-    "medsegdiff_thyroid_ddti": {
-        "image_size": [32, 32],
-        "network_def#channels": [8, 16],
-        "network_def#cond_channels": [8, 16],
-        "network_def#norm_num_groups": 4,
-        "num_workers": 0,
-    },
-    "medsegdiff_brats": {
-        "roi_size": [16, 16, 16],
-        "network_def#channels": [8, 16],
-        "network_def#cond_channels": [8, 16],
-        "network_def#norm_num_groups": 4,
-        "num_workers": 0,
-    },
-    "medsegdiff_fundus_disc_cup": {
-        "image_size": [32, 32],
-        "network_def#channels": [8, 16],
-        "network_def#cond_channels": [8, 16],
-        "network_def#norm_num_groups": 4,
-        "num_workers": 0,
-    },
+    "medsegdiff_polyp": dict(_TINY_2D),
+    "medsegdiff_multirater": dict(_TINY_2D),
+    "medsegdiff_thyroid_ddti": dict(_TINY_2D),
+    "medsegdiff_fundus_disc_cup": dict(_TINY_2D),
+    "medsegdiff_brats": {**_TINY_MEDSEGDIFF, "roi_size": [16, 16, 16]},
 }
 
 

@@ -74,7 +74,8 @@ class DiffusionDifferenceInferer(Inferer):
     lesion images, one toward healthy skin), for every ``t`` in ``timesteps`` and image ``x`` (``x_0`` in ``[-1, 1]``):
 
     1. ``x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps_t``, the **same** ``x_t`` for both models (``eps_t`` from a
-       generator seeded ``seed + k`` for the ``k``-th step);
+       generator seeded ``seed + k`` for the ``k``-th step, the same for every image of a batch, so an image's maps
+       do not depend on the batch it is in);
     2. noise maps ``n = x_t - x0_model(x_t, t)`` (``epsilon``/``v_prediction`` outputs are converted to ``x_0``);
     3. ``D = G(n_healthy) - lesion_weight * G(n_lesion)`` (``G``: :func:`grayscale`; lambda = 1.5 as in the paper),
        optionally Gaussian-smoothed;
@@ -278,7 +279,10 @@ class DiffusionDifferenceInferer(Inferer):
         for start in range(0, num_steps, chunk):
             steps = self.timesteps[start : start + chunk]
             seeds = range(self.seed + start, self.seed + start + len(steps))
-            noise = torch.cat([torch.randn(x0.shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+            # one draw per step, shared by every image: an image's maps do not depend on its batch or position there
+            one = (1, *x0.shape[1:])
+            noise = torch.cat([torch.randn(one, generator=torch.Generator().manual_seed(s)) for s in seeds])
+            noise = noise.repeat_interleave(n, dim=0)  # step-major rows, as x_t
             t = torch.tensor(steps, device=device, dtype=torch.long).repeat_interleave(n)  # step-major rows
             a = self.scheduler.alphas_cumprod.to(device)[t].float().reshape(-1, *([1] * (x0.ndim - 1)))
             x_t = a.sqrt() * torch.cat([x0] * len(steps)) + (1 - a).sqrt() * noise.to(device)

@@ -269,7 +269,9 @@ def test_pndm_equals_a_plain_scheduler_loop(image: torch.Tensor, skip_prk_steps:
     out = DiffusionSegmentationInferer(scheduler, 5, num_samples=2, seed=4, return_samples=True)(image, net)
     loop = copy.deepcopy(scheduler)
     loop.set_timesteps(5)
-    x = torch.cat([torch.randn(2, 1, *SIZE, generator=torch.Generator().manual_seed(4 + e)) for e in range(2)])
+    # every image's member e starts from the noise of seed + e (row_generators)
+    noise = [torch.randn(1, 1, *SIZE, generator=torch.Generator().manual_seed(4 + e)) for e in range(2)]
+    x = torch.cat([n.repeat(2, 1, 1, 1) for n in noise])
     for t in loop.timesteps:
         x, _ = loop.step(net(x, t.repeat(x.shape[0])), int(t), x)
     assert torch.allclose(out, x0_to_probability(x.reshape(2, 2, 1, *SIZE).transpose(0, 1), channel_dim=2), atol=1e-5)
@@ -281,7 +283,8 @@ def test_rflow_steps_to_the_next_timestep(image: torch.Tensor) -> None:
     scheduler = RFlowScheduler(1000, use_timestep_transform=True, base_img_size_numel=64 * 64, spatial_dim=2)
     inferer = DiffusionSegmentationInferer(scheduler, 6, num_samples=2, seed=3, return_samples=True)
     out = inferer(image, lambda x, t, **kwargs: torch.full_like(x, 0.4))
-    noise = [torch.randn(2, 1, *SIZE, generator=torch.Generator().manual_seed(3 + e)) for e in range(2)]
+    noise = [torch.randn(1, 1, *SIZE, generator=torch.Generator().manual_seed(3 + e)) for e in range(2)]
+    noise = [n.expand(2, 1, *SIZE) for n in noise]  # every image's member e starts from seed + e
     assert torch.allclose(out, x0_to_probability(torch.stack(noise, 1) + 0.4, channel_dim=2), atol=1e-5)
 
 

@@ -163,6 +163,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prediction-type", default=None, choices=("epsilon", "sample", "v_prediction"))
     p.add_argument("--aux-weight", type=float, default=None)
     p.add_argument("--noise-schedule", default=None, help="e.g. scaled_linear_beta, linear_beta, sigmoid_beta, cosine")
+    p.add_argument(
+        "--self-condition",
+        action="store_true",
+        help="MedSegDiff(self_condition=True): train with the previous x0 estimate as input (Analog Bits)",
+    )
+    p.add_argument(
+        "--loss-weighting",
+        default=None,
+        choices=("none", "min_snr"),
+        help="per-timestep diffusion-loss weighting of MaskDiffusionPrepareBatch (min_snr: Hang et al. 2023, gamma 5)",
+    )
     p.add_argument("--steps", type=int, default=None, help="DDIM steps at test time (default: the bundle's)")
     p.add_argument("--members", type=int, default=None, help="ensemble size at test time (default: the bundle's)")
     p.add_argument("--fusion", default=None, help="ensemble fusion at test time (default: the bundle's)")
@@ -620,7 +631,11 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
 
     # MedSegDiff recipe
     network_def = _network_def(train_cfg["network_def"], args.network_config)
+    if args.self_condition:
+        network_def["self_condition"] = True
     recipe: dict[str, Any] = {"network_def": network_def}
+    if args.loss_weighting is not None:
+        recipe["train#prepare_batch#loss_weighting"] = args.loss_weighting
     for key, value in (
         ("prediction_type", args.prediction_type),
         ("aux_weight", args.aux_weight),

@@ -32,7 +32,10 @@ class MaskDiffusionLoss(nn.Module):
 
     Inputs:
         pred: ``(B, C, *S)`` tensor, or a dict ``{"pred": (B, C, *S), "anchor": (N, C, *S)}``.
-        target: ``(B, C, *S)`` tensor, or a dict ``{"target": (B, C, *S), "mask": (N, C, *S)}``.
+        target: ``(B, C, *S)`` tensor, or a dict ``{"target": (B, C, *S), "mask": (N, C, *S)}`` and optionally
+            ``"weight": (B,)`` per-sample weights of the diffusion loss (e.g. min-SNR,
+            :class:`~monai_diffseg.engines.MaskDiffusionPrepareBatch` ``loss_weighting``): the diffusion term is then
+            ``mean_b(weight_b * mean_{c,S} err_b)``.
     """
 
     def __init__(self, diffusion_loss: str = "mse", aux_weight: float = 0.0, aux_loss: nn.Module | None = None) -> None:
@@ -50,7 +53,19 @@ class MaskDiffusionLoss(nn.Module):
         if isinstance(pred_t, Sequence) or pred_t.shape != target_t.shape:
             shape = tuple(pred_t.shape) if isinstance(pred_t, torch.Tensor) else type(pred_t).__name__
             raise ValueError(f"MaskDiffusionLoss: prediction {shape} and target {tuple(target_t.shape)} differ.")
-        loss = (F.mse_loss if self.diffusion_loss == "mse" else F.l1_loss)(pred_t.float(), target_t.float())
+        weight = target.get("weight") if isinstance(target, Mapping) else None
+        if weight is None:
+            loss = (F.mse_loss if self.diffusion_loss == "mse" else F.l1_loss)(pred_t.float(), target_t.float())
+        else:
+            if weight.shape != pred_t.shape[:1]:
+                raise ValueError(
+                    f"MaskDiffusionLoss: target['weight'] must have shape ({pred_t.shape[0]},) (one weight per "
+                    f"sample of the prediction {tuple(pred_t.shape)}), got {tuple(weight.shape)}."
+                )
+            err = (F.mse_loss if self.diffusion_loss == "mse" else F.l1_loss)(
+                pred_t.float(), target_t.float(), reduction="none"
+            )
+            loss = (weight.float() * err.flatten(1).mean(dim=1)).mean()
         if self.aux_weight > 0:
             if not isinstance(pred, Mapping) or "anchor" not in pred or not isinstance(target, Mapping):
                 raise ValueError(

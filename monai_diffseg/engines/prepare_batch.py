@@ -21,9 +21,38 @@ __all__ = [
     "ImageDiffusionPrepareBatch",
     "mask_to_diffusion",
     "PREDICTION_TARGETS",
+    "LOSS_WEIGHTINGS",
+    "min_snr_weights",
 ]
 
 PREDICTION_TARGETS = ("epsilon", "sample", "v_prediction")
+#: per-timestep weightings of the diffusion loss (:class:`MaskDiffusionPrepareBatch`)
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
+def min_snr_weights(alphas_cumprod: torch.Tensor, prediction_type: str, gamma: float = 5.0) -> torch.Tensor:
+    """
+    Min-SNR-gamma loss weights per timestep (Hang et al., "Efficient Diffusion Training via Min-SNR Weighting
+    Strategy", ICCV 2023, arXiv:2303.09556): the weight of the x0 loss is ``min(SNR_t, gamma)``
+    (``SNR_t = a_t / (1 - a_t)``), expressed for the regression target of ``prediction_type``: ``"sample"``
+    ``min(SNR, gamma)``, ``"epsilon"`` ``min(SNR, gamma) / SNR``, ``"v_prediction"`` ``min(SNR, gamma) / (SNR + 1)``.
+
+    Args:
+        alphas_cumprod: ``(T,)`` the scheduler's cumulative alphas ``a_t``.
+        prediction_type: one of :data:`PREDICTION_TARGETS`.
+        gamma: the clamp (5 in the paper).
+
+    Returns:
+        ``(T,)`` float32 weights (not normalised).
+    """
+    if gamma <= 0:
+        raise ValueError(f"min-SNR gamma must be > 0, got {gamma} (the paper uses 5).")
+    a = alphas_cumprod.double()
+    snr = a / (1 - a).clamp_min(1e-20)
+    clamped = snr.clamp(max=gamma)
+    kind = look_up_option(prediction_type, PREDICTION_TARGETS)
+    weight = {"sample": clamped, "epsilon": clamped / snr, "v_prediction": clamped / (snr + 1)}[kind]
+    return weight.float()
 
 
 def mask_to_diffusion(label: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -150,6 +179,10 @@ class MaskDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
         num_classes: mask channels (1 = binary).
         image_key: key of the image in the batch dict.
         label_key: key of the label in the batch dict.
+        loss_weighting: ``"none"`` (every ``t`` counts alike) or ``"min_snr"`` (:func:`min_snr_weights`): the target
+            dict then has ``"weight"`` ``(N,)``, the per-sample weights of :class:`MaskDiffusionLoss`, normalised to
+            mean 1 over ``timestep_range`` so the balance with the auxiliary loss stays that of ``"none"``.
+        snr_gamma: the min-SNR clamp ``gamma``.
     """
 
     def __init__(
@@ -160,11 +193,25 @@ class MaskDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
         image_key: str = "image",
         label_key: str = "label",
         timestep_range: Sequence[int] | None = None,
+        loss_weighting: str = "none",
+        snr_gamma: float = 5.0,
     ) -> None:
         super().__init__(scheduler, prediction_type, timestep_range)
         self.num_classes = num_classes
         self.image_key = image_key
         self.label_key = label_key
+        self.loss_weighting = look_up_option(loss_weighting, LOSS_WEIGHTINGS)
+        self.weights: torch.Tensor | None = None
+        if self.loss_weighting == "min_snr":
+            alphas = getattr(scheduler, "alphas_cumprod", None)
+            if alphas is None:
+                raise ValueError(
+                    f"loss_weighting='min_snr' needs a scheduler with alphas_cumprod (DDPM/DDIM), got "
+                    f"{type(scheduler).__name__}."
+                )
+            w = min_snr_weights(torch.as_tensor(alphas), self.prediction_type, snr_gamma)
+            low, high = self.timestep_range
+            self.weights = w / w[low:high].mean()
 
     def __call__(  # type: ignore[override]
         self,
@@ -176,7 +223,10 @@ class MaskDiffusionPrepareBatch(DiffusionTargetPrepareBatch):
         image, label = self.batch_tensors(batchdata, (self.image_key, self.label_key), device, non_blocking, **kwargs)
         x0 = mask_to_diffusion(label, self.num_classes)
         x_t, target, t = self.noise_sample(x0)
-        return x_t, {"target": target, "mask": diffusion_to_image(x0)}, (), {"timesteps": t, "image": image}
+        targets = {"target": target, "mask": diffusion_to_image(x0)}
+        if self.weights is not None:
+            targets["weight"] = self.weights.to(t.device)[t]
+        return x_t, targets, (), {"timesteps": t, "image": image}
 
 
 class ImageDiffusionPrepareBatch(DiffusionTargetPrepareBatch):

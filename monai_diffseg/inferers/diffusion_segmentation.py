@@ -35,7 +35,7 @@ __all__ = [
     "DiffusionSlidingWindowInferer",
     "DiffusionSegmentationTrainInferer",
     "memory_aware_member_chunk",
-    "row_generators",
+    "prediction_to_x0",
     "x0_to_probability",
 ]
 
@@ -75,17 +75,75 @@ def x0_to_probability(x0: torch.Tensor, channel_dim: int = 1, multi_label: bool 
     return prob
 
 
+def prediction_to_x0(
+    output: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor, scheduler: Scheduler, clip: bool = True
+) -> torch.Tensor:
+    """
+    The clean-mask estimate ``x0`` implied by a network ``output`` ``(B, C, *S)`` for ``x_t`` at ``timesteps``
+    ``(B,)``, read by the scheduler's ``prediction_type``: ``"sample"``: the output itself; ``"epsilon"``:
+    ``(x_t - sqrt(1 - a_t) eps) / sqrt(a_t)``; ``"v_prediction"``: ``sqrt(a_t) x_t - sqrt(1 - a_t) v``
+    (``a_t``: ``scheduler.alphas_cumprod``). ``clip``: clamp to the mask range ``[-1, 1]``.
+    """
+    kind = look_up_option(str(getattr(scheduler, "prediction_type", "")), ("epsilon", "sample", "v_prediction"))
+    if kind == "sample":
+        x0 = output
+    else:
+        a = scheduler.alphas_cumprod.to(x_t.device)[timesteps.long()].float()  # type: ignore[attr-defined]
+        a = a.reshape(-1, *([1] * (x_t.ndim - 1)))
+        if kind == "epsilon":
+            x0 = (x_t - (1 - a).sqrt() * output) / a.sqrt()
+        else:
+            x0 = a.sqrt() * x_t - (1 - a).sqrt() * output
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
 class DiffusionSegmentationTrainInferer(Inferer):
     """
     Training-time "inferer" for ``SupervisedTrainer`` on what :class:`monai_diffseg.engines.MaskDiffusionPrepareBatch`
-    returns (``x_t``; ``timesteps``/``image`` keywords): one ``forward`` call, so ``DistributedDataParallel`` syncs
-    gradients. Returns ``{"pred": (B, C, *S)}`` plus ``"anchor": (N, C, *S)`` logits when ``anchor`` is set and the
-    network has an anchor head (for the auxiliary loss).
+    returns (``x_t``; ``timesteps``/``image`` keywords): one ``forward`` call with gradients, so
+    ``DistributedDataParallel`` syncs them. Returns ``{"pred": (B, C, *S)}`` plus ``"anchor": (N, C, *S)`` logits when
+    ``anchor`` is set and the network has an anchor head (for the auxiliary loss).
+
+    Self-conditioning (Chen et al., "Analog Bits", arXiv:2208.04202), for a network with ``self_condition=True``
+    (e.g. :class:`monai_diffseg.networks.nets.MedSegDiff`): with probability ``self_condition_probability`` per batch
+    a first pass without gradients (on the unwrapped network, self-condition zeros) gives the estimate
+    ``x0_hat`` (:func:`prediction_to_x0`), passed detached as ``x_self_cond`` to the trained pass; otherwise the
+    trained pass gets zeros, as the sampler's first step does. The draw uses torch's global RNG (``set_determinism``).
+
+    Args:
+        anchor: return the anchor logits (when the network has an anchor head).
+        scheduler: the training noise scheduler (its ``prediction_type`` and ``alphas_cumprod`` turn the first
+            pass's output into ``x0_hat``); required for a self-conditioned network.
+        self_condition_probability: share of batches trained with a self-condition (0.5 in the paper).
     """
 
-    def __init__(self, anchor: bool = True) -> None:
+    def __init__(
+        self, anchor: bool = True, scheduler: Scheduler | None = None, self_condition_probability: float = 0.5
+    ) -> None:
         super().__init__()
+        if not 0.0 <= self_condition_probability <= 1.0:
+            raise ValueError(
+                f"self_condition_probability must be in [0, 1], got {self_condition_probability} (0.5 in Analog Bits)."
+            )
         self.anchor = anchor
+        self.scheduler = scheduler
+        self.self_condition_probability = float(self_condition_probability)
+
+    def self_condition(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``x_self_cond`` for this batch: ``None`` (zeros) or the detached no-grad estimate ``x0_hat``."""
+        module = unwrap_network(network)
+        if not getattr(module, "self_condition", False):
+            return None
+        if self.scheduler is None:
+            raise ValueError(
+                f"{type(self).__name__}: the network has self_condition=True, so the inferer needs the training "
+                "noise scheduler (`scheduler`, e.g. \"@scheduler\" in train.json) to turn its first pass into x0."
+            )
+        if float(torch.rand(())) >= self.self_condition_probability:
+            return None
+        with torch.no_grad():
+            first = module(inputs, *args, **kwargs)
+        return prediction_to_x0(first.float(), inputs.float(), kwargs["timesteps"], self.scheduler).detach()
 
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any
@@ -95,35 +153,23 @@ class DiffusionSegmentationTrainInferer(Inferer):
                 "DiffusionSegmentationTrainInferer needs `timesteps` and `image` keyword arguments; use it with "
                 "monai_diffseg.engines.MaskDiffusionPrepareBatch as the trainer's prepare_batch."
             )
+        x_self_cond = self.self_condition(inputs, network, *args, **kwargs)
+        if x_self_cond is not None:
+            kwargs = {**kwargs, "x_self_cond": x_self_cond}
         if self.anchor and getattr(unwrap_network(network), "anchor_head", None) is not None:
             pred, anchor = network(inputs, *args, return_anchor=True, **kwargs)
             return {"pred": pred, "anchor": anchor}
         return {"pred": network(inputs, *args, **kwargs)}
 
 
-def row_generators(
-    seed: int | Sequence[int], n: int, members: int, device: torch.device | str | None = None
-) -> list[torch.Generator]:
-    """
-    One generator per ensemble row in member-major order (row ``e * n + i`` is member ``e`` of image ``i``), seeded
-    ``seed_i + e`` with ``seed_i = seed`` for every image, or ``seed[i]``: an image's noise depends on its seed and
-    member only, never on its batch position, batch size or rank (sharded and batched runs agree).
-    """
-    seeds = [int(seed)] * n if isinstance(seed, int) else [int(s) for s in seed]
-    if len(seeds) != n:
-        raise ValueError(f"row_generators: {len(seeds)} seeds given for a batch of {n} images; give one per image.")
-    return [torch.Generator(device=device).manual_seed(s + e) for e in range(members) for s in seeds]
-
-
 class DiffusionSegmentationInferer(Inferer):
     """
     Sample segmentation masks from a mask-diffusion model (the MONAI ``inferer(inputs, network)`` contract): the
     image condition is encoded once (``network.encode_condition`` when the network has it, else the image is passed to
-    every step); member ``e`` of every image starts from noise of its own generator seeded ``seed + e`` (a batched
-    ensemble equals a loop of single-member calls with seeds ``seed, seed + 1, ...``, and an image's samples do not
-    depend on the other images of its batch, its position there or the rank that runs it: :func:`row_generators`);
-    all members run the scheduler's reverse process in one batch (or chunks of ``member_batch_size``); the scheduler's
-    final ``x_0`` (never the raw network output) is mapped to probabilities.
+    every step); member ``e`` of the ensemble starts from noise of its own generator seeded ``seed + e`` (a batched
+    ensemble equals a loop of single-member calls with seeds ``seed, seed + 1, ...``); all members run the scheduler's
+    reverse process in one batch (or chunks of ``member_batch_size``); the scheduler's final ``x_0`` (never the raw
+    network output) is mapped to probabilities.
 
     Schedulers: every MONAI scheduler (DDPM, DDIM, PNDM, RFlow) and
     :class:`monai_diffseg.schedulers.DPMSolverMultistepScheduler`. ``scheduler.step`` gets the extras its signature
@@ -242,19 +288,8 @@ class DiffusionSegmentationInferer(Inferer):
         members, image, base_seed = self._prepare(inputs, network, num_samples, seed)
         return self._draw(image, network, members, base_seed, args, kwargs)
 
-    def _draw(
-        self,
-        image: torch.Tensor,
-        network: Any,
-        members: int,
-        base_seed: int | Sequence[int],
-        args: tuple,
-        kwargs: dict,
-    ) -> Any:
-        """
-        The reverse process for checked inputs: ``(N, E, C, *S)`` probabilities (see :meth:`sample`); ``base_seed``: one
-        for every image, or one per image (member ``e`` of image ``i`` draws from a generator seeded ``seed_i + e``).
-        """
+    def _draw(self, image: torch.Tensor, network: Any, members: int, base_seed: int, args: tuple, kwargs: dict) -> Any:
+        """The reverse process for checked inputs: ``(N, E, C, *S)`` probabilities (see :meth:`sample`)."""
         n, device = image.shape[0], image.device
         scheduler = copy.deepcopy(self.scheduler)  # the call's timesteps on the image's device
         extra = inspect.signature(scheduler.set_timesteps).parameters
@@ -267,18 +302,20 @@ class DiffusionSegmentationInferer(Inferer):
         if hasattr(scheduler, "alphas_cumprod"):
             scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
         timesteps = scheduler.timesteps.tolist()
-        gens = row_generators(base_seed, n, members, device)
+        gens = [torch.Generator(device=device).manual_seed(base_seed + e) for e in range(members)]
         shape = (n, int(getattr(unwrap_network(network), "out_channels", 1)), *image.shape[2:])
         # member-major layout: row e * N + n is member e of image n (what MedSegDiff.forward expects)
-        x = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in gens], dim=0)
+        x = torch.cat([torch.randn(shape, generator=g, device=device) for g in gens], dim=0)
         denoise = self._denoiser(network, image, x, timesteps[0], args, kwargs)
         step = self._stepper(scheduler, n, gens)
         steps = zip(timesteps, timesteps[1:] + [0])  # (t, next t); RFlow's step size needs the next t
         if self.progress and has_tqdm:
             steps = tqdm(steps, total=len(timesteps), desc="diffusion sampling")
-        x0 = x
+        # self-conditioning: the network also sees the previous step's x0 estimate (zeros at the first step)
+        self_cond = bool(getattr(unwrap_network(network), "self_condition", False))
+        x0 = torch.zeros_like(x) if self_cond else x
         for t, next_t in steps:
-            x, x0 = step(denoise(x, t), t, next_t, x)
+            x, x0 = step(denoise(x, t, x0 if self_cond else None), t, next_t, x)
         per_image = x0.reshape(members, n, *x0.shape[1:]).transpose(0, 1)  # (N, E, C, *S)
         check_finite(
             per_image,
@@ -363,10 +400,12 @@ class DiffusionSegmentationInferer(Inferer):
             with self._autocast(device):
                 name, cond = "condition", tuple(fmt(c) for c in encode(cond[0]))
 
-        def call(xs: torch.Tensor, t: float, c: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        def call(xs: torch.Tensor, t: float, c: tuple[torch.Tensor, ...], sc: Any = None) -> torch.Tensor:
             dtype = torch.long if isinstance(t, int) else torch.float  # RFlow's continuous steps are float
             steps = torch.full((xs.shape[0],), t, device=device, dtype=dtype)
             condition = {name: c if name == "condition" else c[0]}
+            if sc is not None:  # self-conditioning: the previous x0 estimate of these members
+                condition["x_self_cond"] = fmt(sc)
             with self._autocast(device):
                 return step_fn(fmt(xs), steps, *args, **condition, **kwargs)
 
@@ -386,9 +425,13 @@ class DiffusionSegmentationInferer(Inferer):
         # tiled to one chunk of members once per call, not at every step; a smaller last chunk takes a leading slice
         tiled = tuple(fmt(c.repeat(chunk, *([1] * (c.ndim - 1)))) for c in cond)
 
-        def denoise(x: torch.Tensor, t: float) -> torch.Tensor:
-            chunks = [x[start * n : (start + chunk) * n] for start in range(0, members, chunk)]
-            outputs = [call(xs, t, tuple(c[: xs.shape[0]] for c in tiled)).float() for xs in chunks]
+        def denoise(x: torch.Tensor, t: float, x_self_cond: torch.Tensor | None = None) -> torch.Tensor:
+            rows = [slice(start * n, (start + chunk) * n) for start in range(0, members, chunk)]
+            outputs = [
+                call(x[r], t, tuple(c[: x[r].shape[0]] for c in tiled), None if x_self_cond is None else x_self_cond[r])
+                for r in rows
+            ]
+            outputs = [o.float() for o in outputs]
             return torch.cat(outputs, dim=0).contiguous()
 
         return denoise
@@ -398,8 +441,7 @@ class DiffusionSegmentationInferer(Inferer):
     ) -> Callable[[torch.Tensor, float, float, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """
         ``step(model_output, t, next_t, x) -> (x_prev, x0)`` with the :data:`STEP_EXTRAS` ``scheduler.step`` takes
-        (``x0``: ``x_prev`` for a scheduler without it); stochastic ones step row by row (member ``e`` of image ``i``)
-        with the row's generator ``gens[e * n + i]``.
+        (``x0``: ``x_prev`` for a scheduler without it); stochastic ones step member by member with its generator.
         """
         accepted = inspect.signature(scheduler.step).parameters
         stochastic = isinstance(scheduler, DDPMScheduler) or (isinstance(scheduler, DDIMScheduler) and self.eta > 0)
@@ -413,7 +455,7 @@ class DiffusionSegmentationInferer(Inferer):
         def step(out: torch.Tensor, t: float, next_t: float, x: torch.Tensor) -> tuple:
             if not stochastic:
                 return one(out, t, next_t, x, None)
-            rows = [one(out[r : r + 1], t, next_t, x[r : r + 1], g) for r, g in enumerate(gens)]
+            rows = [one(out[e * n : (e + 1) * n], t, next_t, x[e * n : (e + 1) * n], g) for e, g in enumerate(gens)]
             return torch.cat([r[0] for r in rows], dim=0), torch.cat([r[1] for r in rows], dim=0)
 
         return step
@@ -424,9 +466,8 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
     Patch-wise ensemble sampling for images larger than the training patch, ``(N, C_in, *S)`` with any ``S``: MONAI's
     :func:`monai.inferers.sliding_window_inference` runs :meth:`DiffusionSegmentationInferer.sample` (all members in
     one batch) on every ``roi_size`` window and blends the per-member probabilities of overlapping windows, so the
-    output has the layout of the non-windowed inferer. Window ``w`` (numbered over all windows of the call) seeds its
-    members ``seed + w * E + e``: reproducible, independent windows, whatever ``sw_batch_size`` (with one image per
-    call, as the bundles run, an image's samples do not depend on the other images of the data list).
+    output has the layout of the non-windowed inferer. Window batch ``w`` (numbered over all windows of the call)
+    seeds its members ``seed + w * E + e``: reproducible, independent windows.
 
     Args:
         scheduler, kwargs: as in :class:`DiffusionSegmentationInferer`.
@@ -465,16 +506,15 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
         self.device = device
         self.window_progress = progress
 
-    def _draw(self, image: torch.Tensor, network: Any, members: int, base_seed: Any, args: tuple, kwargs: dict) -> Any:
+    def _draw(self, image: torch.Tensor, network: Any, members: int, base_seed: int, args: tuple, kwargs: dict) -> Any:
         """:meth:`DiffusionSegmentationInferer.sample`, window by window, stitched: ``(N, E, C, *S)``."""
         window = [0]
         parent_draw = super()._draw
 
         def predictor(patch: torch.Tensor) -> torch.Tensor:
             # one full reverse process per window batch; all members of every window in one batch
-            seeds = [base_seed + (window[0] + w) * members for w in range(patch.shape[0])]
-            samples = parent_draw(patch, network, members, seeds, args, kwargs)
-            window[0] += patch.shape[0]
+            samples = parent_draw(patch, network, members, base_seed + window[0] * members, args, kwargs)
+            window[0] += 1
             return samples.flatten(1, 2)  # (B_w, E * C, *roi)
 
         stitched = sliding_window_inference(

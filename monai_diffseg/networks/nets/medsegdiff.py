@@ -76,6 +76,12 @@ class MedSegDiff(nn.Module):
         upsample_mode: decoder upsampling (no parameters), ``"linear"`` (bi/trilinear) or ``"nearest"``. Saved in
             the state dict (buffer ``decoder_upsample_mode``); a loaded checkpoint's mode wins, with a warning when
             it differs; a checkpoint without the entry (saved before the option) loads as ``"nearest"``.
+        self_condition: self-conditioning (Chen et al., "Analog Bits", ICLR 2023, arXiv:2208.04202): the denoiser's
+            input convolution also takes the previous estimate of the clean mask ``x_self_cond`` (``out_channels``
+            more input channels, zeros when not given). Train with
+            :class:`monai_diffseg.inferers.DiffusionSegmentationTrainInferer` (it feeds its own no-grad estimate
+            half of the time); :class:`monai_diffseg.inferers.DiffusionSegmentationInferer` passes the previous
+            step's ``x_0``. ``False`` (default) is the network of checkpoints saved before the option.
 
     Shapes:
         ``x_t``: ``(B, out_channels, *S)``; ``timesteps``: ``(B,)`` or a scalar tensor; ``image``:
@@ -100,6 +106,7 @@ class MedSegDiff(nn.Module):
         stem_stride: int = 2,
         dropout: float = 0.0,
         upsample_mode: str = "linear",
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -127,6 +134,7 @@ class MedSegDiff(nn.Module):
         self.out_channels = out_channels
         self.channels = tuple(channels)
         self.stem_stride = stem_stride
+        self.self_condition = bool(self_condition)
         self.size_divisor = stem_stride * 2 ** (levels - 1)
 
         self.condition_encoder = ConditionEncoder(
@@ -140,7 +148,8 @@ class MedSegDiff(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(channels[0], temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
         # full-resolution path kept narrow: it runs at every step on every member
         head_ch = max(channels[0] // 2, norm_num_groups)
-        self.in_conv = Convolution(spatial_dims, out_channels, head_ch, kernel_size=3, conv_only=True)
+        in_ch = out_channels * (2 if self.self_condition else 1)  # [x_t, x_self_cond] with self-conditioning
+        self.in_conv = Convolution(spatial_dims, in_ch, head_ch, kernel_size=3, conv_only=True)
         self.stem = Convolution(spatial_dims, head_ch, channels[0], strides=stem_stride, kernel_size=3, conv_only=True)
 
         def resblock(ch: int) -> DiffusionUNetResnetBlock:
@@ -282,6 +291,7 @@ class MedSegDiff(nn.Module):
         image: torch.Tensor | None = None,
         condition: Sequence[torch.Tensor] | None = None,
         return_anchor: bool = False,
+        x_self_cond: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """
         Predict the diffusion target (eps, x0 or v, as trained) for the noisy mask ``x_t``.
@@ -293,6 +303,9 @@ class MedSegDiff(nn.Module):
             condition: the output of :meth:`encode_condition` (batch ``N``), to skip recomputing it.
             return_anchor: also return the anchor head's mask logits ``(N, out_channels, *S)``. Training uses this
                 so that the auxiliary loss goes through ``forward`` (required under DistributedDataParallel).
+            x_self_cond: with ``self_condition=True``, the previous estimate of the clean mask ``x_0``
+                ``(B, out_channels, *S)`` in ``[-1, 1]``; ``None``: zeros (the first step, or the training pass
+                without self-condition). A network without ``self_condition`` rejects it.
 
         Returns:
             ``(B, out_channels, *S)``, or ``(prediction, anchor_logits)`` when ``return_anchor``.
@@ -332,6 +345,20 @@ class MedSegDiff(nn.Module):
             timesteps = timesteps.expand(x_t.shape[0])
         emb = self.time_embed(get_timestep_embedding(timesteps, self.channels[0]).to(x_t.dtype))
 
+        if self.self_condition:
+            if x_self_cond is None:
+                x_self_cond = torch.zeros_like(x_t)
+            elif tuple(x_self_cond.shape) != tuple(x_t.shape):
+                raise ValueError(
+                    f"MedSegDiff: x_self_cond {tuple(x_self_cond.shape)} must have x_t's shape {tuple(x_t.shape)} "
+                    "(the previous x0 estimate of the same members)."
+                )
+            x_t = torch.cat([x_t, x_self_cond.to(x_t.dtype)], dim=1)
+        elif x_self_cond is not None:
+            raise ValueError(
+                "MedSegDiff: x_self_cond was given but this network was built with self_condition=False (its input "
+                "convolution takes x_t only); build it with self_condition=True and retrain, or do not pass it."
+            )
         full = self.in_conv(x_t)
         h = self.stem(full)
         skips = []

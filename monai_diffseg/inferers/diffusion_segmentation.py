@@ -36,6 +36,7 @@ __all__ = [
     "DiffusionSegmentationTrainInferer",
     "memory_aware_member_chunk",
     "prediction_to_x0",
+    "row_generators",
     "x0_to_probability",
 ]
 
@@ -162,14 +163,29 @@ class DiffusionSegmentationTrainInferer(Inferer):
         return {"pred": network(inputs, *args, **kwargs)}
 
 
+def row_generators(
+    seed: int | Sequence[int], n: int, members: int, device: torch.device | str | None = None
+) -> list[torch.Generator]:
+    """
+    One generator per ensemble row in member-major order (row ``e * n + i`` is member ``e`` of image ``i``), seeded
+    ``seed_i + e`` with ``seed_i = seed`` for every image, or ``seed[i]``: an image's noise depends on its seed and
+    member only, never on its batch position, batch size or rank (sharded and batched runs agree).
+    """
+    seeds = [int(seed)] * n if isinstance(seed, int) else [int(s) for s in seed]
+    if len(seeds) != n:
+        raise ValueError(f"row_generators: {len(seeds)} seeds given for a batch of {n} images; give one per image.")
+    return [torch.Generator(device=device).manual_seed(s + e) for e in range(members) for s in seeds]
+
+
 class DiffusionSegmentationInferer(Inferer):
     """
     Sample segmentation masks from a mask-diffusion model (the MONAI ``inferer(inputs, network)`` contract): the
     image condition is encoded once (``network.encode_condition`` when the network has it, else the image is passed to
-    every step); member ``e`` of the ensemble starts from noise of its own generator seeded ``seed + e`` (a batched
-    ensemble equals a loop of single-member calls with seeds ``seed, seed + 1, ...``); all members run the scheduler's
-    reverse process in one batch (or chunks of ``member_batch_size``); the scheduler's final ``x_0`` (never the raw
-    network output) is mapped to probabilities.
+    every step); member ``e`` of every image starts from noise of its own generator seeded ``seed + e`` (a batched
+    ensemble equals a loop of single-member calls with seeds ``seed, seed + 1, ...``, and an image's samples do not
+    depend on the other images of its batch, its position there or the rank that runs it: :func:`row_generators`);
+    all members run the scheduler's reverse process in one batch (or chunks of ``member_batch_size``); the scheduler's
+    final ``x_0`` (never the raw network output) is mapped to probabilities.
 
     Schedulers: every MONAI scheduler (DDPM, DDIM, PNDM, RFlow) and
     :class:`monai_diffseg.schedulers.DPMSolverMultistepScheduler`. ``scheduler.step`` gets the extras its signature
@@ -288,8 +304,19 @@ class DiffusionSegmentationInferer(Inferer):
         members, image, base_seed = self._prepare(inputs, network, num_samples, seed)
         return self._draw(image, network, members, base_seed, args, kwargs)
 
-    def _draw(self, image: torch.Tensor, network: Any, members: int, base_seed: int, args: tuple, kwargs: dict) -> Any:
-        """The reverse process for checked inputs: ``(N, E, C, *S)`` probabilities (see :meth:`sample`)."""
+    def _draw(
+        self,
+        image: torch.Tensor,
+        network: Any,
+        members: int,
+        base_seed: int | Sequence[int],
+        args: tuple,
+        kwargs: dict,
+    ) -> Any:
+        """
+        The reverse process for checked inputs: ``(N, E, C, *S)`` probabilities (see :meth:`sample`); ``base_seed``: one
+        for every image, or one per image (member ``e`` of image ``i`` draws from a generator seeded ``seed_i + e``).
+        """
         n, device = image.shape[0], image.device
         scheduler = copy.deepcopy(self.scheduler)  # the call's timesteps on the image's device
         extra = inspect.signature(scheduler.set_timesteps).parameters
@@ -302,10 +329,10 @@ class DiffusionSegmentationInferer(Inferer):
         if hasattr(scheduler, "alphas_cumprod"):
             scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(device)
         timesteps = scheduler.timesteps.tolist()
-        gens = [torch.Generator(device=device).manual_seed(base_seed + e) for e in range(members)]
+        gens = row_generators(base_seed, n, members, device)
         shape = (n, int(getattr(unwrap_network(network), "out_channels", 1)), *image.shape[2:])
         # member-major layout: row e * N + n is member e of image n (what MedSegDiff.forward expects)
-        x = torch.cat([torch.randn(shape, generator=g, device=device) for g in gens], dim=0)
+        x = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in gens], dim=0)
         denoise = self._denoiser(network, image, x, timesteps[0], args, kwargs)
         step = self._stepper(scheduler, n, gens)
         steps = zip(timesteps, timesteps[1:] + [0])  # (t, next t); RFlow's step size needs the next t
@@ -441,7 +468,8 @@ class DiffusionSegmentationInferer(Inferer):
     ) -> Callable[[torch.Tensor, float, float, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """
         ``step(model_output, t, next_t, x) -> (x_prev, x0)`` with the :data:`STEP_EXTRAS` ``scheduler.step`` takes
-        (``x0``: ``x_prev`` for a scheduler without it); stochastic ones step member by member with its generator.
+        (``x0``: ``x_prev`` for a scheduler without it); stochastic ones step row by row (member ``e`` of image ``i``)
+        with the row's generator ``gens[e * n + i]``.
         """
         accepted = inspect.signature(scheduler.step).parameters
         stochastic = isinstance(scheduler, DDPMScheduler) or (isinstance(scheduler, DDIMScheduler) and self.eta > 0)
@@ -455,7 +483,7 @@ class DiffusionSegmentationInferer(Inferer):
         def step(out: torch.Tensor, t: float, next_t: float, x: torch.Tensor) -> tuple:
             if not stochastic:
                 return one(out, t, next_t, x, None)
-            rows = [one(out[e * n : (e + 1) * n], t, next_t, x[e * n : (e + 1) * n], g) for e, g in enumerate(gens)]
+            rows = [one(out[r : r + 1], t, next_t, x[r : r + 1], g) for r, g in enumerate(gens)]
             return torch.cat([r[0] for r in rows], dim=0), torch.cat([r[1] for r in rows], dim=0)
 
         return step
@@ -466,8 +494,9 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
     Patch-wise ensemble sampling for images larger than the training patch, ``(N, C_in, *S)`` with any ``S``: MONAI's
     :func:`monai.inferers.sliding_window_inference` runs :meth:`DiffusionSegmentationInferer.sample` (all members in
     one batch) on every ``roi_size`` window and blends the per-member probabilities of overlapping windows, so the
-    output has the layout of the non-windowed inferer. Window batch ``w`` (numbered over all windows of the call)
-    seeds its members ``seed + w * E + e``: reproducible, independent windows.
+    output has the layout of the non-windowed inferer. Window ``w`` (numbered over all windows of the call) seeds its
+    members ``seed + w * E + e``: reproducible, independent windows, whatever ``sw_batch_size`` (with one image per
+    call, as the bundles run, an image's samples do not depend on the other images of the data list).
 
     Args:
         scheduler, kwargs: as in :class:`DiffusionSegmentationInferer`.
@@ -506,15 +535,16 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
         self.device = device
         self.window_progress = progress
 
-    def _draw(self, image: torch.Tensor, network: Any, members: int, base_seed: int, args: tuple, kwargs: dict) -> Any:
+    def _draw(self, image: torch.Tensor, network: Any, members: int, base_seed: Any, args: tuple, kwargs: dict) -> Any:
         """:meth:`DiffusionSegmentationInferer.sample`, window by window, stitched: ``(N, E, C, *S)``."""
         window = [0]
         parent_draw = super()._draw
 
         def predictor(patch: torch.Tensor) -> torch.Tensor:
             # one full reverse process per window batch; all members of every window in one batch
-            samples = parent_draw(patch, network, members, base_seed + window[0] * members, args, kwargs)
-            window[0] += 1
+            seeds = [base_seed + (window[0] + w) * members for w in range(patch.shape[0])]
+            samples = parent_draw(patch, network, members, seeds, args, kwargs)
+            window[0] += patch.shape[0]
             return samples.flatten(1, 2)  # (B_w, E * C, *roi)
 
         stitched = sliding_window_inference(

@@ -6,13 +6,18 @@ from __future__ import annotations
 from .case_metrics import CaseMetricsWriter
 from .checkpoint_loader import CheckedCheckpointLoader
 from .checkpoint_saver import AtomicCheckpointSaver, FinalModelSaver, remove_stale_temp_files
+from .progress import CaseProgressHandler, count_cases
 from .random_state import RandomStateHandler
+from .review_report import ReviewReportWriter
 
 __all__ = [
     "AtomicCheckpointSaver",
     "CaseMetricsWriter",
+    "CaseProgressHandler",
     "CheckedCheckpointLoader",
     "FinalModelSaver",
     "RandomStateHandler",
+    "ReviewReportWriter",
+    "count_cases",
     "remove_stale_temp_files",
 ]

@@ -179,6 +179,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fusion", default=None, help="ensemble fusion at test time (default: the bundle's)")
     p.add_argument("--sampler-seed", type=int, default=None, help="default: the bundle's seed")
     p.add_argument(
+        "--init",
+        default=None,
+        choices=("noise", "anchor"),
+        help="where the ensemble members start (DiffusionSegmentationInferer init): pure noise, or the anchor head's "
+        "mask noised to --t-start (SDEdit); default: the bundle's",
+    )
+    p.add_argument("--t-start", type=int, default=None, help="training timestep of the anchor start (--init anchor)")
+    p.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=None,
+        help="anchor head as a prior in fusion: members become (1 - w) p_e + w p_anchor; 1 with --fusion mean scores "
+        "the anchor alone through the bundle's path; default: the bundle's",
+    )
+    p.add_argument(
+        "--pair-with",
+        action="append",
+        default=[],
+        metavar="REPORT.json:MODEL",
+        help="also compare this run's MedSegDiff per case (same test cases) with MODEL (medsegdiff or baseline) of an "
+        "earlier report, e.g. the default sampler or the U-Net of the run that trained the checkpoint",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -467,6 +490,39 @@ def _summarise(cases: list[dict[str, Any]], bins: list, scores: tuple[str, ...])
     return out
 
 
+def _report_cases(spec: str, test_cases: list[str]) -> list[dict[str, Any]]:
+    """The per-case scores of ``MODEL`` in an earlier report, ``spec`` = ``"REPORT.json:MODEL"``; this run's test
+    cases must be among its own (same data, split seed and fractions)."""
+    path, sep, model = spec.rpartition(":")
+    if not sep or model not in MODELS:
+        raise ValueError(f"--pair-with expects REPORT.json:MODEL with MODEL in {MODELS}, got '{spec}'.")
+    earlier = json.loads(Path(path).read_text())
+    if not set(test_cases) <= set(earlier["split"]["test_cases"]):
+        raise ValueError(
+            f"--pair-with '{spec}': this run's test cases are not among its test cases; use the report of the same "
+            "--data, --split-seed and --fractions (this run may test fewer, --max-test)."
+        )
+    if model not in earlier["models"]:
+        raise ValueError(f"--pair-with '{spec}': the report has no '{model}' (it has {list(earlier['models'])}).")
+    return earlier["models"][model]["cases"]
+
+
+def _anchor_paired(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Fused ensemble vs its own anchor head, per case on Dice (both binarised at 0.5 and scored against the label at
+    its original size): cases where the ensemble is better, ties, mean difference, Wilcoxon p."""
+    pairs = [(c["dice"], c["anchor_dice"]) for c in cases if c.get("dice") is not None and c.get("anchor_dice") is not None]
+    if len(pairs) < 3:
+        return None
+    diff = np.array([a - b for a, b in pairs])
+    return {
+        "cases": len(pairs),
+        "ours_better": int((diff > 0).sum()),
+        "ties": int((diff == 0).sum()),
+        "mean_difference": float(diff.mean()),
+        "wilcoxon_p": float(wilcoxon(diff).pvalue) if np.any(diff != 0) else None,
+    }
+
+
 def _lower_is_better(score: str) -> bool:
     return score.startswith(("hd95", "ece", "ged")) or score.endswith("error")
 
@@ -497,6 +553,17 @@ def _paired(ours: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str,
             "lower_is_better": _lower_is_better(score),
         }
     return out
+
+
+def _sampler_settings(inferer: Any) -> dict[str, Any]:
+    """The diffusion inferer's start and anchor options and its network evaluations per member (``nfe``)."""
+    init = getattr(inferer, "init", "noise")
+    t_start = getattr(inferer, "t_start", None)
+    scheduler = copy.deepcopy(inferer.scheduler)
+    scheduler.set_timesteps(inferer.num_inference_steps)
+    timesteps = scheduler.timesteps.tolist()
+    nfe = len([t for t in timesteps if init != "anchor" or t <= t_start])
+    return {"init": init, "t_start": t_start, "anchor_weight": getattr(inferer, "anchor_weight", 0.0), "nfe": nfe}
 
 
 @torch.no_grad()
@@ -573,6 +640,7 @@ def _test(
             case["anchor_dice"] = _anchor_dice(network, pre["image"], label)
         cases.append(case)
     settings = {k: get(k) for k in ("num_inference_steps", "num_samples", "fusion")}
+    sampler = get("member_inferer" if wf.parser.get("member_inferer") is not None else "inferer") if diffusion else None
     wf.finalize()
     scores = UNCERTAINTY_SCORES if diffusion else ("entropy_fg", "entropy_mean")
     summary = _summarise(cases, bins, tuple(s for s in scores if all(c.get(s) is not None for c in cases)))
@@ -583,7 +651,9 @@ def _test(
             steps=int(settings["num_inference_steps"]),
             members=int(settings["num_samples"]),
             fusion=str(settings["fusion"]),
+            **_sampler_settings(sampler),
         )
+        summary["paired_vs_anchor"] = _anchor_paired(cases)
     return {"summary": summary, "cases": cases}
 
 
@@ -661,6 +731,15 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             infer_over[key] = value
     infer_over.update({k: v for k, v in {**recipe, **extra}.items() if k.split("#")[0] in infer_cfg})
+    # a bundle that wraps its diffusion inferer (e.g. a region-of-interest pass) names the inner one member_inferer
+    inferer_key = "member_inferer" if "member_inferer" in infer_cfg else "inferer"
+    for key, name, value in (
+        ("init", "sampler_init", args.init),
+        ("t_start", "t_start", args.t_start),
+        ("anchor_weight", "anchor_weight", args.anchor_weight),
+    ):
+        if value is not None:  # the bundle's top-level key where it has one, else the inferer's argument
+            infer_over[name if name in infer_cfg else f"{inferer_key}#{key}"] = value
 
     report: dict[str, Any] = {
         "command": getattr(args, "_argv", None) or "python " + " ".join(shlex.quote(a) for a in sys.argv),
@@ -690,8 +769,6 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
 
     in_channels = train_cfg["network_def"].get("in_channels", 3)
     num_classes = int(train_cfg.get("num_classes", 1))
-    # a bundle that wraps its diffusion inferer (e.g. a region-of-interest pass) names the inner one member_inferer
-    inferer_key = "member_inferer" if "member_inferer" in infer_cfg else "inferer"
     for model in args.models:
         print(
             f"\n=== {model}: {plan['iterations']} iterations ({plan['epochs']} epochs x "
@@ -727,6 +804,12 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     if {"medsegdiff", "baseline"} <= set(report["models"]):
         report["paired"] = _paired(report["models"]["medsegdiff"]["cases"], report["models"]["baseline"]["cases"])
         write_json(str(output), report)
+    if args.pair_with and "medsegdiff" in report["models"]:
+        report["paired_with"] = {
+            spec: _paired(report["models"]["medsegdiff"]["cases"], _report_cases(spec, report["split"]["test_cases"]))
+            for spec in args.pair_with
+        }
+        write_json(str(output), report)
     print_table(report)
     return report
 
@@ -739,7 +822,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-_NOT_ROWS = {"num_cases", "test_wall_s", "steps", "members", "fusion", "uncertainty", "iou_std", "ged_sqrt"}
+_NOT_ROWS = {
+    "num_cases", "test_wall_s", "steps", "members", "fusion", "uncertainty", "iou_std", "ged_sqrt", "init", "t_start",
+    "anchor_weight", "nfe", "paired_vs_anchor",
+}
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -785,6 +871,18 @@ def print_table(report: dict[str, Any]) -> None:
         print("\nPaired per case (MedSegDiff vs baseline): cases where MedSegDiff is better / ties / Wilcoxon p")
         for score, v in report["paired"].items():
             print(f"  {score:<24}{v['ours_better']:>5}/{v['cases']:<5}{v['ties']:>5}   p = {_fmt(v['wilcoxon_p'], 4)}")
+    for label, paired in (report.get("paired_with") or {}).items():
+        print(f"\nPaired per case (MedSegDiff vs {label}): better / ties / Wilcoxon p")
+        for score, v in paired.items():
+            print(f"  {score:<24}{v['ours_better']:>5}/{v['cases']:<5}{v['ties']:>5}   p = {_fmt(v['wilcoxon_p'], 4)}")
+    msd = report["models"].get("medsegdiff", {}).get("summary", {})
+    if msd.get("paired_vs_anchor"):
+        v = msd["paired_vs_anchor"]
+        print(
+            f"\nFused ensemble vs its anchor head (Dice; init={msd.get('init')}, t_start={msd.get('t_start')}, "
+            f"anchor_weight={msd.get('anchor_weight')}, {msd.get('nfe')} network evaluations per member): better in "
+            f"{v['ours_better']}/{v['cases']}, mean difference {v['mean_difference']:+.4f}, p = {_fmt(v['wilcoxon_p'], 4)}"
+        )
     if "medsegdiff" in report["models"] and report["models"]["medsegdiff"]["summary"]["uncertainty"]:
         unc = report["models"]["medsegdiff"]["summary"]["uncertainty"]
         print("\nMedSegDiff uncertainty vs error (Spearman with 1 - Dice; Dice of least / most uncertain quarter):")

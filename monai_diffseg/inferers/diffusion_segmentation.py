@@ -44,6 +44,8 @@ __all__ = [
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: the keyword arguments the sampler gives ``scheduler.step`` where its signature takes them
 STEP_EXTRAS = ("eta", "generator", "next_timestep")
+#: accepted ``init`` values of the sampler: where the members start
+INIT_MODES = ("noise", "anchor")
 
 
 def memory_aware_member_chunk(members: int, bytes_per_member: float, free_bytes: float, fraction: float = 0.8) -> int:
@@ -213,6 +215,18 @@ class DiffusionSegmentationInferer(Inferer):
         cuda_graphs: compile with ``mode="reduce-overhead"`` (CUDA graphs); ignored with a warning on CPU.
         multi_label: the ``C > 1`` channels are independent (multi-label) masks, e.g. nested optic disc and cup: each
             is ``(x0 + 1) / 2`` on its own; default: one-hot classes renormalised to sum to 1 (:func:`x0_to_probability`).
+        init: where the members start. ``"noise"``: pure noise at the scheduler's first timestep (the full reverse
+            process). ``"anchor"`` (SDEdit-style truncated reverse process, Meng et al. 2022, arXiv:2108.01073): from
+            the network's anchor head (MedSegDiff's condition branch, :meth:`anchor`), its probability (sigmoid; softmax
+            over one-hot classes) as ``x0 = 2 p - 1`` noised to ``t_start`` with each member's own noise
+            (``scheduler.add_noise``); only the scheduler's timesteps ``<= t_start`` run, so ``num_inference_steps=20,
+            t_start=450`` costs 10 network evaluations per member (DDIM/DDPM schedulers; DDIM with 1000 training
+            steps: ``950, 900, ..., 0``).
+        t_start: the training timestep ``[0, T - 1]`` the anchor start is noised to (needed for ``init="anchor"``);
+            the reverse process starts at the largest scheduler timestep ``<= t_start``.
+        anchor_weight: ``w`` in ``[0, 1]``: the anchor head as a prior in fusion: every member's probability becomes
+            ``(1 - w) p_e + w p_anchor``, so mean fusion gives ``(1 - w) mean_e(p_e) + w p_anchor`` (``0``: off);
+            the members' spread, hence the variance-type uncertainty maps, shrink by ``1 - w``.
 
     Shapes:
         inputs ``(N, C_in, *S)`` -> ``(N, C, *S)`` fused foreground probability, or ``(N, E, C, *S)``.
@@ -234,8 +248,27 @@ class DiffusionSegmentationInferer(Inferer):
         compile_kwargs: dict[str, Any] | None = None,
         cuda_graphs: bool = False,
         multi_label: bool = False,
+        init: str = "noise",
+        t_start: int | None = None,
+        anchor_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        self.init = look_up_option(init, INIT_MODES)
+        if self.init == "anchor":
+            if t_start is None or int(t_start) < 0:
+                raise ValueError(
+                    f"init='anchor' needs t_start >= 0 (the training timestep the anchor's mask is noised to, e.g. "
+                    f"450 with num_inference_steps=20), got {t_start!r}."
+                )
+            if not isinstance(scheduler, (DDIMScheduler, DDPMScheduler)):
+                raise ValueError(
+                    f"init='anchor' starts the reverse process part-way, which {type(scheduler).__name__} does not "
+                    "support here; use monai.networks.schedulers.DDIMScheduler or DDPMScheduler, or init='noise'."
+                )
+        if not 0.0 <= float(anchor_weight) <= 1.0:
+            raise ValueError(f"anchor_weight must be in [0, 1] (0: no anchor prior), got {anchor_weight}.")
+        self.t_start = None if t_start is None else int(t_start)
+        self.anchor_weight = float(anchor_weight)
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         if num_inference_steps < 1:
@@ -333,7 +366,11 @@ class DiffusionSegmentationInferer(Inferer):
         shape = (n, int(getattr(unwrap_network(network), "out_channels", 1)), *image.shape[2:])
         # member-major layout: row e * N + n is member e of image n (what MedSegDiff.forward expects)
         x = torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device) for g in gens], dim=0)
-        denoise = self._denoiser(network, image, x, timesteps[0], args, kwargs)
+        encoded = self._encode(network, image)
+        anchor = self._anchor_probability(network, encoded) if self.init == "anchor" or self.anchor_weight else None
+        if self.init == "anchor":
+            x, timesteps = self._anchor_start(scheduler, anchor, x, timesteps)
+        denoise = self._denoiser(network, image, x, timesteps[0], args, kwargs, encoded)
         step = self._stepper(scheduler, n, gens)
         steps = zip(timesteps, timesteps[1:] + [0])  # (t, next t); RFlow's step size needs the next t
         if self.progress and has_tqdm:
@@ -351,7 +388,63 @@ class DiffusionSegmentationInferer(Inferer):
             hint="the inputs were finite, so the network returned NaN/Inf while sampling: an overflow under fp16 "
             "autocast (use autocast='bf16' or None) or damaged weights (check the checkpoint).",
         )
-        return x0_to_probability(per_image, channel_dim=2, multi_label=self.multi_label).contiguous()
+        prob = x0_to_probability(per_image, channel_dim=2, multi_label=self.multi_label)
+        if anchor is not None and self.anchor_weight > 0:  # the anchor head as a prior of every member
+            prob = (1.0 - self.anchor_weight) * prob + self.anchor_weight * anchor[:, None]
+        return prob.contiguous()
+
+    def _encode(self, network: Any, image: torch.Tensor) -> tuple[str, tuple[torch.Tensor, ...]]:
+        """
+        The call's condition as ``(keyword, tensors)``: ``("condition", network.encode_condition(image))`` when the
+        network has it (once per call), else ``("image", (image,))``; channels-last when set.
+        """
+        memory_format = self._memory_format(image.ndim)
+
+        def fmt(v: torch.Tensor) -> torch.Tensor:
+            return v if memory_format is None or v.ndim != image.ndim else v.contiguous(memory_format=memory_format)
+
+        encode = getattr(unwrap_network(network), "encode_condition", None)
+        if not callable(encode):
+            return "image", (fmt(image),)
+        with self._autocast(image.device):
+            return "condition", tuple(fmt(c) for c in encode(fmt(image)))
+
+    def _anchor_probability(self, network: Any, encoded: tuple[str, tuple[torch.Tensor, ...]]) -> torch.Tensor:
+        """
+        The anchor head's foreground probability ``(N, C, *S)`` (float32) from the encoded condition: sigmoid per
+        channel (one channel or ``multi_label``), softmax over one-hot classes, as the anchor was trained.
+        """
+        module = unwrap_network(network)
+        if encoded[0] != "condition" or getattr(module, "anchor_head", None) is None:
+            raise ValueError(
+                f"{type(self).__name__}: init='anchor' / anchor_weight > 0 need a network with an anchor head "
+                f"(MedSegDiff(anchor_head=True): encode_condition + anchor); {type(module).__name__} has none. Use "
+                "init='noise' and anchor_weight=0."
+            )
+        with self._autocast(encoded[1][0].device):
+            logits = module.anchor(encoded[1]).float()
+        if logits.shape[1] > 1 and not self.multi_label:
+            return torch.softmax(logits, dim=1)
+        return torch.sigmoid(logits)
+
+    def _anchor_start(
+        self, scheduler: Scheduler, anchor: torch.Tensor, noise: torch.Tensor, timesteps: list
+    ) -> tuple[torch.Tensor, list]:
+        """
+        SDEdit start: the anchor's ``x0 = 2 p - 1`` ``(N, C, *S)``, tiled member-major to ``noise``'s ``(E * N, C,
+        *S)`` rows, noised by ``scheduler.add_noise`` with each row's own noise to the first timestep ``<= t_start``;
+        returns ``(x_t, the timesteps from there on)``.
+        """
+        kept = [t for t in timesteps if t <= self.t_start]
+        if not kept:
+            raise ValueError(
+                f"{type(self).__name__}: t_start={self.t_start} is below every scheduler timestep {timesteps} "
+                f"(num_inference_steps={self.num_inference_steps}); raise t_start or num_inference_steps."
+            )
+        members = noise.shape[0] // anchor.shape[0]
+        x0 = (2.0 * anchor - 1.0).repeat(members, *([1] * (anchor.ndim - 1))).to(noise.dtype)
+        t = torch.full((noise.shape[0],), int(kept[0]), device=noise.device, dtype=torch.long)
+        return scheduler.add_noise(original_samples=x0, noise=noise, timesteps=t), kept
 
     def _prepare(self, inputs: Any, network: Any, num_samples: int | None, seed: int | None) -> tuple:
         """
@@ -407,12 +500,20 @@ class DiffusionSegmentationInferer(Inferer):
         return step_fn
 
     def _denoiser(
-        self, network: Callable[..., Any], image: torch.Tensor, x: torch.Tensor, t0: float, args: tuple, kwargs: dict
+        self,
+        network: Callable[..., Any],
+        image: torch.Tensor,
+        x: torch.Tensor,
+        t0: float,
+        args: tuple,
+        kwargs: dict,
+        encoded: tuple[str, tuple[torch.Tensor, ...]] | None = None,
     ) -> Callable[[torch.Tensor, float], torch.Tensor]:
         """
         ``denoise(x, t)``: the float32 network output for all members of ``x`` ``(E * N, C, *S)`` at step ``t``. Set
         up once per call: the step network, the condition (encoded, tiled to one member chunk), the chunk (``t0``:
-        the first step, for the ``"auto"`` probe), ``autocast`` and ``channels_last``.
+        the first step, for the ``"auto"`` probe), ``autocast`` and ``channels_last``. ``encoded``: the call's
+        :meth:`_encode` result when already computed.
         """
         n, device, memory_format = image.shape[0], image.device, self._memory_format(image.ndim)
         members = x.shape[0] // n
@@ -421,11 +522,7 @@ class DiffusionSegmentationInferer(Inferer):
             return v if memory_format is None or v.ndim != image.ndim else v.contiguous(memory_format=memory_format)
 
         step_fn = self._step_network(network, image)
-        encode = getattr(unwrap_network(network), "encode_condition", None)
-        name, cond = "image", (fmt(image),)
-        if callable(encode):
-            with self._autocast(device):
-                name, cond = "condition", tuple(fmt(c) for c in encode(cond[0]))
+        name, cond = self._encode(network, image) if encoded is None else encoded
 
         def call(xs: torch.Tensor, t: float, c: tuple[torch.Tensor, ...], sc: Any = None) -> torch.Tensor:
             dtype = torch.long if isinstance(t, int) else torch.float  # RFlow's continuous steps are float

@@ -13,7 +13,10 @@ Prints, for the chosen network configuration (default: the ISIC 2018 bundle's, `
 3. the **reference-cost row**: the same network run the way the public MedSegDiff code runs it (1000-step DDPM,
    batch 1, ensemble members one after another, the condition branch recomputed at every step), and the speed-up
    of every row over it at the same image and ensemble size; the smallest speed-up is printed and recorded
-   (``min_speedup``, and ``speedup_as_expected``: above ``MIN_EXPECTED_SPEEDUP``).
+   (``min_speedup``, and ``speedup_as_expected``: above ``MIN_EXPECTED_SPEEDUP``);
+4. with ``--bundle-default``: the bundle's own sampler as ``inference.json`` sets it (sampler, steps, members and
+   the start: ``sampler_init``/``t_start``, i.e. anchor-initialised sampling with fewer network evaluations), measured
+   in full at every 2D size beside the reference row, with its network evaluations per member (``nfe``).
 
 The cost of a sampling run is ``encode + steps x step``; rows with more steps than ``--max-measured-steps`` (and
 the reference row beyond ``--reference-steps``) are extrapolated from a measured run with that many steps and are
@@ -25,6 +28,9 @@ Run::
     python benchmarks/bench_sampling.py --quick            # a few minutes on a 2-core CPU
     python benchmarks/bench_sampling.py --device cuda      # everything measured, on the GPU
     python benchmarks/bench_sampling.py --device cuda --autocast bf16 --channels-last --compile
+    # the issue-16 check: the bundle default at 256x256, E = 5, beside the reference-cost row, one CPU run
+    python benchmarks/bench_sampling.py --device cpu --threads 1 --sizes 256 --size-3d 0 --members 5 --steps 10 \
+        --samplers ddim --reference-steps 20 --bundle-default
 """
 
 from __future__ import annotations
@@ -77,6 +83,26 @@ def bundle_default_sampler() -> tuple[str, int, int]:
     target = cfg["sampler"]["_target_"]
     name = "dpm++" if "DPMSolver" in target else "ddim" if "DDIM" in target else "ddpm"
     return name, int(cfg["num_inference_steps"]), int(cfg["num_samples"])
+
+
+def bundle_default_options() -> dict[str, Any]:
+    """The ISIC 2018 bundle's sampler start options (``DiffusionSegmentationInferer`` ``init``, ``t_start``,
+    ``anchor_weight``) from its inference.json; the full reverse process from noise where it sets none."""
+    with open(BUNDLE_INFERENCE) as f:
+        cfg = json.load(f)
+    return {
+        "init": cfg.get("sampler_init", "noise"),
+        "t_start": cfg.get("t_start"),
+        "anchor_weight": float(cfg.get("anchor_weight", 0.0)),
+    }
+
+
+def network_evaluations(sampler: str, steps: int, options: dict[str, Any]) -> int:
+    """Network evaluations per member of ``sampler`` with ``steps`` and the start ``options``."""
+    scheduler = make_sampler(sampler)
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps.tolist()
+    return sum(1 for t in timesteps if options.get("init", "noise") != "anchor" or t <= options["t_start"])
 
 
 def make_network(config: str, spatial_dims: int, in_channels: int, device: torch.device) -> MedSegDiff:
@@ -225,6 +251,36 @@ def bench_size(
                     f"{' *' if row['extrapolated'] else ''}  peak {peak:8.1f} MiB  x{row['speedup']:.0f}",
                     flush=True,
                 )
+    if getattr(args, "bundle_default", False) and spatial_dims == 2:
+        # the bundle's own sampler (its start options included), measured in full
+        name, steps, members = bundle_default_sampler()
+        options = bundle_default_options()
+        measure_ours(net, image, name, members, 2, {**opts, "init": "noise"})  # warm-up for this batch shape
+        seconds, peak = measure_ours(net, image, name, members, steps, {**opts, **options})
+        s_per_image = seconds / args.batch
+        rows.append(
+            {
+                "size": label,
+                "sampler": "bundle default",
+                "members": members,
+                "steps": steps,
+                "nfe": network_evaluations(name, steps, options),
+                **options,
+                "s_per_image": s_per_image,
+                "images_per_s": 1.0 / s_per_image,
+                "peak_mib": peak,
+                "extrapolated": False,
+                "measured_s": seconds,
+                "speedup": ref_step_s * 1000 * members / s_per_image,
+            }
+        )
+        row = rows[-1]
+        print(
+            f"  {label} bundle default ({name} {steps} steps, init={options['init']}, t_start={options['t_start']}: "
+            f"{row['nfe']} network evaluations per member) E={members}: {s_per_image:.3f} s/image  peak {peak:.1f} MiB"
+            f"  x{row['speedup']:.0f}",
+            flush=True,
+        )
     return rows
 
 
@@ -248,6 +304,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--cuda-graphs", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--bundle-default",
+        action="store_true",
+        help="also measure the ISIC 2018 bundle's own sampler (inference.json: steps, members, sampler_init, t_start) "
+        "in full at every 2D size",
+    )
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -303,11 +365,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
 
     summary = []
+    explicit = any(r["sampler"] == "bundle default" for r in rows)
     for r in rows:
-        if (r["sampler"], r["steps"], r["members"]) == default and r["size"] == "256x256":
+        match = r["sampler"] == "bundle default" if explicit else (r["sampler"], r["steps"], r["members"]) == default
+        if match and r["size"] == "256x256":
             summary.append(r)
             print(
-                f"\nbundle default ({default[0]} {default[1]} steps, E={default[2]}) at 256x256: "
+                f"\nbundle default ({default[0]} {default[1]} steps, E={default[2]}, "
+                f"{r.get('nfe', r['steps'])} network evaluations per member) at 256x256: "
                 f"{r['s_per_image']:.3f} s/image, {r['speedup']:.0f}x faster than the reference-cost row"
             )
     result = {

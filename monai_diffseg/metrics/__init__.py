@@ -14,6 +14,15 @@ from .generalized_energy_distance import GED_KEYS, GeneralizedEnergyDistanceMetr
 from .hungarian_iou import HungarianMatchedIoUMetric, compute_hungarian_matched_iou
 from .multirater import MultiRaterScores, compute_per_rater_dice
 from .sample_diversity import SampleDiversityMetric, compute_sample_diversity
+from .shift_score import (
+    SHIFT_SCORES,
+    ShiftScore,
+    compute_anchor_disagreement,
+    compute_entropy_per_area,
+    compute_feature_distance,
+    condition_feature_statistics,
+    condition_features,
+)
 from .utils import compute_pairwise_iou
 
 __all__ = [
@@ -23,6 +32,13 @@ __all__ = [
     "HungarianMatchedIoUMetric",
     "MultiRaterScores",
     "SampleDiversityMetric",
+    "SHIFT_SCORES",
+    "ShiftScore",
+    "compute_anchor_disagreement",
+    "compute_entropy_per_area",
+    "compute_feature_distance",
+    "condition_feature_statistics",
+    "condition_features",
     "compute_generalized_energy_distance",
     "compute_hungarian_matched_iou",
     "compute_pairwise_iou",

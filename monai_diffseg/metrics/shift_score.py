@@ -1,0 +1,203 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""
+Per-case scores meant to rise under domain shift and to track the segmentation error of a mask-diffusion model
+whose network has an anchor head on its image-condition branch (:class:`monai_diffseg.networks.nets.MedSegDiff`):
+
+- ``anchor_disagreement``: ``1 - Dice(anchor mask, fused ensemble mask)``: the deterministic condition branch and the
+  sampled denoiser read the same image; where the image is unlike the training data they stop agreeing;
+- ``entropy_per_area``: summed binary entropy of the ensemble mean divided by its predicted foreground area
+  (relative boundary uncertainty, as ``entropy_fg`` in ``benchmarks/quality.py``), at the samples' resolution;
+- ``feature_distance``: distance of the image's pooled condition features (coarsest level, spatial mean) to the
+  training set's, ``mean_d ((f_d - mu_d) / sigma_d) ** 2`` (diagonal Mahalanobis per feature), given statistics from
+  :func:`condition_feature_statistics` (optional; the score is left out without them).
+
+The ensemble's own spread (``sample_diversity``, :class:`~monai_diffseg.metrics.SampleDiversityMetric`) is the score
+these are compared with in ``benchmarks/domain_shift.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from monai.utils import convert_to_tensor
+
+from monai_diffseg.utils import unwrap_network
+
+__all__ = [
+    "ShiftScore",
+    "SHIFT_SCORES",
+    "compute_anchor_disagreement",
+    "compute_entropy_per_area",
+    "condition_features",
+    "condition_feature_statistics",
+    "compute_feature_distance",
+]
+
+#: names of the per-case scores :class:`ShiftScore` writes
+SHIFT_SCORES = ("anchor_disagreement", "entropy_per_area", "feature_distance")
+
+
+def compute_anchor_disagreement(anchor: torch.Tensor, fused: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """
+    ``1 - Dice`` between the anchor's and the fused ensemble's masks (each probability ``>= threshold``), over all
+    channels and pixels of each image; 0 when both masks are empty.
+
+    Args:
+        anchor: ``(N, C, *S)`` anchor-head foreground probability.
+        fused: ``(N, C, *S)`` fused ensemble probability (e.g. the mean of the members).
+        threshold: foreground from this probability.
+
+    Returns:
+        ``(N,)`` float64 in ``[0, 1]``.
+    """
+    if anchor.shape != fused.shape or anchor.ndim < 3:
+        raise ValueError(
+            f"compute_anchor_disagreement: anchor {tuple(anchor.shape)} and fused {tuple(fused.shape)} must both be "
+            "(N, C, *S) of the same shape (resize the anchor to the samples' resolution)."
+        )
+    a = (anchor >= threshold).flatten(1).double()
+    b = (fused >= threshold).flatten(1).double()
+    inter, total = (a * b).sum(1), a.sum(1) + b.sum(1)
+    dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+    return 1.0 - dice
+
+
+def compute_entropy_per_area(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """
+    Summed binary entropy (nats) of ``prob`` ``(N, C, *S)`` divided by its foreground area (pixels with
+    ``prob >= threshold``, at least 1), per image: ``(N,)`` float64.
+    """
+    if prob.ndim < 3:
+        raise ValueError(f"compute_entropy_per_area: prob must be (N, C, *S), got {tuple(prob.shape)}.")
+    p = prob.double().clamp(0.0, 1.0)
+    ent = torch.special.entr(p) + torch.special.entr(1.0 - p)
+    area = (p >= threshold).flatten(1).sum(1).clamp_min(1)
+    return ent.flatten(1).sum(1) / area
+
+
+@torch.no_grad()
+def condition_features(network: Any, image: torch.Tensor) -> torch.Tensor:
+    """
+    Pooled image-condition features ``(N, F)``: the spatial mean of the coarsest level of
+    ``network.encode_condition(image)`` (``image``: ``(N, C_in, *S)``), float32.
+    """
+    encode = getattr(unwrap_network(network), "encode_condition", None)
+    if not callable(encode):
+        raise ValueError(
+            f"condition_features: {type(unwrap_network(network)).__name__} has no encode_condition; the feature "
+            "distance needs a network with an image-condition branch (e.g. MedSegDiff)."
+        )
+    coarsest = encode(image)[-1]
+    return coarsest.float().flatten(2).mean(dim=2)
+
+
+def condition_feature_statistics(
+    network: Any, images: Iterable[torch.Tensor], eps: float = 1e-6
+) -> dict[str, torch.Tensor]:
+    """
+    Per-feature mean and standard deviation of :func:`condition_features` over ``images`` (an iterable of
+    ``(C_in, *S)`` or ``(N, C_in, *S)`` tensors, e.g. the preprocessed training images): ``{"mean": (F,), "std":
+    (F,)}``, ``std`` at least ``eps``. Save with ``torch.save`` and pass to :class:`ShiftScore` ``feature_stats``.
+    """
+    module = unwrap_network(network)
+    device, spatial_dims = next(module.parameters()).device, int(getattr(module, "spatial_dims", 2))
+    feats = []
+    for image in images:
+        x = convert_to_tensor(image, track_meta=False).float()
+        x = x[None] if x.ndim == spatial_dims + 1 else x  # one image (C_in, *S) -> a batch of one
+        feats.append(condition_features(network, x.to(device)).cpu())
+    if not feats:
+        raise ValueError("condition_feature_statistics: no images given.")
+    all_feats = torch.cat(feats)
+    if all_feats.shape[0] < 2:
+        raise ValueError("condition_feature_statistics needs at least 2 images for a standard deviation.")
+    return {"mean": all_feats.mean(0), "std": all_feats.std(0).clamp_min(eps)}
+
+
+def compute_feature_distance(features: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """``mean_d ((f_d - mean_d) / std_d) ** 2`` per row of ``features`` ``(N, F)``: ``(N,)`` float64."""
+    mean, std = stats["mean"].to(features.device), stats["std"].to(features.device)
+    if features.ndim != 2 or features.shape[1] != mean.numel():
+        raise ValueError(
+            f"compute_feature_distance: features {tuple(features.shape)} must be (N, {mean.numel()}) to match the "
+            "statistics (computed with another network?)."
+        )
+    return (((features.double() - mean.double()) / std.double()) ** 2).mean(dim=1)
+
+
+class ShiftScore:
+    """
+    Per-case shift scores (:data:`SHIFT_SCORES`) for :class:`monai_diffseg.handlers.CaseMetricsWriter`
+    ``case_scores``: called with each case's merged dict after post-processing, it encodes the preprocessed image
+    once more (one condition-branch pass, no denoising), reads the anchor head and compares it with the members.
+
+    Args:
+        network: the denoiser with ``encode_condition`` and ``anchor`` (MedSegDiff with ``anchor_head=True``).
+        image_key: the preprocessed image ``(C_in, *S')`` at the network's resolution.
+        samples_key: the ensemble's member probabilities ``(E, C, *S')`` at the same resolution.
+        threshold: foreground from this probability.
+        feature_stats: ``{"mean", "std"}`` of :func:`condition_feature_statistics`, or a path to them saved with
+            ``torch.save``; ``None`` leaves ``feature_distance`` out.
+        multi_label: the channels are independent structures (sigmoid anchor); default: one channel sigmoid, several
+            one-hot classes softmax (as the anchor was trained).
+
+    Returns (per call):
+        ``{"anchor_disagreement": float, "entropy_per_area": float[, "feature_distance": float]}``.
+    """
+
+    def __init__(
+        self,
+        network: Any,
+        image_key: str = "image",
+        samples_key: str = "samples",
+        threshold: float = 0.5,
+        feature_stats: Mapping[str, torch.Tensor] | str | None = None,
+        multi_label: bool = False,
+    ) -> None:
+        self.network = network
+        self.image_key, self.samples_key = image_key, samples_key
+        self.threshold = float(threshold)
+        if isinstance(feature_stats, str):
+            feature_stats = torch.load(feature_stats, map_location="cpu", weights_only=True)
+        if feature_stats is not None and not {"mean", "std"} <= set(feature_stats):
+            raise ValueError(f"ShiftScore: feature_stats needs 'mean' and 'std', got {sorted(feature_stats)}.")
+        self.feature_stats = feature_stats
+        self.multi_label = multi_label
+
+    @torch.no_grad()
+    def __call__(self, item: Mapping[str, Any]) -> dict[str, float | None]:
+        for key in (self.image_key, self.samples_key):
+            if key not in item:
+                raise ValueError(
+                    f"ShiftScore: the case has no '{key}' (keys: {sorted(item)}); the inferer must return the samples "
+                    "(return_samples=True, copied to 'samples' before fusion) and the image must stay preprocessed."
+                )
+        module = unwrap_network(self.network)
+        param = next(module.parameters())
+        image = convert_to_tensor(item[self.image_key], track_meta=False)[None].to(param.device, param.dtype)
+        samples = convert_to_tensor(item[self.samples_key], track_meta=False).float()
+        was_training = module.training
+        module.eval()
+        try:
+            condition = module.encode_condition(image)
+            logits = module.anchor(condition).float()
+        finally:
+            module.train(was_training)
+        anchor = torch.softmax(logits, 1) if logits.shape[1] > 1 and not self.multi_label else torch.sigmoid(logits)
+        fused = samples.mean(dim=0, keepdim=True).to(anchor.device)
+        if anchor.shape != fused.shape:
+            raise ValueError(
+                f"ShiftScore: anchor {tuple(anchor.shape)} and fused samples {tuple(fused.shape)} differ: "
+                f"'{self.image_key}' and '{self.samples_key}' must be at the network's resolution (before Invertd)."
+            )
+        out: dict[str, float | None] = {
+            "anchor_disagreement": float(compute_anchor_disagreement(anchor, fused, self.threshold)[0]),
+            "entropy_per_area": float(compute_entropy_per_area(fused, self.threshold)[0]),
+        }
+        if self.feature_stats is not None:
+            feats = condition[-1].float().flatten(2).mean(dim=2)
+            out["feature_distance"] = float(compute_feature_distance(feats, self.feature_stats)[0])
+        return out

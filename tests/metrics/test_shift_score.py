@@ -1,0 +1,91 @@
+# Copyright (c) monai-diffseg contributors
+# Licensed under the Apache License, Version 2.0
+"""Shift scores (anchor disagreement, entropy per area, condition-feature distance): hand values and wiring."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from monai_diffseg.metrics import (
+    ShiftScore,
+    compute_anchor_disagreement,
+    compute_entropy_per_area,
+    compute_feature_distance,
+    condition_feature_statistics,
+    condition_features,
+)
+from monai_diffseg.networks.nets import MedSegDiff
+
+
+def test_anchor_disagreement_hand_values() -> None:
+    anchor = torch.zeros(3, 1, 2, 4)
+    fused = torch.zeros(3, 1, 2, 4)
+    anchor[0, 0, 0, :] = 0.9  # 4 pixels
+    fused[0, 0, 0, :2] = 0.6  # 2 of them -> Dice 2 * 2 / 6
+    anchor[1, 0, 1, 1] = 0.7  # disjoint -> Dice 0
+    fused[1, 0, 0, 0] = 0.8
+    # image 2: both empty -> Dice 1, disagreement 0
+    out = compute_anchor_disagreement(anchor, fused)
+    assert torch.allclose(out, torch.tensor([1 - 4 / 6, 1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="same shape"):
+        compute_anchor_disagreement(anchor, fused[:, :, :1])
+
+
+def test_entropy_per_area_hand_value() -> None:
+    prob = torch.tensor([0.5, 0.5, 0.0, 1.0]).reshape(1, 1, 2, 2)
+    # two pixels at p = 0.5 carry ln 2 each; three pixels are >= 0.5
+    assert math.isclose(float(compute_entropy_per_area(prob)[0]), 2 * math.log(2) / 3, rel_tol=1e-9)
+    empty = torch.full((1, 1, 2, 2), 0.25)  # no foreground: divided by 1
+    expected = 4 * (-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+    assert math.isclose(float(compute_entropy_per_area(empty)[0]), expected, rel_tol=1e-9)
+
+
+def test_feature_distance_hand_value() -> None:
+    stats = {"mean": torch.zeros(2), "std": torch.full((2,), 2.0)}
+    assert torch.allclose(compute_feature_distance(torch.tensor([[2.0, 4.0]]), stats), torch.tensor([2.5]).double())
+    with pytest.raises(ValueError, match="statistics"):
+        compute_feature_distance(torch.zeros(1, 3), stats)
+
+
+def _net() -> MedSegDiff:
+    torch.manual_seed(0)
+    return MedSegDiff(2, 3, 1, channels=(8, 16), cond_channels=(8, 16), num_head_channels=8).eval()
+
+
+def test_shift_score_matches_manual_and_grows_off_distribution(tmp_path) -> None:
+    net = _net()
+    g = torch.Generator().manual_seed(0)
+    train = [torch.rand(3, 16, 16, generator=g) for _ in range(6)]
+    stats = condition_feature_statistics(net, train)
+    assert stats["mean"].shape == (16,) and torch.all(stats["std"] > 0)
+    path = tmp_path / "stats.pt"
+    torch.save(stats, path)
+    image = torch.rand(3, 16, 16, generator=g)
+    samples = torch.rand(4, 1, 16, 16, generator=g)
+    scores = ShiftScore(net, feature_stats=str(path))({"image": image, "samples": samples})
+    with torch.no_grad():
+        anchor = torch.sigmoid(net.anchor(net.encode_condition(image[None])))
+        feats = condition_features(net, image[None])
+    fused = samples.mean(0, keepdim=True)
+    assert math.isclose(scores["anchor_disagreement"], float(compute_anchor_disagreement(anchor, fused)[0]))
+    assert math.isclose(scores["entropy_per_area"], float(compute_entropy_per_area(fused)[0]))
+    assert math.isclose(scores["feature_distance"], float(compute_feature_distance(feats, stats)[0]), rel_tol=1e-6)
+    # over the training images themselves the mean squared z-score is (n - 1) / n (unbiased std, n = 6)
+    on_train = [
+        ShiftScore(net, feature_stats=stats)({"image": x, "samples": samples})["feature_distance"] for x in train
+    ]
+    assert math.isclose(sum(on_train) / len(on_train), 5 / 6, rel_tol=1e-4)
+    assert "feature_distance" not in ShiftScore(net)({"image": image, "samples": samples})
+
+
+def test_shift_score_errors() -> None:
+    net = _net()
+    with pytest.raises(ValueError, match="samples"):
+        ShiftScore(net)({"image": torch.rand(3, 16, 16)})
+    with pytest.raises(ValueError, match="resolution"):
+        ShiftScore(net)({"image": torch.rand(3, 16, 16), "samples": torch.rand(2, 1, 32, 32)})
+    with pytest.raises(ValueError, match="mean"):
+        ShiftScore(net, feature_stats={"mean": torch.zeros(2)})

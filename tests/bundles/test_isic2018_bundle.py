@@ -128,8 +128,10 @@ def test_train_then_infer_and_evaluate(dataset: str, tmp_path: Path) -> None:
     assert [c["case"] for c in metrics["cases"]] == cases
     for case in metrics["cases"]:
         assert 0.0 <= case["sample_diversity"] <= 1.0 and -1e-6 <= case["ged"] <= 2.0
+        assert 0.0 <= case["anchor_disagreement"] <= 1.0 and case["entropy_per_area"] >= 0.0  # ShiftScore
     rows = (pred_dir / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "case,dice,iou,sample_diversity,sample_diversity_l2,ged" and len(rows) == len(cases) + 1
+    header = "case,dice,iou,sample_diversity,sample_diversity_l2,ged,anchor_disagreement,entropy_per_area"
+    assert rows[0] == header and len(rows) == len(cases) + 1
 
     eval_dir = tmp_path / "eval"
     evaluate = _workflow(

@@ -145,7 +145,9 @@ class ShiftScore:
             one-hot classes softmax (as the anchor was trained).
 
     Returns (per call):
-        ``{"anchor_disagreement": float, "entropy_per_area": float[, "feature_distance": float]}``.
+        ``{"anchor_disagreement": float, "entropy_per_area": float[, "feature_distance": float]}``; for a network
+        without ``encode_condition`` / anchor head (e.g. a U-Net baseline through the same config)
+        ``anchor_disagreement`` is ``None`` and only ``entropy_per_area`` is computed.
     """
 
     def __init__(
@@ -176,9 +178,16 @@ class ShiftScore:
                     "(return_samples=True, copied to 'samples' before fusion) and the image must stay preprocessed."
                 )
         module = unwrap_network(self.network)
+        samples = convert_to_tensor(item[self.samples_key], track_meta=False).float()
+        fused = samples.mean(dim=0, keepdim=True)
+        out: dict[str, float | None] = {
+            "anchor_disagreement": None,
+            "entropy_per_area": float(compute_entropy_per_area(fused, self.threshold)[0]),
+        }
+        if not callable(getattr(module, "encode_condition", None)) or getattr(module, "anchor_head", None) is None:
+            return out  # e.g. a plain U-Net baseline run through the same config: no anchor, no condition features
         param = next(module.parameters())
         image = convert_to_tensor(item[self.image_key], track_meta=False)[None].to(param.device, param.dtype)
-        samples = convert_to_tensor(item[self.samples_key], track_meta=False).float()
         was_training = module.training
         module.eval()
         try:
@@ -187,16 +196,13 @@ class ShiftScore:
         finally:
             module.train(was_training)
         anchor = torch.softmax(logits, 1) if logits.shape[1] > 1 and not self.multi_label else torch.sigmoid(logits)
-        fused = samples.mean(dim=0, keepdim=True).to(anchor.device)
+        fused = fused.to(anchor.device)
         if anchor.shape != fused.shape:
             raise ValueError(
                 f"ShiftScore: anchor {tuple(anchor.shape)} and fused samples {tuple(fused.shape)} differ: "
                 f"'{self.image_key}' and '{self.samples_key}' must be at the network's resolution (before Invertd)."
             )
-        out: dict[str, float | None] = {
-            "anchor_disagreement": float(compute_anchor_disagreement(anchor, fused, self.threshold)[0]),
-            "entropy_per_area": float(compute_entropy_per_area(fused, self.threshold)[0]),
-        }
+        out["anchor_disagreement"] = float(compute_anchor_disagreement(anchor, fused, self.threshold)[0])
         if self.feature_stats is not None:
             feats = condition[-1].float().flatten(2).mean(dim=2)
             out["feature_distance"] = float(compute_feature_distance(feats, self.feature_stats)[0])

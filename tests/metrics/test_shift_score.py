@@ -81,6 +81,15 @@ def test_shift_score_matches_manual_and_grows_off_distribution(tmp_path) -> None
     assert "feature_distance" not in ShiftScore(net)({"image": image, "samples": samples})
 
 
+def test_shift_score_without_anchor_network() -> None:
+    from monai.networks.nets import UNet
+
+    unet = UNet(2, 3, 1, channels=(4, 8), strides=(2,))
+    samples = torch.tensor([0.5, 0.5, 0.0, 1.0]).reshape(1, 1, 2, 2)
+    out = ShiftScore(unet)({"image": torch.rand(3, 2, 2), "samples": samples})
+    assert out["anchor_disagreement"] is None and math.isclose(out["entropy_per_area"], 2 * math.log(2) / 3)
+
+
 def test_shift_score_errors() -> None:
     net = _net()
     with pytest.raises(ValueError, match="samples"):

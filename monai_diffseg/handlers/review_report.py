@@ -30,6 +30,8 @@ class ReviewReportWriter:
     :func:`monai_diffseg.visualize.write_report`, from the ``metrics.json`` and the maps the run wrote. Attach it
     after the :class:`CaseMetricsWriter` (handlers run in order), so it reads the finished (in sharded runs: merged)
     file. The same page can be rebuilt later with ``python -m monai_diffseg.visualize.report <output_dir>``.
+    Without a metrics file (e.g. a sharded run that writes per-rank files and merges none) it logs a warning and
+    writes nothing, rather than failing a finished run; other errors are raised.
 
     Args:
         output_dir: the run's output folder.
@@ -65,10 +67,13 @@ class ReviewReportWriter:
     def _write(self, engine: Engine) -> None:
         if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return
-        self.report_path = write_report(
-            self.output_dir,
-            sources=case_sources(self.datalist, "image"),
-            labels=case_sources(self.datalist, "label"),
-            image_dir=self.image_dir,
-            **self.report_kwargs,
-        )
+        try:
+            self.report_path = write_report(
+                self.output_dir,
+                sources=case_sources(self.datalist, "image"),
+                labels=case_sources(self.datalist, "label"),
+                image_dir=self.image_dir,
+                **self.report_kwargs,
+            )
+        except FileNotFoundError as err:  # no (merged) metrics file: the run's results stand, only the page is missing
+            self.logger.warning(f"ReviewReportWriter: no report.html written: {err}")

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -17,7 +18,7 @@ from monai.data import DataLoader, Dataset
 from monai.engines import SupervisedEvaluator
 
 from monai_diffseg.data import SkipFailedDataLoader
-from monai_diffseg.handlers import CaseProgressHandler, count_cases
+from monai_diffseg.handlers import CaseProgressHandler, count_cases, progress
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLES = sorted(p.name for p in (ROOT / "bundles").iterdir() if (p / "configs" / "inference.json").is_file())
@@ -55,10 +56,21 @@ def test_default_interval_is_a_tenth_of_the_total(caplog: pytest.LogCaptureFixtu
     assert counts == list(range(2, 21, 2))
 
 
-def test_time_interval_logs_every_iteration_when_tiny(caplog: pytest.LogCaptureFixture) -> None:
-    loader = DataLoader(Dataset(_items(3)), batch_size=1)
-    lines = _run(loader, caplog, every_n_cases=0, interval_s=1e-9)
-    assert [re.search(r"(\d+)/3 cases", line).group(1) for line in lines[1:-1]] == ["1", "2", "3"]
+def test_time_interval(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = itertools.count(0.0, 25.0)  # every reading of the clock is 25 s later
+
+    class FakeTime:
+        @staticmethod
+        def perf_counter() -> float:
+            return next(clock)
+
+    monkeypatch.setattr(progress, "time", FakeTime)
+    loader = DataLoader(Dataset(_items(40)), batch_size=4)
+    lines = _run(loader, caplog, every_n_cases=0, interval_s=60.0)
+    # start at 0 s, iteration k read at 25 k s: a line once 60 s passed since the previous one (75 s, 150 s, 225 s)
+    assert [re.search(r"(\d+)/40 cases", line).group(1) for line in lines[1:-1]] == ["12", "24", "36"]
+    assert "elapsed 01:15, ETA 02:55" in lines[1]  # 12 cases in 75 s -> 28 left at the same rate
+    assert "done, 40 cases in 04:35" in lines[-1]
 
 
 def test_decollated_evaluator_output_counts_cases(caplog: pytest.LogCaptureFixture) -> None:

@@ -193,3 +193,15 @@ def test_handler_writes_the_report_at_completed(run2d: tuple[Path, dict[str, str
     assert writer.report_path == str(out / "report.html") and not (out / "off.html").exists()
     images = _images(_row_html(Path(writer.report_path).read_text(), "a"))
     assert images[0].shape[:2] == (11, 16)  # thumbnail of the 20 x 30 source, longest side 16
+
+
+def test_handler_without_metrics_warns_instead_of_failing_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = Engine(lambda e, b: None)
+    writer = ReviewReportWriter(tmp_path)
+    writer.attach(engine)
+    with caplog.at_level("WARNING"):
+        engine.run([0], max_epochs=1)
+    assert writer.report_path is None and not (tmp_path / "report.html").exists()
+    assert "no report.html written" in caplog.text and "metrics.json" in caplog.text

@@ -72,8 +72,8 @@ def test_train_infer_evaluate_2d(brats18: str, tmp_path: Path) -> None:
     assert train.check_properties() in (None, [])
     train.run()
     train.finalize()
-    assert (run / "models" / "model.pt").is_file()
-    last = torch.load(run / "models" / "checkpoint_last.pt", weights_only=False)
+    assert (run / "models_2d" / "model.pt").is_file() and not (run / "models").exists()  # beside the 3D weights
+    last = torch.load(run / "models_2d" / "checkpoint_last.pt", weights_only=False)
     assert last["trainer"]["iteration"] == 2 * (3 // 2)  # 3 training volumes, 2 per batch, drop_last
     assert len(train.trainer.state.output) == 2 * 3  # 2 volumes x 3 slices per iteration
     assert np.isfinite(float(train.trainer.state.output[0]["loss"]))
@@ -111,3 +111,4 @@ def test_train_infer_evaluate_2d(brats18: str, tmp_path: Path) -> None:
     for case in metrics["cases"]:
         assert case["dice"] == pytest.approx(np.mean([case[f"dice_{r}"] for r in ("tc", "wt", "et")]))
         assert {"hd95_tc", "hd95_wt", "hd95_et"} <= set(case)
+

@@ -41,8 +41,8 @@ class DiffusionSliceInferer(DiffusionSegmentationInferer):
     ``skip_background``: a slice window whose every input value equals ``background`` (outside the brain of a
     skull-stripped volume normalised with ``NormalizeIntensityd(nonzero=True)``, or padding) is not sampled: its
     probabilities are 0 in every channel (multi-label), or class 0 with probability 1 (one-hot classes). After
-    ``CropForegroundd`` to the brain few axial slices are empty; on uncropped volumes (240x240x155 BraTS) about a
-    sixth of the slices are.
+    ``CropForegroundd`` to the brain only its margin slices are empty; of uncropped 240x240x155 BraTS volumes 11% of
+    the axial slices are (12 to 27 of 155 in the 12 BraTS 2018 development cases).
 
     Args:
         scheduler, kwargs: as in :class:`DiffusionSegmentationInferer` (``num_samples``, ``num_inference_steps``,

@@ -22,7 +22,8 @@ class ClippedBatchDataLoader(DataLoader):
     and finish without training: a silent no-op. An empty data set raises instead.
 
     Args:
-        dataset: the training data set (``len()`` is read once, at construction).
+        dataset: the training data set (``len()`` is read once, at construction; with a ``sampler``, e.g. a
+            ``DistributedSampler``, the sampler's length, the cases of this rank).
         batch_size: the wanted batch size; ``min(batch_size, len(dataset))`` is used.
         kwargs: other :class:`monai.data.DataLoader` arguments (``shuffle``, ``drop_last``, ``num_workers`` ...).
 
@@ -31,7 +32,8 @@ class ClippedBatchDataLoader(DataLoader):
     """
 
     def __init__(self, dataset: Any, batch_size: int = 1, **kwargs: Any) -> None:
-        num_cases = len(dataset)
+        sampler = kwargs.get("sampler")
+        num_cases = len(sampler) if sampler is not None else len(dataset)  # a DistributedSampler: this rank's share
         if num_cases == 0:
             raise ValueError(
                 f"the training data set is empty ({type(dataset).__name__} of 0 cases): check the data list "

@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
-from . import loss, prepare_batch
+from . import distributed, loss, prepare_batch
+from .distributed import *
 from .loss import *
 from .prepare_batch import *
 
-__all__ = [*loss.__all__, *prepare_batch.__all__]
+__all__ = [*distributed.__all__, *loss.__all__, *prepare_batch.__all__]

@@ -181,6 +181,8 @@ class FinalModelSaver:
         engine.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
+        if idist.get_rank() != 0:  # torchrun: rank 0 writes (ignite's DiskSaver would not write here anyway)
+            return
         logger = self.logger or engine.logger
         best = self.best_saver.best_model_file if self.best_saver is not None else None
         if best is not None:

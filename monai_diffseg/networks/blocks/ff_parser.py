@@ -104,6 +104,12 @@ class FFParser(nn.Module):
             weights = [w_lo + (w.index_select(d + 1, hi) - w_lo) * frac for w, w_lo in zip(weights, lows)]
         return torch.complex(weights[0].float(), weights[1].float())
 
+    def spectral_weight(self, spatial_shape: Sequence[int]) -> torch.Tensor:
+        """The complex weight ``(C, *F)`` that multiplies the ``rfftn`` spectrum (shape ``F``) of an input of spatial
+        size ``spatial_shape``; it depends on the size only, so an export precomputes it for its fixed input size."""
+        spatial = tuple(int(s) for s in spatial_shape)
+        return self._weight((*spatial[:-1], spatial[-1] // 2 + 1), spatial)
+
     def _legacy_weight(self, freq_shape: Sequence[int]) -> torch.Tensor:
         """Mapping of the checkpoints without ``grid_version``: end-to-end (align_corners) interpolation."""
         full_dims = tuple(range(1, self.spatial_dims))  # all but the last (half-spectrum) dim are full spectra

@@ -63,6 +63,7 @@ from .polyp import (
     polyp_datalist,
     polyp_train_val_datalists,
 )
+from .resume import append_case_records, case_id, read_case_records, resume_datalist
 from .skip_failed_loader import SkipFailedDataLoader
 from .splits import split_datalist
 from .train_loader import ClippedBatchDataLoader
@@ -101,9 +102,11 @@ __all__ = [
     "REFUGE_SPLITS",
     "REFUGE_SPLIT_FOLDERS",
     "SkipFailedDataLoader",
+    "append_case_records",
     "brats_datalist",
     "brats_output_name",
     "case_folder_datalist",
+    "case_id",
     "cvc_clinicdb_datalist",
     "ddti_datalist",
     "ddti_train_val_datalists",
@@ -134,7 +137,9 @@ __all__ = [
     "polyp_datalist",
     "polyp_train_val_datalists",
     "rasterize_polygons",
+    "read_case_records",
     "refuge_datalist",
+    "resume_datalist",
     "split_datalist",
     "synthetic_brats_sample",
     "synthetic_fundus_sample",

@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from monai.data import MetaTensor
-from monai.metrics import CumulativeIterationMetric, DiceMetric, MeanIoU
-from monai.utils import IgniteInfo, convert_to_tensor, min_version, optional_import
+from monai.metrics import CumulativeIterationMetric, DiceMetric, HausdorffDistanceMetric, MeanIoU
+from monai.utils import IgniteInfo, convert_to_tensor, look_up_option, min_version, optional_import
 
+from monai_diffseg.data.resume import append_case_records, read_case_records
 from monai_diffseg.metrics import GeneralizedEnergyDistanceMetric, SampleDiversityMetric
 from monai_diffseg.utils import atomic_write
 
@@ -26,7 +28,10 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["CaseMetricsWriter"]
+__all__ = ["CaseMetricsWriter", "LABEL_SCORES"]
+
+#: the label scores the writer computes itself (``label_scores``)
+LABEL_SCORES = ("dice", "iou", "hd95")
 
 
 def _value(x: Any) -> float | None:
@@ -42,13 +47,23 @@ class CaseMetricsWriter:
     ``"failed"``) and optionally the per-case table as CSV. Each score is computed once, by a metric object:
 
     - ``dice``, ``iou``: MONAI ``DiceMetric`` / ``MeanIoU`` on the binary prediction and label at the original size
-      (both-empty counts as 1, as ISIC's evaluation does; ``null`` without a label);
+      (both-empty counts as 1, as ISIC's evaluation does; ``null`` without a label); ``hd95`` (in ``label_scores``):
+      ``HausdorffDistanceMetric(percentile=95)`` in pixels/voxels (``null`` where undefined, e.g. an empty mask);
     - ``sample_diversity`` (mean ``1 - IoU`` between members), ``sample_diversity_l2`` (DiffSeg's "GED" term):
       :class:`~monai_diffseg.metrics.SampleDiversityMetric` on the ensemble samples;
     - ``ged``: :class:`~monai_diffseg.metrics.GeneralizedEnergyDistanceMetric` (GED^2, PHiSeg/BerDiff/CIMD
       convention) between the samples and the reference at the samples' resolution, when a reference exists;
     - any score an attached MONAI metric handler computes (``save_details=True``), read from
       ``engine.state.metric_details`` instead of computed again (``engine_metrics``).
+
+    Sharded (``torchrun``) and resumable runs (``records_dir``): every case's record is appended to
+    ``<records_dir>/rank<R>.jsonl`` as soon as it is scored (after its output files, which the evaluator's
+    post-processing writes first); at ``COMPLETED`` the ranks gather their failed cases and rank 0 merges the records of
+    every rank **and of earlier runs** (the cases :func:`monai_diffseg.data.resume_datalist` skipped) into one
+    ``output_file``/``csv_file``, ordered as ``case_order`` (the whole data list), with the means over the merged rows.
+    The engine's aggregate metrics then cover only the cases computed in this run (``"engine_metrics"`` with
+    ``"num_cases_run"``), and ``engine_metrics`` cannot be used (the per-case details exist only at the end of a run,
+    so a killed run would lose them): compute the scores here instead (``label_scores``).
 
     Args:
         output_file: path of the JSON file (written atomically at ``COMPLETED``).
@@ -69,6 +84,12 @@ class CaseMetricsWriter:
         case_scores: callables ``f(item) -> {score: float | None}`` given each case's merged input/output dict
             (after post-processing, e.g. ``pred``, ``label``, ``samples``, task-specific keys); their scores are
             added to the case's record (task measures such as the cup-to-disc ratio error or multi-rater scores).
+        label_scores: the label scores computed here, from :data:`LABEL_SCORES` (those named in ``engine_metrics``
+            are read instead).
+        records_dir: folder of the per-case records of a sharded/resumable run (see above); ``None``: one process
+            writes ``output_file`` from its own cases.
+        case_order: the case names (:func:`monai_diffseg.data.case_id`) of the whole data list, in order: the
+            merged files list exactly these cases, in this order; ``None``: every record, sorted by case name.
     """
 
     def __init__(
@@ -85,8 +106,19 @@ class CaseMetricsWriter:
         engine_metrics: Mapping[str, str] | None = None,
         channel_names: Sequence[str] | None = None,
         case_scores: Sequence[Callable[[Mapping[str, Any]], Mapping[str, float | None]]] | None = None,
+        label_scores: Sequence[str] = ("dice", "iou"),
+        records_dir: str | os.PathLike | None = None,
+        case_order: Sequence[str] | None = None,
     ) -> None:
+        if records_dir is not None and engine_metrics:
+            raise ValueError(
+                f"CaseMetricsWriter: engine_metrics {dict(engine_metrics)} with records_dir '{records_dir}': engine "
+                "metric details exist only at the end of a run, so a killed run could not keep them per case. Set "
+                "engine_metrics={} and compute the scores in the writer (label_scores, e.g. ['dice', 'iou', 'hd95'])."
+            )
         self.output_file, self.csv_file = output_file, csv_file
+        self.records_dir = None if records_dir is None else os.fspath(records_dir)
+        self.case_order = None if case_order is None else [str(c) for c in case_order]
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.samples_key, self.reference_key = samples_key, reference_key
         self.threshold = threshold
@@ -95,9 +127,13 @@ class CaseMetricsWriter:
         self.case_scores = list(case_scores or [])
         bg = include_background
         # ignore_empty=False: an empty prediction of an empty label is a perfect score, not NaN
+        available: dict[str, Callable[[], CumulativeIterationMetric]] = {
+            "dice": lambda: DiceMetric(include_background=bg, reduction="none", ignore_empty=False),
+            "iou": lambda: MeanIoU(include_background=bg, reduction="none", ignore_empty=False),
+            "hd95": lambda: HausdorffDistanceMetric(include_background=bg, percentile=95, reduction="none"),
+        }
         self.label_metrics: dict[str, CumulativeIterationMetric] = {
-            "dice": DiceMetric(include_background=bg, reduction="none", ignore_empty=False),
-            "iou": MeanIoU(include_background=bg, reduction="none", ignore_empty=False),
+            name: available[look_up_option(name, LABEL_SCORES)]() for name in dict.fromkeys(label_scores)
         }
         self.sample_metrics: dict[str, CumulativeIterationMetric] = {
             "sample_diversity": SampleDiversityMetric("1-iou", include_background=bg, reduction="none"),
@@ -120,6 +156,7 @@ class CaseMetricsWriter:
     def _collect(self, engine: Engine) -> None:
         output, batch = engine.state.output, engine.state.batch
         outputs, batches = (output, batch) if isinstance(output, list) else ([output], [batch])
+        new: list[dict[str, Any]] = []
         # post-processing writes new keys into the output and updated input keys (label_net) into the batch
         for out, inp in zip(outputs, batches if isinstance(batches, list) else [None] * len(outputs)):
             item = {**inp, **out} if isinstance(inp, Mapping) else out
@@ -165,8 +202,15 @@ class CaseMetricsWriter:
             for scorer in self.case_scores:
                 record.update({k: (None if v is None else _value(v)) for k, v in scorer(item).items()})
             self.cases.append(record)
+            new.append(record)
+        if self.records_dir is not None:  # kept at once, so a killed run resumes after this batch
+            append_case_records(self.records_dir, new)
 
     def _write(self, engine: Engine) -> None:
+        failed = list(getattr(engine.data_loader, "failed", None) or [])  # SkipFailedDataLoader's skipped cases
+        if self.records_dir is not None:
+            self._merge(engine, failed)
+            return
         details = getattr(engine.state, "metric_details", None) or {}  # per-case values of the metric handlers
         for score, name in self.engine_metrics.items():
             if name not in details:
@@ -179,19 +223,43 @@ class CaseMetricsWriter:
                 record[score] = _value(row)
                 if self.channel_names and row.numel() == len(self.channel_names):  # per channel, e.g. hd95_tc
                     record.update({f"{score}_{c}": _value(v) for c, v in zip(self.channel_names, row)})
-        scores = [k for k in dict.fromkeys(k for c in self.cases for k in c) if k != "case"]
+        self._dump(self.cases, failed, {k: _value(v) for k, v in engine.state.metrics.items() if _is_number(v)})
+
+    def _merge(self, engine: Engine, failed: list[dict[str, Any]]) -> None:
+        """Sharded/resumable run: gather the failed cases; rank 0 writes the files from every rank's records."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (len(self.cases), failed))  # after it, every rank's records are on disk
+            num_run, failed = sum(n for n, _ in gathered), [c for _, f in gathered for c in f]
+            if dist.get_rank() != 0:
+                return
+        else:
+            num_run = len(self.cases)
+        records = read_case_records(self.records_dir)  # type: ignore[arg-type]
+        if self.case_order is not None:
+            cases = [records[c] for c in self.case_order if c in records]
+        else:
+            cases = [records[c] for c in sorted(records)]
+        engine_metrics = {k: _value(v) for k, v in engine.state.metrics.items() if _is_number(v)}
+        self._dump(cases, failed, engine_metrics, num_cases_run=num_run)
+
+    def _dump(
+        self, cases: list[dict[str, Any]], failed: list[dict[str, Any]], engine_metrics: dict, **extra: Any
+    ) -> None:
+        """Write ``cases`` (in order), their means and ``failed`` to ``output_file`` (and ``csv_file``)."""
+        scores = [k for k in dict.fromkeys(k for c in cases for k in c) if k != "case"]
 
         def mean(name: str) -> float | None:
-            vals = [c[name] for c in self.cases if c.get(name) is not None]
+            vals = [c[name] for c in cases if c.get(name) is not None]
             return sum(vals) / len(vals) if vals else None
 
-        failed = list(getattr(engine.data_loader, "failed", None) or [])  # SkipFailedDataLoader's skipped cases
         payload: dict[str, Any] = {
-            "num_cases": len(self.cases),
-            "num_labelled": sum(c.get("dice") is not None for c in self.cases),
+            "num_cases": len(cases),
+            "num_labelled": sum(c.get("dice") is not None for c in cases),
             **{f"mean_{k}": mean(k) for k in scores},
-            "engine_metrics": {k: _value(v) for k, v in engine.state.metrics.items() if _is_number(v)},
-            "cases": self.cases,
+            "engine_metrics": engine_metrics,
+            **extra,
+            "cases": cases,
             "num_failed": len(failed),
             "failed": failed,
         }
@@ -201,10 +269,10 @@ class CaseMetricsWriter:
             with atomic_write(self.csv_file, newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=["case", *scores], extrasaction="ignore")
                 writer.writeheader()
-                for case in self.cases:
+                for case in cases:
                     writer.writerow({k: ("" if case.get(k) is None else case[k]) for k in ["case", *scores]})
         means = ", ".join(f"mean {k} {payload[f'mean_{k}']:.4f}" for k in scores if payload[f"mean_{k}"] is not None)
-        self.logger.info(f"{len(self.cases)} cases ({payload['num_labelled']} labelled): {means} -> {self.output_file}")
+        self.logger.info(f"{len(cases)} cases ({payload['num_labelled']} labelled): {means} -> {self.output_file}")
         if failed:
             self.logger.warning(
                 f"{len(failed)} case(s) could not be read and were skipped (listed under 'failed' in "

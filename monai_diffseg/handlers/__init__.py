@@ -9,6 +9,7 @@ from .checkpoint_saver import AtomicCheckpointSaver, FinalModelSaver, remove_sta
 from .progress import CaseProgressHandler, count_cases
 from .random_state import RandomStateHandler
 from .review_report import ReviewReportWriter
+from .tracking import tracking_disabled
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -20,4 +21,5 @@ __all__ = [
     "ReviewReportWriter",
     "count_cases",
     "remove_stale_temp_files",
+    "tracking_disabled",
 ]

@@ -134,7 +134,23 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
     parser.add_argument("--spatial_shape", type=int, nargs="+", default=None, help="default: roi_size or image_size")
     parser.add_argument("--batch_size", type=int, default=2, help="example batch for tracing (>= 2)")
     parser.add_argument("--device", default="cpu", help="trace on this device (cuda for a GPU TorchScript)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a config entry as the bundle was trained, e.g. --set 'network_def#channels=[8, 16]'",
+    )
     args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects KEY=JSON, got '{item}'")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a bare string, e.g. --set noise_schedule=linear_beta
     written = export_bundle(
         args.bundle_root,
         args.fmt,
@@ -146,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         spatial_shape=args.spatial_shape,
         batch_size=args.batch_size,
         device=args.device,
+        overrides=overrides,
     )
     for path in written:
         print(path)

@@ -99,7 +99,9 @@ class _ExportParts(nn.Module):
         self.has_anchor = getattr(net, "anchor_head", None) is not None
         sizes: dict[str, tuple[int, ...]] = {}
         hooks = [
-            module.register_forward_pre_hook(lambda _m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[2:])))
+            module.register_forward_pre_hook(
+                lambda _m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[2:]))
+            )
             for name, module in net.named_modules()
             if isinstance(module, FFParser)
         ]

@@ -76,7 +76,9 @@ def test_torchscript_sampler_equals_eager(tmp_path, out_channels: int) -> None:
         torch.testing.assert_close(exported.anchor(exported.encode_condition(images)), net.anchor(cond))
         # the member tiling and scalar timestep of MedSegDiff.forward
         x_t = torch.randn(6, out_channels, 32, 32)
-        torch.testing.assert_close(exported(x_t, torch.tensor(300), condition=cond), net(x_t, torch.tensor(300), condition=cond))
+        torch.testing.assert_close(
+            exported(x_t, torch.tensor(300), condition=cond), net(x_t, torch.tensor(300), condition=cond)
+        )
 
 
 def test_torchscript_3d_and_self_condition(tmp_path) -> None:
@@ -96,7 +98,9 @@ def test_exported_input_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"must have shape \(batch, 3, 32, 32\).*--spatial_shape"):
         exported.encode_condition(torch.rand(1, 3, 64, 64))
     with pytest.raises(ValueError, match="multiple of the condition's batch"):
-        exported(torch.rand(3, 1, 32, 32), torch.tensor(3), condition=exported.encode_condition(torch.rand(2, 3, 32, 32)))
+        exported(
+            torch.rand(3, 1, 32, 32), torch.tensor(3), condition=exported.encode_condition(torch.rand(2, 3, 32, 32))
+        )
     with pytest.raises(ValueError, match="must end with .ts"):
         ExportedMedSegDiff(tmp_path / "model.pt")
     with pytest.raises(FileNotFoundError, match="python -m monai_diffseg.export"):
@@ -115,7 +119,9 @@ def test_torchscript_keeps_bundle_files(tmp_path) -> None:
 @pytest.mark.skipif(not (has_ort and has_onnxscript), reason="onnxruntime/onnxscript not installed (export extra)")
 def test_onnx_runtime_sampler_equals_eager(tmp_path) -> None:
     net = _net(out_channels=2)
-    written = export_medsegdiff(net, tmp_path / "model.onnx", (32, 32), "onnx", more_extra_files={"inference.json": "{}"})
+    written = export_medsegdiff(
+        net, tmp_path / "model.onnx", (32, 32), "onnx", more_extra_files={"inference.json": "{}"}
+    )
     assert written == list(onnx_part_paths(tmp_path / "model.onnx").values())
     exported = ExportedMedSegDiff(written[0])
     assert exported.format == "onnx" and exported.extra_files["inference.json"] == "{}"
@@ -124,5 +130,8 @@ def test_onnx_runtime_sampler_equals_eager(tmp_path) -> None:
     torch.testing.assert_close(inferer(images, exported), inferer(images, net), atol=2e-4, rtol=1e-4)
     with torch.no_grad():
         torch.testing.assert_close(
-            exported.anchor(exported.encode_condition(images)), net.anchor(net.encode_condition(images)), atol=1e-4, rtol=1e-4
+            exported.anchor(exported.encode_condition(images)),
+            net.anchor(net.encode_condition(images)),
+            atol=1e-4,
+            rtol=1e-4,
         )

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import bisect
+import functools
 import html
 import io
 import json
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from monai.config import PathLike
-from monai.utils import optional_import
+from monai.utils import look_up_option, optional_import
 from PIL import Image
 
 from monai_diffseg.transforms.io import PILModeConverter
@@ -112,11 +114,11 @@ class _CaseFiles:
     channel, ``<stem>_<channel>_<postfix><ext>``; where several folders hold the name (``data_root_dir`` layouts,
     e.g. ``<case>/image_prob.png``), the one whose path ends like the source's folder."""
 
-    def __init__(self, index: dict[str, list[str]], output_dir: str, other_stems: set[str]) -> None:
+    def __init__(self, index: dict[str, list[str]], names: list[str], output_dir: str, other_stems: set[str]) -> None:
         self.index = index
+        self.names = names  # sorted keys of ``index``: the names of one stem are a contiguous range
         self.output_dir = output_dir
         self.other_stems = other_stems
-        self.by_prefix: dict[str, list[str]] = {}
 
     def _pick(self, paths: list[str], source: str | None) -> str | None:
         if len(paths) == 1:
@@ -141,7 +143,10 @@ class _CaseFiles:
                 if path:
                     return [("", path)]
             per_channel = []
-            for name, paths in self.index.items():
+            for name in self.names[bisect.bisect_left(self.names, f"{stem}_") :]:
+                if not name.startswith(f"{stem}_"):
+                    break
+                paths = self.index[name]
                 base, ext = _split_ext(name)
                 if not base.startswith(f"{stem}_") or not base.endswith(f"_{postfix}"):
                     continue
@@ -155,13 +160,19 @@ class _CaseFiles:
         return []
 
 
-def _thumbnail(array: np.ndarray, size: int) -> str:
-    """uint8 (H, W) or (H, W, 3) array -> base64 PNG data URI, the longer side at most ``size`` pixels."""
+def _thumbnail(array: np.ndarray, size: int, fmt: str = "png") -> tuple[str, int, int]:
+    """uint8 (H, W) or (H, W, 3) array -> (data URI, display width, display height): a PNG (or JPEG) whose longer side
+    is at most ``size`` pixels, displayed with the longer side ``size`` (small images are enlarged by the browser)."""
     img = Image.fromarray(np.ascontiguousarray(array))
     img.thumbnail((size, size), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if fmt == "jpeg":
+        img.save(buf, format="JPEG", quality=85)
+    else:
+        img.save(buf, format="PNG")
+    scale = size / max(img.size)
+    uri = f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return uri, round(img.size[0] * scale), round(img.size[1] * scale)
 
 
 def _to_uint8(x: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
@@ -232,19 +243,20 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:16px;
 h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:16px 0 6px}
 table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;font-size:13px}
 th{background:#f0f0f0;text-align:left} #summary td:nth-child(2){text-align:right;font-variant-numeric:tabular-nums}
-#cases img{display:block;height:160px;width:auto;max-width:320px;object-fit:contain} figure{margin:0 0 4px} figcaption{font-size:11px;color:#555}
+#cases img{display:block;image-rendering:pixelated} figure{margin:0 0 4px} figcaption{font-size:11px;color:#555}
 .scores td{border:none;padding:0 4px} .primary{font-weight:bold} .missing{color:#999}
 .note{color:#555;font-size:12px}
 """
 
 
-def _cell(images: list[tuple[str, str]]) -> str:
+def _cell(images: list[tuple[str, tuple[str, int, int]]]) -> str:
     if not images:
         return '<td class="missing">&mdash;</td>'
     figs = []
-    for caption, uri in images:
+    for caption, (uri, width, height) in images:
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        figs.append(f'<figure><img src="{uri}" alt="{html.escape(caption or "map")}">{cap}</figure>')
+        alt = html.escape(caption or "map")
+        figs.append(f'<figure><img src="{uri}" width="{width}" height="{height}" alt="{alt}">{cap}</figure>')
     return "<td>" + "".join(figs) + "</td>"
 
 
@@ -257,7 +269,8 @@ def write_report(
     image_dir: PathLike | None = None,
     sort_by: str = "sample_diversity",
     primary: str = "dice",
-    thumb_size: int = 256,
+    thumb_size: int = 160,
+    thumb_format: str = "png",
     max_cases: int | None = None,
     title: str | None = None,
 ) -> str:
@@ -284,7 +297,9 @@ def write_report(
         sort_by: per-case score to sort by, most uncertain first (``sample_diversity``: mean ``1 - IoU`` between
             ensemble members).
         primary: score shown first and in bold (``dice``).
-        thumb_size: longest side of the inlined thumbnails in pixels.
+        thumb_size: longest side of the inlined thumbnails in pixels (smaller images are shown enlarged).
+        thumb_format: ``"png"`` (lossless: contours stay crisp) or ``"jpeg"`` (about 6x smaller pages for runs of
+            thousands of cases; measured on 609 Kvasir-SEG cases at 160 px: PNG 38 KB, JPEG 6 KB per photo).
         max_cases: only the ``max_cases`` most uncertain cases (``None``: all); the summary says how many are shown.
         title: page title; default the output folder's name.
 
@@ -303,6 +318,8 @@ def write_report(
             f"write_report: '{metrics_path}' not found; run the bundle's evaluate (or inference) config first, whose "
             "CaseMetricsWriter writes it, or pass metrics_file."
         )
+    thumb_format = look_up_option(thumb_format, ("png", "jpeg"))
+    thumb = functools.partial(_thumbnail, size=int(thumb_size), fmt=thumb_format)
     if int(thumb_size) < 16:
         raise ValueError(f"write_report: thumb_size must be >= 16 pixels, got {thumb_size}.")
     with open(metrics_path) as f:
@@ -317,6 +334,7 @@ def write_report(
         sources.update(_search_sources(os.fspath(image_dir), missing))
 
     index = _index_files(output_dir, {report_path, os.path.abspath(metrics_path)})
+    names = sorted(index)
     all_stems = {str(c.get("case")) for c in cases} | {_stem(s) for s in sources.values()}
     to_rgb = PILModeConverter("RGB")
     rows = []
@@ -324,7 +342,7 @@ def write_report(
         case = str(record.get("case"))
         source = sources.get(case)
         stems = list(dict.fromkeys([*([_stem(source)] if source else []), case]))
-        files = _CaseFiles(index, output_dir, all_stems - set(stems))
+        files = _CaseFiles(index, names, output_dir, all_stems)
         seg = files.find(stems, "seg", source) or files.find(stems, "mask", source)
         is_3d = any(p.lower().endswith(_VOLUME_EXTS) for _, p in seg) or bool(
             source and source.lower().endswith(_VOLUME_EXTS)
@@ -337,12 +355,12 @@ def write_report(
         if source and os.path.isfile(source):
             try:
                 image = _read_image(source, volume, to_rgb)
-                row["image"] = [("", _thumbnail(image, thumb_size))]
+                row["image"] = [("", thumb(image))]
             except Exception as err:  # a report is best effort: an unreadable source leaves its cell empty
                 logger.warning(f"report: case '{case}': cannot read source image '{source}': {err}")
         overlays = files.find(stems, "overlay", source)
         if overlays:
-            row["overlay"] = [(ch, _thumbnail(_read_image(p, volume, to_rgb), thumb_size)) for ch, p in overlays]
+            row["overlay"] = [(ch, thumb(_read_image(p, volume, to_rgb))) for ch, p in overlays]
         elif is_3d and seg and image is not None:
             mask = volume.slice(seg[0][1]) > 0
             label = labels.get(case)
@@ -350,16 +368,16 @@ def write_report(
             if gt is not None and gt.shape != mask.shape:
                 gt = None
             if mask.shape == image.shape[:2]:
-                row["overlay"] = [("", _thumbnail(overlay_mask(image, mask, label=gt), thumb_size))]
+                row["overlay"] = [("", thumb(overlay_mask(image, mask, label=gt)))]
         probs = files.find(stems, "prob", source)
-        row["prob"] = [(ch, _thumbnail(_read_map(p, volume, heat=False), thumb_size)) for ch, p in probs]
+        row["prob"] = [(ch, thumb(_read_map(p, volume, heat=False))) for ch, p in probs]
         mean_unc = None
         for name in UNCERTAINTY_MAPS:
             maps = files.find(stems, name, source)
             if maps:
                 arrays = [(ch, _read_map(p, volume, heat=False)) for ch, p in maps]
                 mean_unc = float(np.mean([a.mean() for _, a in arrays])) / 255.0
-                row["uncertainty"] = [(f"{name} {ch}".strip(), _thumbnail(_heat(a), thumb_size)) for ch, a in arrays]
+                row["uncertainty"] = [(f"{name} {ch}".strip(), thumb(_heat(a))) for ch, a in arrays]
                 break
         row["mean_uncertainty"] = mean_unc
         rows.append(row)
@@ -437,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--report-file", default="report.html")
     parser.add_argument("--sort-by", default="sample_diversity", help="per-case score, most uncertain first")
     parser.add_argument("--primary", default="dice", help="score shown first and in bold")
-    parser.add_argument("--thumb-size", type=int, default=256)
+    parser.add_argument("--thumb-size", type=int, default=160, help="longest side of the thumbnails in pixels")
+    parser.add_argument("--thumb-format", default="png", choices=["png", "jpeg"], help="jpeg: smaller pages")
     parser.add_argument("--max-cases", type=int, default=None)
     args = parser.parse_args(argv)
     path = write_report(
@@ -448,6 +467,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         sort_by=args.sort_by,
         primary=args.primary,
         thumb_size=args.thumb_size,
+        thumb_format=args.thumb_format,
         max_cases=args.max_cases,
     )
     print(path)

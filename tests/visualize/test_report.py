@@ -205,3 +205,14 @@ def test_handler_without_metrics_warns_instead_of_failing_the_run(
         engine.run([0], max_epochs=1)
     assert writer.report_path is None and not (tmp_path / "report.html").exists()
     assert "no report.html written" in caplog.text and "metrics.json" in caplog.text
+
+
+def test_thumbnails_display_at_thumb_size_and_jpeg_option(run2d: tuple[Path, dict[str, str]]) -> None:
+    out, sources = run2d
+    text = Path(write_report(out, sources=sources, thumb_size=60)).read_text()
+    sizes = set(re.findall(r'<img src="data:image/png;base64,[^"]+" width="(\d+)" height="(\d+)"', text))
+    assert sizes == {("60", "40")}  # 30 x 20 images shown enlarged, aspect kept
+    text = Path(write_report(out, sources=sources, thumb_format="jpeg")).read_text()
+    assert text.count('src="data:image/jpeg;base64,') == 12 and "data:image/png" not in text
+    with pytest.raises(ValueError, match="gif"):
+        write_report(out, thumb_format="gif")

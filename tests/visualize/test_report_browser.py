@@ -6,6 +6,7 @@ one row per case. Skipped when no Chromium is installed (``apt-get install -y ch
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -61,10 +62,27 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
         batch_size=2,
         **TINY_NETWORKS["medsegdiff_isic2018"],
     )
-    wf.initialize()
-    wf.run()
-    wf.finalize()
+    lines: list[str] = []
+    capture = logging.Handler(logging.INFO)
+    capture.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("CaseProgress").addHandler(capture)
+    try:
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+    finally:
+        logging.getLogger("CaseProgress").removeHandler(capture)
+    (out / "progress.log").write_text("\n".join(lines))
     return out
+
+
+def test_evaluate_flow_logs_progress_in_cases(evaluated: Path) -> None:
+    lines = (evaluated / "progress.log").read_text().splitlines()
+    assert lines[0] == "SupervisedEvaluator: 5 cases to run"
+    # batch_size 2: 3 iterations; the default interval (a tenth of 5 cases -> every case) logs each of them
+    assert [re.search(r": (\d)/5 cases", line).group(1) for line in lines[1:-1]] == ["2", "4", "5"]
+    assert all("ETA " in line and "elapsed " in line for line in lines[1:-1])
+    assert lines[-1].startswith("SupervisedEvaluator: done, 5 cases in ")
 
 
 def test_evaluate_flow_writes_the_report(evaluated: Path) -> None:

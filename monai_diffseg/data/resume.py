@@ -59,6 +59,8 @@ def read_case_records(records_dir: str | os.PathLike) -> dict[str, dict[str, Any
     for path in sorted(glob.glob(os.path.join(os.fspath(records_dir), "*.jsonl"))):
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
@@ -70,12 +72,18 @@ def read_case_records(records_dir: str | os.PathLike) -> dict[str, dict[str, Any
 
 
 def append_case_records(records_dir: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> None:
-    """Append ``records`` (one JSON line each) to this rank's ``rank<R>.jsonl`` in ``records_dir``, flushed to disk."""
+    """
+    Append ``records`` (one JSON line each) to this rank's ``rank<R>.jsonl`` in ``records_dir``, flushed to disk; after
+    a torn last line (a killed run) on a new line, so the torn line alone is lost.
+    """
     if not records:
         return
     os.makedirs(records_dir, exist_ok=True)
-    with open(os.path.join(os.fspath(records_dir), f"rank{_rank()}.jsonl"), "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(dict(r)) + "\n" for r in records))
+    path = os.path.join(os.fspath(records_dir), f"rank{_rank()}.jsonl")
+    with open(path, "a+b") as f:
+        torn = f.seek(0, os.SEEK_END) > 0 and f.seek(-1, os.SEEK_END) >= 0 and f.read(1) != b"\n"  # killed run
+        text = ("\n" if torn else "") + "".join(json.dumps(dict(r)) + "\n" for r in records)
+        f.write(text.encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
 

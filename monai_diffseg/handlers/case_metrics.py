@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.metrics import CumulativeIterationMetric, DiceMetric, HausdorffDistanceMetric, MeanIoU
 from monai.utils import IgniteInfo, convert_to_tensor, look_up_option, min_version, optional_import
 
-from monai_diffseg.data.resume import append_case_records, read_case_records
+from monai_diffseg.data.resume import append_case_records, case_id, read_case_records
 from monai_diffseg.metrics import GeneralizedEnergyDistanceMetric, SampleDiversityMetric
 from monai_diffseg.utils import atomic_write
 
@@ -88,7 +88,7 @@ class CaseMetricsWriter:
             are read instead).
         records_dir: folder of the per-case records of a sharded/resumable run (see above); ``None``: one process
             writes ``output_file`` from its own cases.
-        case_order: the case names (:func:`monai_diffseg.data.case_id`) of the whole data list, in order: the
+        case_order: the whole data list (or its case names, :func:`monai_diffseg.data.case_id`), in order: the
             merged files list exactly these cases, in this order; ``None``: every record, sorted by case name.
     """
 
@@ -108,7 +108,7 @@ class CaseMetricsWriter:
         case_scores: Sequence[Callable[[Mapping[str, Any]], Mapping[str, float | None]]] | None = None,
         label_scores: Sequence[str] = ("dice", "iou"),
         records_dir: str | os.PathLike | None = None,
-        case_order: Sequence[str] | None = None,
+        case_order: Sequence[str | Mapping[str, Any]] | None = None,
     ) -> None:
         if records_dir is not None and engine_metrics:
             raise ValueError(
@@ -118,7 +118,7 @@ class CaseMetricsWriter:
             )
         self.output_file, self.csv_file = output_file, csv_file
         self.records_dir = None if records_dir is None else os.fspath(records_dir)
-        self.case_order = None if case_order is None else [str(c) for c in case_order]
+        self.case_order = None if case_order is None else [c if isinstance(c, str) else case_id(c) for c in case_order]
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.samples_key, self.reference_key = samples_key, reference_key
         self.threshold = threshold

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_case_metrics import _case, _Engine
 
-from monai_diffseg.data import case_id, read_case_records, resume_datalist
+from monai_diffseg.data import append_case_records, case_id, read_case_records, resume_datalist
 from monai_diffseg.handlers import CaseMetricsWriter
 
 
@@ -74,6 +74,10 @@ def test_torn_record_line_means_not_done(tmp_path: Path) -> None:
     assert sorted(read_case_records(records)) == ["a", "c"]
     datalist = [{"image": "/x/a.png"}, {"image": "/x/b.png"}, {"image": ["/x/c_t1.nii.gz"], "case": "c"}]
     assert [case_id(i) for i in resume_datalist(datalist, records, skip_existing=True)] == ["b"]
+    # the resumed run's records start on a new line: only the torn line is lost
+    append_case_records(records, [{"case": "b", "dice": 0.25}])
+    append_case_records(records, [{"case": "d", "dice": None}])
+    assert read_case_records(records)["b"]["dice"] == 0.25 and sorted(read_case_records(records)) == list("abcd")
 
 
 def test_without_case_order_records_are_sorted_by_name(tmp_path: Path) -> None:

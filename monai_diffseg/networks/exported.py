@@ -409,6 +409,14 @@ class ExportedMedSegDiff(nn.Module):
 
     def _run(self, method: str, *args: torch.Tensor) -> Any:
         if self.module is not None:
+            traced_on = torch.device(self.description["device"]).type
+            if args[0].device.type != traced_on:
+                # the trace keeps the device of tensors the network creates (the timestep embedding's arange)
+                raise RuntimeError(
+                    f"ExportedMedSegDiff: '{self.path}' was traced on {traced_on} and cannot run on "
+                    f"{args[0].device.type}; export it on that device (python -m monai_diffseg.export ... --device "
+                    f"{args[0].device.type}) or use the ONNX export."
+                )
             return getattr(self.module, method)(*args)
         session = self.sessions[method]
         device = args[0].device
@@ -462,4 +470,4 @@ class ExportedMedSegDiff(nn.Module):
         return self._run("forward", x_t, timesteps, *levels)
 
     def extra_repr(self) -> str:
-        return f"'{self.path}', format={self.format}, spatial_shape={self.spatial_shape}"
+        return f"'{self.path}', format={self.format}, spatial_shape={getattr(self, 'spatial_shape', None)}"

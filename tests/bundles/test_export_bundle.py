@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_utils import ROOT, TINY_NETWORKS
+from bundle_utils import ROOT, TINY_NETWORKS, bundle_workflow
 from monai.bundle import ConfigParser
 
 from monai_diffseg.export import export_bundle, main
@@ -77,3 +77,51 @@ def test_command_line_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture) 
     )
     assert written == [str(tmp_path / "tiny.ts")] and capsys.readouterr().out.strip() == written[0]
     assert ExportedMedSegDiff(written[0]).spatial_shape == (64, 64)
+
+
+def test_bundle_inference_workflow_on_the_export(tmp_path: Path) -> None:
+    """The whole inference.json (SupervisedEvaluator, fusion, writers, per-case metrics) with the network replaced by
+    the export, as the README shows it, writes the eager run's masks and metrics."""
+    from monai_diffseg.data import make_synthetic_isic2018
+
+    bundle = "medsegdiff_isic2018"
+    dataset = make_synthetic_isic2018(str(tmp_path / "data"), num_train=1, num_val=1, num_test=2, image_size=(40, 56))
+    _, ckpt = _bundle(bundle, tmp_path)
+    (tmp_path / "models").mkdir()
+    ckpt.rename(tmp_path / "models" / "model.pt")
+    export_bundle(
+        ROOT / "bundles" / bundle,
+        ckpt_file=tmp_path / "models" / "model.pt",
+        output_dir=tmp_path / "models",
+        overrides=TINY_NETWORKS[bundle],
+    )
+    exported = {  # the README's command-line overrides
+        "network": "$monai_diffseg.networks.ExportedMedSegDiff(@bundle_root + '/models/model.ts', device=@device)",
+        "handlers#0#_disabled_": "true",  # the checkpoint loader: the weights are in model.ts
+    }
+    outputs = {}
+    for name, override in (("eager", {}), ("exported", exported)):
+        out = tmp_path / name
+        wf = bundle_workflow(
+            bundle,
+            "inference.json",
+            "infer",
+            dataset_dir=dataset,
+            bundle_root=str(tmp_path),
+            output_dir=str(out),
+            num_samples=2,
+            num_inference_steps=3,
+            **TINY_NETWORKS[bundle],
+            **override,
+        )
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        outputs[name] = out
+    assert isinstance(wf.parser.get_parsed_content("network"), ExportedMedSegDiff)
+    eager, export = (json.loads((outputs[k] / "metrics.json").read_text()) for k in ("eager", "exported"))
+    assert export["num_cases"] == 2 and export["cases"] == eager["cases"]
+    masks = sorted(p.name for p in outputs["eager"].glob("*_mask.png"))
+    assert len(masks) == 2
+    for name in masks:
+        assert (outputs["exported"] / name).read_bytes() == (outputs["eager"] / name).read_bytes()

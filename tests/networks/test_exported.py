@@ -101,6 +101,9 @@ def test_exported_input_errors(tmp_path) -> None:
         exported(
             torch.rand(3, 1, 32, 32), torch.tensor(3), condition=exported.encode_condition(torch.rand(2, 3, 32, 32))
         )
+    exported.description["device"] = "cuda"  # a TorchScript traced on the GPU keeps its device
+    with pytest.raises(RuntimeError, match="traced on cuda and cannot run on cpu; export it on that device"):
+        exported.encode_condition(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="must end with .ts"):
         ExportedMedSegDiff(tmp_path / "model.pt")
     with pytest.raises(FileNotFoundError, match="python -m monai_diffseg.export"):

@@ -37,7 +37,9 @@ def test_training_slices(brats18: str) -> None:
     """train_2d.json draws 2D axial slices (4 modalities, TC/WT/ET) of the roi's in-plane size from the cropped,
     normalised volumes, mostly through the tumour (pos 2 : neg 1), and builds a 2D network."""
     parser = ConfigParser()
-    parser.read_config([str(ROOT / "bundles" / "medsegdiff_brats" / "configs" / c) for c in ("train.json", "train_2d.json")])
+    parser.read_config(
+        [str(ROOT / "bundles" / "medsegdiff_brats" / "configs" / c) for c in ("train.json", "train_2d.json")]
+    )
     for key, value in {**TRAIN_2D, "dataset_dir": brats18, "val_fraction": 0.25}.items():
         parser[key] = value
     pre = parser.get_parsed_content("train#preprocessing")
@@ -112,3 +114,35 @@ def test_train_infer_evaluate_2d(brats18: str, tmp_path: Path) -> None:
         assert case["dice"] == pytest.approx(np.mean([case[f"dice_{r}"] for r in ("tc", "wt", "et")]))
         assert {"hd95_tc", "hd95_wt", "hd95_et"} <= set(case)
 
+
+def test_multi_gpu_train_2d_wiring(brats18: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2D overlay stacks under multi_gpu_train.json unchanged (one process: gloo and CPU DDP without CUDA)."""
+    import torch.distributed as dist
+    from ignite.distributed import utils as idist_utils
+
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MASTER_PORT", str(31500 + np.random.default_rng().integers(1000)))
+    wf = _workflow(
+        ["train.json", "train_2d.json", "multi_gpu_train.json"],
+        "train",
+        dataset_dir=brats18,
+        bundle_root=str(tmp_path),
+        num_epochs=1,
+        val_interval=1,
+        val_fraction=0.25,
+        val_num_inference_steps=1,
+        val_num_samples=2,
+        **TRAIN_2D,
+    )
+    try:
+        wf.initialize()
+        wf.run()
+        assert (tmp_path / "models_2d" / "model.pt").is_file() and wf.trainer.state.iteration == 1
+        assert wf.parser.get_parsed_content("network_def").spatial_dims == 2
+        assert isinstance(wf.parser.get_parsed_content("network"), torch.nn.parallel.DistributedDataParallel)
+    finally:
+        wf.finalize()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        idist_utils._set_model(idist_utils._SerialModel())  # later metric syncs must not use the destroyed group

@@ -102,3 +102,31 @@ def test_short_run_logs_params_metrics_and_model(dataset: str, tmp_path: Path) -
     local = client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path / "download"))
     assert Path(local).read_bytes() == (tmp_path / "models" / "model.pt").read_bytes()
     assert os.path.isdir(tmp_path / "eval" / "mlruns")  # artifacts beside the database, under the bundle output
+
+
+@pytest.mark.skipif(not has_mlflow, reason="mlflow not installed (tracking extra)")
+def test_diffseg_logs_both_trainers_in_one_run(dataset: str, tmp_path: Path) -> None:
+    """DiffSeg trains two models one after the other: one run holds both losses and the final model.pt."""
+    wf = bundle_workflow(
+        "diffseg_isic2018",
+        "train.json",
+        "train",
+        dataset_dir=dataset,
+        bundle_root=str(tmp_path),
+        lesion_num_epochs=1,
+        healthy_num_epochs=1,
+        batch_size=2,
+        use_mlflow=True,
+        **TINY_NETWORKS["diffseg_isic2018"],
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    client = mlflow.MlflowClient(tracking_uri=path_to_sqlite_uri(str(tmp_path / "eval" / "mlruns.db")))
+    runs = client.search_runs([client.get_experiment_by_name("diffseg_isic2018").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert runs[0].data.params["lesion_num_epochs"] == "1" and runs[0].data.params["healthy_learning_rate"]
+    assert len(client.get_metric_history(run_id, "train_loss")) == 2  # 4 lesion images, batch 2
+    assert len(client.get_metric_history(run_id, "healthy_loss")) >= 1
+    assert [a.path for a in client.list_artifacts(run_id)] == ["model.pt"]

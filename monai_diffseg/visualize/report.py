@@ -192,14 +192,21 @@ def _heat(gray: np.ndarray) -> np.ndarray:
 
 
 class _Volume:
-    """A 3D case: one axial slice of every volume, the one with the most predicted foreground (else the middle)."""
+    """A 3D case: one axial slice of every volume, the one with the most predicted foreground inside the image's
+    non-zero region (the head, when the source image is given; a prediction outside it is not what to review), else
+    the one with the most predicted foreground, else the middle one."""
 
-    def __init__(self, seg_path: str | None) -> None:
+    def __init__(self, seg_path: str | None, image_path: str | None = None) -> None:
         self.z: int | None = None
         if seg_path is not None:
             seg = np.asarray(nib.load(seg_path).dataobj)
-            seg = seg.reshape(*seg.shape[:3], -1).max(-1) if seg.ndim > 3 else seg
-            area = (seg > 0).sum(axis=(0, 1))
+            fg = (seg.reshape(*seg.shape[:3], -1) > 0).any(-1)
+            area = fg.sum(axis=(0, 1))
+            if image_path is not None and image_path.lower().endswith(_VOLUME_EXTS):
+                image = np.asarray(nib.load(image_path).dataobj)
+                if image.shape[:3] == fg.shape:
+                    inside = (fg & (image.reshape(*image.shape[:3], -1) != 0).any(-1)).sum(axis=(0, 1))
+                    area = inside if inside.max() > 0 else area
             self.z = int(area.argmax()) if area.max() > 0 else seg.shape[2] // 2
 
     def slice(self, path: str) -> np.ndarray:
@@ -349,7 +356,11 @@ def write_report(
         )
         if is_3d and not has_nib:
             raise RuntimeError("write_report: 3D (NIfTI) outputs need nibabel: pip install nibabel.")
-        volume = _Volume(seg[0][1] if seg else None) if is_3d else None
+        volume = (
+            _Volume(seg[0][1] if seg else None, source if source and os.path.isfile(source) else None)
+            if is_3d
+            else None
+        )
         row: dict[str, Any] = {"record": record, "image": [], "overlay": [], "prob": [], "uncertainty": []}
         image = None
         if source and os.path.isfile(source):

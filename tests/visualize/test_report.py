@@ -143,7 +143,8 @@ def test_3d_case_shows_the_slice_with_most_foreground(tmp_path: Path) -> None:
     flair[:, :, 6] = np.arange(12 * 10).reshape(12, 10)  # only slice 6 has structure
     seg = np.zeros(shape, np.uint8)
     seg[2:5, 2:5, 3] = 1  # small
-    seg[3:9, 3:9, 6] = 2  # largest at z = 6
+    seg[3:9, 3:9, 6] = 2  # largest inside the head at z = 6
+    seg[:, :, 8] = 1  # the whole slice 8, where the image is empty (outside the head): not chosen
     prob = np.zeros((*shape, 3), np.float32)
     prob[..., 6, 1] = 0.8
     for name, vol in [("data/case1_flair", flair), ("data/case1_seg", seg), ("out/case1_seg", seg)]:

@@ -63,7 +63,7 @@ from .polyp import (
     polyp_datalist,
     polyp_train_val_datalists,
 )
-from .resume import append_case_records, case_id, read_case_records, resume_datalist
+from .resume import append_case_records, case_id, read_case_records, resume_datalist, shard_datalist
 from .skip_failed_loader import SkipFailedDataLoader
 from .splits import split_datalist
 from .train_loader import ClippedBatchDataLoader
@@ -140,6 +140,7 @@ __all__ = [
     "read_case_records",
     "refuge_datalist",
     "resume_datalist",
+    "shard_datalist",
     "split_datalist",
     "synthetic_brats_sample",
     "synthetic_fundus_sample",

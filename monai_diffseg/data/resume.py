@@ -19,7 +19,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-__all__ = ["case_id", "read_case_records", "resume_datalist", "append_case_records"]
+__all__ = ["append_case_records", "case_id", "read_case_records", "resume_datalist", "shard_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +123,22 @@ def resume_datalist(
     if _distributed():
         dist.barrier()
     return pending
+
+
+def shard_datalist(
+    datalist: Sequence[Mapping[str, Any]], rank: int | None = None, world_size: int | None = None
+) -> list[Mapping[str, Any]]:
+    """
+    This rank's share of ``datalist``: items ``rank, rank + W, rank + 2W, ...`` (the order of MONAI's
+    ``DistributedSampler(shuffle=False, even_divisible=False)``), so the ranks together run every case exactly once.
+    Unlike that sampler it accepts fewer cases than ranks (the last cases of a resumed run): a rank may get none.
+
+    Args:
+        datalist: the cases to run (e.g. :func:`resume_datalist`'s).
+        rank, world_size: ``None``: the process group's (a single process: 0 and 1).
+    """
+    world = world_size if world_size is not None else (dist.get_world_size() if dist.is_initialized() else 1)
+    index = rank if rank is not None else _rank()
+    if not 0 <= index < world:
+        raise ValueError(f"shard_datalist: rank {index} is not in [0, {world}) (world_size {world}).")
+    return list(datalist)[index::world]

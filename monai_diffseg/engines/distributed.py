@@ -3,8 +3,10 @@
 """
 ``torchrun`` helpers for the bundles' ``multi_gpu_*.json``: the rank's device (CUDA per ``LOCAL_RANK``, CPU when there
 is no GPU), the process group (NCCL on CUDA, gloo on CPU), ``DistributedDataParallel`` with the device ids the device
-needs, and rank-0-only handler lists. Without ``torchrun``'s environment (no ``WORLD_SIZE``) everything falls back to a
-single process, so a multi-GPU config also runs as a plain ``python -m monai.bundle run``.
+needs, and rank-0-only handler lists. Without ``torchrun``'s environment (no ``WORLD_SIZE``) no process group is made:
+the device and network helpers fall back to a single process (the inference configs then run as a plain
+``python -m monai.bundle run``; ``multi_gpu_train.json``'s ``DistributedSampler`` needs ``torchrun``, with
+``--nproc_per_node=1`` for one process).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_case_metrics import _case, _Engine
 
-from monai_diffseg.data import append_case_records, case_id, read_case_records, resume_datalist
+from monai_diffseg.data import append_case_records, case_id, read_case_records, resume_datalist, shard_datalist
 from monai_diffseg.handlers import CaseMetricsWriter
 
 
@@ -104,3 +104,13 @@ def test_case_id_needs_a_name() -> None:
     assert case_id({"image": "/d/ISIC_1.jpg"}) == "ISIC_1" and case_id({"case": "q1", "image": "/d/image.png"}) == "q1"
     with pytest.raises(ValueError, match="neither a 'case' string nor an 'image' path"):
         case_id({"image": torch.zeros(1)})
+
+
+@pytest.mark.parametrize("num_cases, world", [(7, 3), (1, 2), (0, 2), (4, 1)])
+def test_shards_cover_every_case_once(num_cases: int, world: int) -> None:
+    datalist = [{"case": str(i)} for i in range(num_cases)]
+    shards = [shard_datalist(datalist, rank=r, world_size=world) for r in range(world)]
+    assert sorted((i["case"] for s in shards for i in s), key=int) == [d["case"] for d in datalist]
+    assert shards[0] == datalist[::world]  # MONAI's DistributedSampler(shuffle=False, even_divisible=False) order
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        shard_datalist(datalist, rank=2, world_size=2)

@@ -130,3 +130,32 @@ def test_diffseg_logs_both_trainers_in_one_run(dataset: str, tmp_path: Path) -> 
     assert len(client.get_metric_history(run_id, "train_loss")) == 2  # 4 lesion images, batch 2
     assert len(client.get_metric_history(run_id, "healthy_loss")) >= 1
     assert [a.path for a in client.list_artifacts(run_id)] == ["model.pt"]
+
+
+@pytest.mark.slow  # two torchrun processes on the CPU
+@pytest.mark.skipif(not has_mlflow, reason="mlflow not installed (tracking extra)")
+def test_torchrun_only_rank0_logs(dataset: str, tmp_path: Path) -> None:
+    """multi_gpu_train.json on 2 gloo ranks: one run, rank 0's 2 iterations (not 4 rows), one validation, the model."""
+    from torchrun_utils import torchrun_bundle
+
+    overrides = {
+        **TINY_NETWORKS["medsegdiff_isic2018"],
+        "dataset_dir": dataset,
+        "bundle_root": str(tmp_path / "b"),
+        "num_epochs": 1,
+        "val_interval": 1,
+        "batch_size": 1,  # 4 images on 2 ranks: 2 iterations each
+        "val_num_inference_steps": 2,
+        "val_num_samples": 2,
+        "mlflow_run_name": "ddp",
+    }
+    torchrun_bundle(
+        "medsegdiff_isic2018", ["train.json", "multi_gpu_train.json"], overrides, tmp_path, use_mlflow="true"
+    )
+    client = mlflow.MlflowClient(tracking_uri=path_to_sqlite_uri(str(tmp_path / "b" / "eval" / "mlruns.db")))
+    runs = client.search_runs([client.get_experiment_by_name("medsegdiff_isic2018").experiment_id])
+    assert [r.info.run_name for r in runs] == ["ddp"] and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2]
+    assert len(client.get_metric_history(run_id, "val_mean_dice")) == 1
+    assert [a.path for a in client.list_artifacts(run_id)] == ["model.pt"]

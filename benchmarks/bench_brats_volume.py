@@ -23,6 +23,10 @@ network has random weights, which does not change the cost):
     python benchmarks/bench_brats_volume.py --case ../shared/data/brats18/Brats18_2013_11_1   # a real case
     python benchmarks/bench_brats_volume.py                          # a synthetic 240x240x155 volume
     python benchmarks/bench_brats_volume.py --device cuda --gpu-gib 16
+    python benchmarks/bench_brats_volume.py --case ... --configs inference.json,inference_2d.json   # 2D slice mode
+
+In the 2D slice mode a "window" is one sampled axial slice (empty slices are skipped) and ``sw_batch_size`` counts
+slices.
 """
 
 from __future__ import annotations
@@ -51,9 +55,11 @@ CUDA_CONTEXT_GIB = 0.75  # CUDA context + cuDNN workspaces, not seen by the allo
 MIB = 2**20
 
 
-def _config(overrides: dict[str, Any], device: torch.device) -> ConfigParser:
+def _config(
+    overrides: dict[str, Any], device: torch.device, configs: tuple[str, ...] = ("inference.json",)
+) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(os.path.join(BUNDLE, "configs", "inference.json"))
+    parser.read_config([os.path.join(BUNDLE, "configs", c) for c in configs])
     parser["device"] = f"$torch.device('{device}')"
     for key, value in overrides.items():
         parser[key] = value
@@ -78,7 +84,7 @@ def run_volume(parser: ConfigParser, item: dict, device: torch.device, steps: in
     encode = network.encode_condition
 
     def counted(image: torch.Tensor) -> Any:
-        windows[0] += 1
+        windows[0] += image.shape[0]  # windows (2D mode: sampled slices) encoded in this call
         return encode(image)
 
     network.encode_condition = counted  # type: ignore[method-assign]
@@ -167,12 +173,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser_.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser_.add_argument("--override", action="append", default=[], help="KEY=JSON config override (repeatable)")
     parser_.add_argument("--output", default=None, help="write the results as JSON")
+    parser_.add_argument(
+        "--configs",
+        default="inference.json",
+        help="bundle configs merged in order, e.g. inference.json,inference_2d.json (the 2D slice mode)",
+    )
     args = parser_.parse_args(argv)
+    configs = tuple(args.configs.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     overrides = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.override)}
-    config = _config(overrides, device)
+    config = _config(overrides, device, configs)
     steps = int(config["num_inference_steps"])
     result: dict[str, Any] = {
         "machine": machine_info(device),
@@ -180,14 +192,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             k: config[k] for k in ("roi_size", "num_samples", "num_inference_steps", "overlap", "sw_batch_size")
         },
         "overrides": overrides,
+        "configs": list(configs),
     }
     print(json.dumps(result["machine"]))
     with tempfile.TemporaryDirectory() as tmp:
         item = _item(args.case, tuple(args.shape), tmp)
         result["case"] = args.case or f"synthetic {tuple(args.shape)}"
         if args.quick:
-            one = run_volume(_config(overrides, device), item, device, steps=1)
-            two = run_volume(_config(overrides, device), item, device, steps=2)
+            one = run_volume(_config(overrides, device, configs), item, device, steps=1)
+            two = run_volume(_config(overrides, device, configs), item, device, steps=2)
             per_step = two["sampling_s"] - one["sampling_s"]
             volume = dict(two, sampling_s=one["sampling_s"] + (steps - 1) * per_step, extrapolated=True)
             volume["peak_mib"] = max(one["peak_mib"], two["peak_mib"])
@@ -203,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{volume['postprocess_s']:.1f} s, total {volume['total_s']:.1f} s; peak memory {volume['peak_mib']:.0f} MiB "
         f"({device})"
     )
-    probe = probe_member_bytes(_config(overrides, device), device)
+    probe = probe_member_bytes(_config(overrides, device, configs), device)
     result["probe"] = probe
     voxels = int(torch.tensor(volume["network_input"]).prod())
     plan = gpu_plan(probe, voxels, int(config["num_classes"]), args.gpu_gib, volume["windows"])
@@ -216,8 +229,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{probe['condition_mib']:.0f} MiB"
     )
     bundle = os.path.relpath(BUNDLE)
+    files = ",".join(f"'{bundle}/configs/{c}'" for c in configs)
     command = (
-        f"python -m monai.bundle run --config_file {bundle}/configs/inference.json --bundle_root {bundle} "
+        f'python -m monai.bundle run --config_file "[{files}]" --bundle_root {bundle} '
         f"--dataset_dir <BraTS folder> --member_batch_size {plan['member_batch_size']} "
         f"--sw_batch_size {plan['sw_batch_size']}"
     )

@@ -46,3 +46,24 @@ def test_gpu_plan_rule() -> None:
     assert plan["member_batch_size"] == 5 and plan["sw_batch_size"] == int(0.8 * (16 * 2**30 - fixed) // (5000 * mib))
     small = bench.gpu_plan(probe, 1_000_000, 3, 4.0, num_windows=12)  # ~3 GiB left: 2 members per call, 1 window
     assert (small["member_batch_size"], small["sw_batch_size"], small["fits_all_members"]) == (2, 1, False)
+
+
+def test_bench_brats_volume_2d_slice_mode(tmp_path: Path) -> None:
+    """--configs inference.json,inference_2d.json: the 2D slice mode; a "window" is a sampled (non-empty) slice."""
+    import nibabel as nib
+    import numpy as np
+
+    from monai_diffseg.data import brats_datalist, make_synthetic_brats
+
+    bench = SimpleNamespace(**runpy.run_path(str(BENCH / "bench_brats_volume.py")))
+    shape = ["40", "36", "20"]
+    tiny = [o for o in TINY if not o.startswith("roi_size")] + ["roi_size=[48,48]"]
+    args = ["--device", "cpu", "--shape", *shape, "--quick", "--configs", "inference.json,inference_2d.json"]
+    result = bench.main(args + [a for o in tiny for a in ("--override", o)])
+    volume = result["volume"]
+    assert volume["label_map"] == [40, 36, 20] and result["configs"] == ["inference.json", "inference_2d.json"]
+    # the same synthetic case (seed 0): one sampled slice per axial slice that holds brain
+    case = make_synthetic_brats(tmp_path, "brats2018", num_cases=1, shape=(40, 36, 20), seed=0)
+    t1 = np.asarray(nib.load(brats_datalist(case, labels=False)[0]["image"][0]).dataobj)
+    assert volume["windows"] == int((t1 != 0).any(axis=(0, 1)).sum()) < volume["network_input"][2]
+    assert "inference_2d.json" in result["gpu_plan"]["command"]

@@ -5,7 +5,8 @@ Does a per-case uncertainty score rise with domain shift and track the error? A 
 tested through the bundle's own ``inference.json`` (``ConfigWorkflow``: checkpoint loader, preprocessing, sampler,
 fusion, ``metrics.json``) on the test split with its images corrupted at increasing severity:
 
-- ``blur``: Gaussian blur, sigma 0.5 / 1 / 2 / 3 / 5 px (of the original image);
+- ``blur``: Gaussian blur, sigma 0.5 / 1 / 2 / 3 / 5 px per 256 px of the image's shorter side (so the same level
+  blurs PH2's 256x192 and Kvasir-SEG's ~600 px photos alike relative to the content);
 - ``noise``: additive Gaussian noise, sigma 5 / 10 / 20 / 35 / 50 (of 255), seeded per case;
 - ``contrast``: ``(x - mean) * c + mean`` with c = 0.75 / 0.5 / 0.35 / 0.2 / 0.1;
 - ``jpeg``: JPEG re-encoding at quality 40 / 25 / 15 / 8 / 3;
@@ -74,7 +75,7 @@ def corrupt(image: Image.Image, kind: str, level: int, seed: int = 0) -> Image.I
         raise ValueError(f"corrupt: unknown corruption '{kind}' or level {level} (choose {sorted(CORRUPTIONS)}, 1-5).")
     value = CORRUPTIONS[kind][level - 1]
     if kind == "blur":
-        return image.filter(ImageFilter.GaussianBlur(radius=value))
+        return image.filter(ImageFilter.GaussianBlur(radius=value * min(image.size) / 256.0))
     if kind == "jpeg":
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=int(value))

@@ -16,7 +16,7 @@ from monai.networks.layers import separable_filtering
 from monai.networks.layers.convutils import gaussian_1d
 from monai.utils import look_up_option
 
-__all__ = ["atomic_write", "describe_error", "look_up_named_option"]
+__all__ = ["atomic_write", "describe_error", "look_up_named_option", "as_flag"]
 
 
 @contextmanager
@@ -59,6 +59,25 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_TRUE_WORDS, _FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "none", "null", "")
+
+
+def as_flag(value: bool | int | str | None, name: str) -> bool:
+    """
+    A bundle's on/off option as a bool: ``python -m monai.bundle run ... --review_report false`` passes the *string*
+    ``"false"`` (Fire parses only Python's ``False``), which ``bool()`` would take as on.
+
+    Raises:
+        ValueError: a string that is not a yes/no word, naming the option ``name``.
+    """
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word not in _TRUE_WORDS + _FALSE_WORDS:
+            raise ValueError(f"{name} must be true or false, got '{value}' (e.g. --{name} false).")
+        return word in _TRUE_WORDS
+    return bool(value)
 
 
 def describe_error(err: BaseException) -> str:

@@ -51,3 +51,14 @@ def test_gaussian_blur_equals_scipy(shape: tuple, sigma: float) -> None:
 def test_gaussian_blur_small_image_and_constant() -> None:
     x = torch.full((1, 1, 3, 40), 0.25)
     assert torch.allclose(gaussian_blur(x, 2.0), x)  # radius 6 > 3 rows: replicate padding, a constant stays constant
+
+
+def test_as_flag_reads_command_line_words() -> None:
+    from monai_diffseg.utils import as_flag
+
+    # `--review_report false` reaches the config as the string "false", which bool() takes as on
+    assert as_flag("false", "review_report") is False
+    assert as_flag("True", "review_report") is True
+    assert as_flag(0, "x") is False and as_flag(True, "x") is True
+    with pytest.raises(ValueError, match="review_report must be true or false, got 'maybe'"):
+        as_flag("maybe", "review_report")

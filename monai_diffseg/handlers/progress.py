@@ -17,6 +17,8 @@ import torch.distributed as dist
 from monai.utils import IgniteInfo, min_version, optional_import
 from tqdm import tqdm
 
+from monai_diffseg.utils import as_flag
+
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -104,7 +106,7 @@ class CaseProgressHandler:
             raise ValueError(f"CaseProgressHandler: interval_s must be >= 0 or None, got {interval_s!r}.")
         if total is not None and (not isinstance(total, int) or total < 0):
             raise ValueError(f"CaseProgressHandler: total must be an int >= 0 or None, got {total!r}.")
-        self.enabled = bool(enabled)
+        self.enabled = as_flag(enabled, "case_progress")
         self.total_arg = total
         self.every_n_cases_arg = every_n_cases
         self.interval_s = interval_s or None

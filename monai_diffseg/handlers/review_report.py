@@ -13,6 +13,7 @@ import torch.distributed as dist
 from monai.config import PathLike
 from monai.utils import IgniteInfo, min_version, optional_import
 
+from monai_diffseg.utils import as_flag
 from monai_diffseg.visualize.report import case_sources, write_report
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -54,7 +55,7 @@ class ReviewReportWriter:
         self.output_dir = os.fspath(output_dir)
         self.datalist = datalist
         self.image_dir = image_dir
-        self.enabled = bool(enabled)
+        self.enabled = as_flag(enabled, "review_report")
         self.report_kwargs = report_kwargs
         self.logger = logging.getLogger(__name__)
         self.report_path: str | None = None

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-__all__ = ["tracking_disabled"]
+from monai_diffseg.utils import as_flag
 
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "none", "null", "")
+__all__ = ["tracking_disabled"]
 
 
 def tracking_disabled(enabled: bool | str | None, name: str = "use_mlflow") -> bool:
@@ -23,11 +23,6 @@ def tracking_disabled(enabled: bool | str | None, name: str = "use_mlflow") -> b
     Raises:
         ValueError: a string that is not a yes/no value (naming the option ``name``).
     """
-    if isinstance(enabled, str):
-        word = enabled.strip().lower()
-        if word not in _TRUE + _FALSE:
-            raise ValueError(f"{name} must be true or false, got '{enabled}' (e.g. --{name} true).")
-        enabled = word in _TRUE
-    if not enabled:
+    if not as_flag(enabled, name):
         return True
     return dist.is_available() and dist.is_initialized() and dist.get_rank() > 0

@@ -82,20 +82,20 @@ def test_two_ranks_equal_one_and_a_resumed_run_equals_an_uninterrupted_one(tmp_p
     assert len((two / "case_records" / "rank1.jsonl").read_text().splitlines()) == 2  # cases 1 and 3 of 5
     _assert_same_outputs(one, two)
 
-    # interrupted: rank 0 had finished its first case only, rank 1 nothing, the next record was torn
+    # interrupted while rank 0 wrote its last case's record (torn line): that case alone runs again, on rank 0; rank 1
+    # gets no case and only joins the merge
     records = two / "case_records"
-    first = (records / "rank0.jsonl").read_text().splitlines()[0]
-    done = json.loads(first)["case"]
-    (records / "rank0.jsonl").write_text(first + "\n" + '{"case": "' + cases[-1] + '", "dice"')
-    (records / "rank1.jsonl").unlink()
+    lines = (records / "rank0.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])["case"]
+    assert last == cases[-1]
+    (records / "rank0.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
     (two / "metrics.json").unlink()
-    for p in two.glob("*.png"):
-        if not p.name.startswith(done + "_"):
-            p.unlink()
+    for p in two.glob(f"{last}_*.png"):
+        p.unlink()
     kept = {p.name: p.stat().st_mtime_ns for p in two.glob("*.png")}
-    assert kept
+    assert len({name.split("_mask")[0] for name in kept if "_mask" in name}) == 4
     _evaluate(dataset, root, two, nproc=2, skip_existing=True)
     resumed = json.loads((two / "metrics.json").read_text())
-    assert resumed["num_cases"] == 5 and resumed["num_cases_run"] == 4  # the finished case was skipped
+    assert resumed["num_cases"] == 5 and resumed["num_cases_run"] == 1  # the four finished cases were skipped
     assert all((two / name).stat().st_mtime_ns == t for name, t in kept.items())  # and not written again
     _assert_same_outputs(one, two)

@@ -66,7 +66,7 @@ def parse_config(spec: str) -> tuple[str, dict[str, Any]]:
 def _nfe(inferer: DiffusionSegmentationInferer) -> int:
     scheduler = copy.deepcopy(inferer.scheduler)
     scheduler.set_timesteps(inferer.num_inference_steps)
-    return sum(1 for t in scheduler.timesteps.tolist() if inferer.init != "anchor" or t <= inferer.t_start)
+    return max(1, sum(1 for t in scheduler.timesteps.tolist() if inferer.init != "anchor" or t <= inferer.t_start))
 
 
 def _dice(prob: torch.Tensor, label: torch.Tensor) -> list[float]:

@@ -102,7 +102,7 @@ def network_evaluations(sampler: str, steps: int, options: dict[str, Any]) -> in
     scheduler = make_sampler(sampler)
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps.tolist()
-    return sum(1 for t in timesteps if options.get("init", "noise") != "anchor" or t <= options["t_start"])
+    return max(1, sum(1 for t in timesteps if options.get("init", "noise") != "anchor" or t <= options["t_start"]))
 
 
 def make_network(config: str, spatial_dims: int, in_channels: int, device: torch.device) -> MedSegDiff:

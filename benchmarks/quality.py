@@ -562,7 +562,7 @@ def _sampler_settings(inferer: Any) -> dict[str, Any]:
     scheduler = copy.deepcopy(inferer.scheduler)
     scheduler.set_timesteps(inferer.num_inference_steps)
     timesteps = scheduler.timesteps.tolist()
-    nfe = len([t for t in timesteps if init != "anchor" or t <= t_start])
+    nfe = max(1, len([t for t in timesteps if init != "anchor" or t <= t_start]))  # >= 1: one step from t_start
     return {"init": init, "t_start": t_start, "anchor_weight": getattr(inferer, "anchor_weight", 0.0), "nfe": nfe}
 
 

@@ -35,8 +35,8 @@ __all__ = [
     "DiffusionSlidingWindowInferer",
     "DiffusionSegmentationTrainInferer",
     "memory_aware_member_chunk",
-    "prediction_to_x0",
     "row_generators",
+    "prediction_to_x0",
     "x0_to_probability",
 ]
 
@@ -223,7 +223,8 @@ class DiffusionSegmentationInferer(Inferer):
             t_start=450`` costs 10 network evaluations per member (DDIM/DDPM schedulers; DDIM with 1000 training
             steps: ``950, 900, ..., 0``).
         t_start: the training timestep ``[0, T - 1]`` the anchor start is noised to (needed for ``init="anchor"``);
-            the reverse process starts at the largest scheduler timestep ``<= t_start``.
+            the reverse process starts at the largest scheduler timestep ``<= t_start`` (at ``t_start`` itself, one
+            step, when the grid has none, e.g. ``num_inference_steps=1``).
         anchor_weight: ``w`` in ``[0, 1]``: the anchor head as a prior in fusion: every member's probability becomes
             ``(1 - w) p_e + w p_anchor``, so mean fusion gives ``(1 - w) mean_e(p_e) + w p_anchor`` (``0``: off);
             the members' spread, hence the variance-type uncertainty maps, shrink by ``1 - w``.
@@ -432,15 +433,11 @@ class DiffusionSegmentationInferer(Inferer):
     ) -> tuple[torch.Tensor, list]:
         """
         SDEdit start: the anchor's ``x0 = 2 p - 1`` ``(N, C, *S)``, tiled member-major to ``noise``'s ``(E * N, C,
-        *S)`` rows, noised by ``scheduler.add_noise`` with each row's own noise to the first timestep ``<= t_start``;
-        returns ``(x_t, the timesteps from there on)``.
+        *S)`` rows, noised by ``scheduler.add_noise`` with each row's own noise to the first timestep ``<= t_start``
+        (``t_start`` itself, one step, when the grid has none); returns ``(x_t, the timesteps from there on)``.
         """
-        kept = [t for t in timesteps if t <= self.t_start]
-        if not kept:
-            raise ValueError(
-                f"{type(self).__name__}: t_start={self.t_start} is below every scheduler timestep {timesteps} "
-                f"(num_inference_steps={self.num_inference_steps}); raise t_start or num_inference_steps."
-            )
+        # a coarse grid may have no timestep <= t_start (MONAI's 1-step DDIM grid is [999]): one step from t_start
+        kept = [t for t in timesteps if t <= self.t_start] or [self.t_start]
         members = noise.shape[0] // anchor.shape[0]
         x0 = (2.0 * anchor - 1.0).repeat(members, *([1] * (anchor.ndim - 1))).to(noise.dtype)
         t = torch.full((noise.shape[0],), int(kept[0]), device=noise.device, dtype=torch.long)

@@ -65,6 +65,12 @@ def test_anchor_start_is_the_noised_anchor_and_runs_only_the_remaining_steps():
             torch.testing.assert_close(first_x[e * n + i], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_grid_without_a_timestep_below_t_start_takes_one_step_from_t_start():
+    net = AnchorNet(torch.randn(1, 1, 8, 8))
+    _inferer(init="anchor", t_start=263, num_inference_steps=1)(torch.rand(1, 3, 8, 8), net)  # grid [999]
+    assert [int(t[0]) for _, t in net.calls] == [263]
+
+
 def test_small_t_start_keeps_the_anchor_and_members_differ_by_their_noise():
     logits = torch.full((1, 1, 8, 8), 4.0)
     logits[..., :4] = -4.0  # left half background, right half foreground

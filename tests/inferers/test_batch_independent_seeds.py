@@ -32,23 +32,26 @@ def test_row_generators_order_and_checks() -> None:
     assert len(gens) == 6
     firsts = [float(torch.randn(1, generator=g)) for g in gens]
     # member-major rows e * n + i, seeded seed_i + e
-    expected = [float(torch.randn(1, generator=torch.Generator().manual_seed(s + e))) for e in range(3) for s in (10, 20)]
+    expected = [
+        float(torch.randn(1, generator=torch.Generator().manual_seed(s + e))) for e in range(3) for s in (10, 20)
+    ]
     assert firsts == expected
     with pytest.raises(ValueError, match="3 seeds given for a batch of 2"):
         row_generators([1, 2, 3], n=2, members=1)
 
 
 @pytest.mark.parametrize(
-    "scheduler, eta",
-    [(DDIMScheduler(num_train_timesteps=1000), 0.0), (DDIMScheduler(num_train_timesteps=1000), 0.5),
-     (DDPMScheduler(num_train_timesteps=1000), 0.0)],
+    "scheduler, steps, eta",
+    [
+        (DDIMScheduler(num_train_timesteps=1000), 3, 0.0),
+        (DDIMScheduler(num_train_timesteps=1000), 3, 0.5),
+        (DDPMScheduler(num_train_timesteps=4), 4, 0.0),  # a short DDPM schedule keeps the test fast
+    ],
     ids=["ddim", "ddim-eta", "ddpm"],
 )
-def test_samples_do_not_depend_on_the_batch(net: MedSegDiff, images: torch.Tensor, scheduler, eta: float) -> None:
-    steps = 3 if isinstance(scheduler, DDIMScheduler) else 1000
-    if steps == 1000:  # DDPM: a short schedule keeps the test fast
-        scheduler = DDPMScheduler(num_train_timesteps=4)
-        steps = 4
+def test_samples_do_not_depend_on_the_batch(
+    net: MedSegDiff, images: torch.Tensor, scheduler: DDIMScheduler | DDPMScheduler, steps: int, eta: float
+) -> None:
     inferer = DiffusionSegmentationInferer(scheduler, steps, num_samples=2, seed=5, eta=eta, return_samples=True)
     batch = inferer(images, net)
     reversed_batch = inferer(images.flip(0), net).flip(0)
@@ -64,8 +67,14 @@ def test_sliding_window_seeds_per_window_whatever_the_window_batch(net: MedSegDi
 
     def run(sw_batch_size: int) -> torch.Tensor:
         inferer = DiffusionSlidingWindowInferer(
-            DDIMScheduler(num_train_timesteps=1000), roi_size=SIZE, sw_batch_size=sw_batch_size, overlap=0.5,
-            num_inference_steps=2, num_samples=2, seed=1, return_samples=True,
+            DDIMScheduler(num_train_timesteps=1000),
+            roi_size=SIZE,
+            sw_batch_size=sw_batch_size,
+            overlap=0.5,
+            num_inference_steps=2,
+            num_samples=2,
+            seed=1,
+            return_samples=True,
         )
         return inferer(image, net)
 

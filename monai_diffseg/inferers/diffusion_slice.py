@@ -29,12 +29,12 @@ class DiffusionSliceInferer(DiffusionSegmentationInferer):
     MedSegDiff's BraTS experiments (Wu et al., 2022, arXiv:2211.00611) segment axial slices with the four modalities
     as input channels.
 
-    Each slice is sampled whole: ``roi_size=None`` pads the slice to the next multiple of the network's
-    ``size_divisor`` (in the call, so volumes of any in-plane size work); a fixed ``roi_size`` (e.g. the training
-    slice size) pads smaller slices to it and slides ``roi_size`` windows (with ``overlap``) over larger ones.
+    ``roi_size=None`` samples every slice whole, padded to the next multiple of the network's ``size_divisor`` (set
+    per call, so volumes of any in-plane size work); a fixed ``roi_size`` (e.g. the training slice size) pads smaller
+    slices to it and slides ``roi_size`` windows (with ``overlap``) over larger ones.
 
-    Window ``w`` (numbered over all windows of the call in MONAI's order: slice ``z`` is window ``z`` when a slice is
-    one window) seeds its members ``seed + w * E + e``, as in
+    Window ``w`` (numbered over all windows of the call, volume by volume, in MONAI's order: slice ``z`` of the first
+    volume is window ``z`` when a slice is one window) seeds its members ``seed + w * E + e``, as in
     :class:`monai_diffseg.inferers.DiffusionSlidingWindowInferer`, whatever ``sw_batch_size``: slice ``z`` is the
     non-windowed inferer on that slice with seed ``seed + z * E``, and skipped slices shift no other slice's seed.
 

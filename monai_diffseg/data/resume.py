@@ -19,6 +19,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from monai_diffseg.utils import as_flag
+
 __all__ = ["append_case_records", "case_id", "read_case_records", "resume_datalist", "shard_datalist"]
 
 logger = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ def append_case_records(records_dir: str | os.PathLike, records: Sequence[Mappin
 
 
 def resume_datalist(
-    datalist: Sequence[Mapping[str, Any]], records_dir: str | os.PathLike, skip_existing: bool = False
+    datalist: Sequence[Mapping[str, Any]], records_dir: str | os.PathLike, skip_existing: bool | str = False
 ) -> list[Mapping[str, Any]]:
     """
     The cases of ``datalist`` still to run, in data-list order. Call it once on every rank before the dataset is
@@ -107,7 +109,7 @@ def resume_datalist(
         the data-list items to run.
     """
     records_dir = os.fspath(records_dir)
-    if not skip_existing:
+    if not as_flag(skip_existing, "skip_existing"):  # `--skip_existing false` arrives as a string
         if _rank() == 0:
             for path in glob.glob(os.path.join(records_dir, "*.jsonl")):
                 os.remove(path)

@@ -61,8 +61,8 @@ def test_records_are_kept_per_batch_and_merged_in_data_list_order(tmp_path: Path
     assert out["failed"] == failed
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [r["case"] for r in rows] == order
-    # a fresh run (skip_existing false) starts over: the earlier records are gone
-    assert resume_datalist(datalist, tmp_path / "records", skip_existing=False) == datalist
+    # a fresh run (skip_existing false; the command line passes the string "false") starts over
+    assert resume_datalist(datalist, tmp_path / "records", skip_existing="false") == datalist
     assert read_case_records(tmp_path / "records") == {}
 
 
@@ -74,6 +74,8 @@ def test_torn_record_line_means_not_done(tmp_path: Path) -> None:
     assert sorted(read_case_records(records)) == ["a", "c"]
     datalist = [{"image": "/x/a.png"}, {"image": "/x/b.png"}, {"image": ["/x/c_t1.nii.gz"], "case": "c"}]
     assert [case_id(i) for i in resume_datalist(datalist, records, skip_existing=True)] == ["b"]
+    # the command line's `--skip_existing true` is the string "true"
+    assert [case_id(i) for i in resume_datalist(datalist, records, skip_existing="true")] == ["b"]
     # the resumed run's records start on a new line: only the torn line is lost
     append_case_records(records, [{"case": "b", "dice": 0.25}])
     append_case_records(records, [{"case": "d", "dice": None}])

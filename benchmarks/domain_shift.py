@@ -241,8 +241,15 @@ def run_domain_shift(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{name:<10}" + "".join(f"  {k}={_fmt(row[k])}" for k in ("dice",) + SCORES), flush=True)
 
     error = [None if c.get("dice") is None else 1.0 - c["dice"] for c in cases]
+    clean = {c["case"]: c for c in cases if c["level"] == 0}
+    shifted = [c for c in cases if c["level"] > 0 and c.get("dice") is not None]
     pooled = {
         s: {
+            # per corrupted case: does the score rise where that case's error rises (case difficulty removed)?
+            "spearman_change": _spearman(
+                [None if c.get(s) is None else c[s] - clean[c["case"]][s] for c in shifted],
+                [clean[c["case"]]["dice"] - c["dice"] for c in shifted],
+            ),
             "spearman_error": _spearman([c.get(s) for c in cases], error),
             "spearman_level": _spearman([c.get(s) for c in cases], [float(c["level"]) for c in cases]),
             "spearman_error_clean": _spearman(
@@ -295,11 +302,11 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"{r['condition']:<12}" + "".join(f"{_fmt(r[c]):>20}" for c in cols))
     print(
         "\nPooled over all conditions (cases): Spearman with 1 - Dice / with severity level / clean only with 1 - Dice"
+        " / change from clean with the Dice drop (corrupted cases)"
     )
     for s, v in report["pooled"].items():
-        print(
-            f"  {s:<22}{_fmt(v['spearman_error']):>8}{_fmt(v['spearman_level']):>8}{_fmt(v['spearman_error_clean']):>8}"
-        )
+        row = ("spearman_error", "spearman_level", "spearman_error_clean", "spearman_change")
+        print(f"  {s:<22}" + "".join(f"{_fmt(v.get(k)):>8}" for k in row))
     print("\nPer corruption: Spearman(condition mean, level 0..5)")
     for kind, v in report["per_corruption_mean_vs_level"].items():
         print(f"  {kind:<10}" + "".join(f"  {s}={_fmt(x)}" for s, x in v.items()))

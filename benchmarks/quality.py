@@ -395,6 +395,8 @@ def _baseline_overrides(args: argparse.Namespace, in_channels: Any = 3, num_clas
         else {"_target_": "DiceFocalLoss", "sigmoid": True, "gamma": 0.0},
         "train#inferer": {"_target_": "SimpleInferer"},
         "train#prepare_batch": "$monai.engines.default_prepare_batch",
+        # the bundle's MLflow parameters name MedSegDiff-only network keys (cond_channels); tracking is off here
+        "mlflow_params": {},
         "validate#inferer": {"_target_": "SimpleInferer"},
         "validate#postprocessing": {
             "_target_": "Compose",

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -136,7 +135,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     with torch.no_grad():
         anchor_prob = torch.cat(
-            [torch.sigmoid(network.anchor(network.encode_condition(images[i : i + 16]))) for i in range(0, len(items), 16)]
+            [
+                torch.sigmoid(network.anchor(network.encode_condition(images[i : i + 16])))
+                for i in range(0, len(items), 16)
+            ]
         )
     anchor = {"mean": _dice(anchor_prob, labels), "torch_crf": _dice(fuse(anchor_prob[:, None], "torch_crf"), labels)}
     report["anchor"] = {m: {"dice": float(np.mean(v)), "cases": v} for m, v in anchor.items()}
@@ -153,7 +155,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             anchor_weight=opts.get("anchor_weight", 0.0),
         )
         start = time.perf_counter()
-        samples = torch.cat([inferer(images[i : i + args.batch_size], network) for i in range(0, len(items), args.batch_size)])
+        samples = torch.cat(
+            [inferer(images[i : i + args.batch_size], network) for i in range(0, len(items), args.batch_size)]
+        )
         wall = time.perf_counter() - start
         hard = (samples >= 0.5).float()
         inter = (hard[:, :, None] * hard[:, None]).flatten(3).sum(-1)

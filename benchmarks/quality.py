@@ -512,7 +512,9 @@ def _report_cases(spec: str, test_cases: list[str]) -> list[dict[str, Any]]:
 def _anchor_paired(cases: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Fused ensemble vs its own anchor head, per case on Dice (both binarised at 0.5 and scored against the label at
     its original size): cases where the ensemble is better, ties, mean difference, Wilcoxon p."""
-    pairs = [(c["dice"], c["anchor_dice"]) for c in cases if c.get("dice") is not None and c.get("anchor_dice") is not None]
+    pairs = [
+        (c["dice"], c["anchor_dice"]) for c in cases if c.get("dice") is not None and c.get("anchor_dice") is not None
+    ]
     if len(pairs) < 3:
         return None
     diff = np.array([a - b for a, b in pairs])
@@ -825,8 +827,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 _NOT_ROWS = {
-    "num_cases", "test_wall_s", "steps", "members", "fusion", "uncertainty", "iou_std", "ged_sqrt", "init", "t_start",
-    "anchor_weight", "nfe", "paired_vs_anchor",
+    "num_cases",
+    "test_wall_s",
+    "steps",
+    "members",
+    "fusion",
+    "uncertainty",
+    "iou_std",
+    "ged_sqrt",
+    "init",
+    "t_start",
+    "anchor_weight",
+    "nfe",
+    "paired_vs_anchor",
 }
 
 

@@ -140,7 +140,7 @@ class DiffusionSegmentationTrainInferer(Inferer):
         if self.scheduler is None:
             raise ValueError(
                 f"{type(self).__name__}: the network has self_condition=True, so the inferer needs the training "
-                "noise scheduler (`scheduler`, e.g. \"@scheduler\" in train.json) to turn its first pass into x0."
+                'noise scheduler (`scheduler`, e.g. "@scheduler" in train.json) to turn its first pass into x0.'
             )
         if float(torch.rand(())) >= self.self_condition_probability:
             return None

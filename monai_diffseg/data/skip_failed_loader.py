@@ -13,7 +13,7 @@ from monai.data import DataLoader, list_data_collate
 from monai.data.utils import no_collation
 from torch.utils.data import Dataset as TorchDataset
 
-from monai_diffseg.utils import describe_error
+from monai_diffseg.utils import as_flag, describe_error
 
 from .utils import describe_case
 
@@ -92,7 +92,7 @@ class SkipFailedDataLoader:
         self.dataset = dataset
         self.batch_size = batch_size
         self.collate_fn = collate_fn
-        self.skip_failed = skip_failed
+        self.skip_failed = as_flag(skip_failed, "skip_failed")
         self.failed: list[dict[str, Any]] = []
         # batch_size=None: the workers return single items; batches are formed here from the good ones
         self.loader = DataLoader(

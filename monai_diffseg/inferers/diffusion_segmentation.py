@@ -20,6 +20,7 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, RFlowSchedul
 from monai.utils import convert_to_tensor, look_up_option, optional_import
 
 from monai_diffseg.utils import (
+    as_flag,
     batch_item_names,
     check_finite,
     check_floating,
@@ -291,12 +292,12 @@ class DiffusionSegmentationInferer(Inferer):
         self.seed = seed
         self.eta = eta
         self.member_batch_size = member_batch_size
-        self.progress = progress
+        self.progress = as_flag(progress, "progress")  # bundle options may arrive as "false" from the CLI
         self.autocast_dtype = None if autocast is None else look_up_option(autocast, AUTOCAST_DTYPES)
-        self.channels_last = channels_last
-        self.compile = compile or cuda_graphs
+        self.channels_last = as_flag(channels_last, "channels_last")
+        self.compile = as_flag(compile, "compile") or as_flag(cuda_graphs, "cuda_graphs")
         self.compile_kwargs = dict(compile_kwargs or {})
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs = as_flag(cuda_graphs, "cuda_graphs")
         self.multi_label = multi_label
         # per network: (the module the steps run: the network or its channels-last copy, its step callable)
         self._prepared: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -13,7 +13,7 @@ from monai.inferers import SliceInferer
 from monai.utils import ensure_tuple
 
 from monai_diffseg.inferers.diffusion_segmentation import DiffusionSegmentationInferer
-from monai_diffseg.utils import unwrap_network
+from monai_diffseg.utils import as_flag, unwrap_network
 
 __all__ = ["DiffusionSliceInferer"]
 
@@ -99,7 +99,7 @@ class DiffusionSliceInferer(DiffusionSegmentationInferer):
         self.mode = mode
         self.sw_device = sw_device
         self.device = device
-        self.skip_background = skip_background
+        self.skip_background = as_flag(skip_background, "skip_background")
         self.background = background
         self.window_progress = progress
 

@@ -18,6 +18,7 @@ from monai.utils import convert_to_tensor, ensure_tuple_rep
 from scipy import ndimage
 
 from monai_diffseg.transforms.fundus import crop_square, square_box
+from monai_diffseg.utils import as_flag
 
 __all__ = ["RegionOfInterestInferer"]
 
@@ -86,7 +87,11 @@ class RegionOfInterestInferer(Inferer):
                 f"{roi_min_fraction}, {threshold}."
             )
         self.member_inferer = member_inferer
-        self.roi, self.roi_margin, self.roi_min_fraction = bool(roi), float(roi_margin), float(roi_min_fraction)
+        self.roi, self.roi_margin, self.roi_min_fraction = (
+            as_flag(roi, "roi"),
+            float(roi_margin),
+            float(roi_min_fraction),
+        )
         self.roi_channel, self.threshold = int(roi_channel), float(threshold)
         self.coarse_overrides = {
             k: v

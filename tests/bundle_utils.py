@@ -4,8 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from monai.bundle import ConfigWorkflow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +44,33 @@ def bundle_workflow(bundle: str, config: str | list[str], workflow_type: str, **
         workflow_type=workflow_type,
         **override,
     )
+
+
+@contextlib.contextmanager
+def single_process_group(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """
+    The torchrun environment of one process (rank 0 of 1, a free port), so a multi-GPU config builds its process group
+    (gloo on the CPU) inside this pytest process; on exit the group is destroyed and ignite's cached distributed
+    context reset: ignite keeps the native model it found while the group existed, and every later metric sync in
+    this pytest process would call into the destroyed group ("Default process group has not been initialized").
+    """
+    import torch.distributed as dist
+    from ignite.distributed import utils as idist_utils
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {
+        "RANK": 0,
+        "LOCAL_RANK": 0,
+        "WORLD_SIZE": 1,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+    }.items():
+        monkeypatch.setenv(key, str(value))
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        idist_utils._set_model(idist_utils._SerialModel())

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import ROOT, TINY_NETWORKS, bundle_workflow
+from bundle_utils import ROOT, TINY_NETWORKS, bundle_workflow, single_process_group
 from monai.bundle import ConfigParser
 
 from monai_diffseg.data import brats_datalist, make_synthetic_brats
@@ -117,32 +117,24 @@ def test_train_infer_evaluate_2d(brats18: str, tmp_path: Path) -> None:
 
 def test_multi_gpu_train_2d_wiring(brats18: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The 2D overlay stacks under multi_gpu_train.json unchanged (one process: gloo and CPU DDP without CUDA)."""
-    import torch.distributed as dist
-    from ignite.distributed import utils as idist_utils
-
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("MASTER_PORT", str(31500 + np.random.default_rng().integers(1000)))
-    wf = _workflow(
-        ["train.json", "train_2d.json", "multi_gpu_train.json"],
-        "train",
-        dataset_dir=brats18,
-        bundle_root=str(tmp_path),
-        num_epochs=1,
-        val_interval=1,
-        val_fraction=0.25,
-        val_num_inference_steps=1,
-        val_num_samples=2,
-        **TRAIN_2D,
-    )
-    try:
-        wf.initialize()
-        wf.run()
-        assert (tmp_path / "models_2d" / "model.pt").is_file() and wf.trainer.state.iteration == 1
-        assert wf.parser.get_parsed_content("network_def").spatial_dims == 2
-        assert isinstance(wf.parser.get_parsed_content("network"), torch.nn.parallel.DistributedDataParallel)
-    finally:
-        wf.finalize()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        idist_utils._set_model(idist_utils._SerialModel())  # later metric syncs must not use the destroyed group
+    with single_process_group(monkeypatch):
+        wf = _workflow(
+            ["train.json", "train_2d.json", "multi_gpu_train.json"],
+            "train",
+            dataset_dir=brats18,
+            bundle_root=str(tmp_path),
+            num_epochs=1,
+            val_interval=1,
+            val_fraction=0.25,
+            val_num_inference_steps=1,
+            val_num_samples=2,
+            **TRAIN_2D,
+        )
+        try:
+            wf.initialize()
+            wf.run()
+            assert (tmp_path / "models_2d" / "model.pt").is_file() and wf.trainer.state.iteration == 1
+            assert wf.parser.get_parsed_content("network_def").spatial_dims == 2
+            assert isinstance(wf.parser.get_parsed_content("network"), torch.nn.parallel.DistributedDataParallel)
+        finally:
+            wf.finalize()

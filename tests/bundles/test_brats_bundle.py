@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_utils import ROOT, TINY_NETWORKS, bundle_workflow
+from bundle_utils import ROOT, TINY_NETWORKS, bundle_workflow, single_process_group
 from monai.bundle import ConfigParser
 
 from monai_diffseg.data import brats_datalist, make_synthetic_brats
@@ -206,70 +206,52 @@ def test_monailabel_infer_and_train(brats18: str, tmp_path: Path) -> None:
     assert (bundle / "models" / "model.pt").stat().st_mtime_ns != stamp
 
 
-def _end_distributed() -> None:
-    """Destroy the test's process group and reset ignite's cached distributed context: ignite keeps the native model
-    it found while the group existed, and every later metric sync in this pytest process would call into the
-    destroyed group ("Default process group has not been initialized")."""
-    import torch.distributed as dist
-    from ignite.distributed import utils as idist_utils
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    idist_utils._set_model(idist_utils._SerialModel())
-
-
 def test_multi_gpu_evaluate_wiring(brats18: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """multi_gpu_evaluate.json on one process (no GPU: gloo and the CPU, as the config chooses): the distributed sampler
     feeds the evaluator, every case leaves a record and the merged metrics.json has the per-region scores."""
 
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("MASTER_PORT", str(29500 + np.random.default_rng().integers(1000)))
     _random_model(tmp_path)
     out = tmp_path / "pred"
-    wf = _workflow(
-        ["inference.json", "evaluate.json", "multi_gpu_evaluate.json"],
-        "eval",
-        dataset_dir=brats18,
-        bundle_root=str(tmp_path),
-        output_dir=str(out),
-        **FAST,
-        **TINY,
-    )
-    try:
-        wf.initialize()
-        wf.run()
-        metrics = json.loads((out / "metrics.json").read_text())
-        assert metrics["num_cases"] == metrics["num_cases_run"] == 4
-        assert len((out / "case_records" / "rank0.jsonl").read_text().splitlines()) == 4
-        assert {"dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et"} <= set(metrics["cases"][0])
-    finally:
-        wf.finalize()
-        _end_distributed()
+    with single_process_group(monkeypatch):
+        wf = _workflow(
+            ["inference.json", "evaluate.json", "multi_gpu_evaluate.json"],
+            "eval",
+            dataset_dir=brats18,
+            bundle_root=str(tmp_path),
+            output_dir=str(out),
+            **FAST,
+            **TINY,
+        )
+        try:
+            wf.initialize()
+            wf.run()
+        finally:
+            wf.finalize()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_cases"] == metrics["num_cases_run"] == 4
+    assert len((out / "case_records" / "rank0.jsonl").read_text().splitlines()) == 4
+    assert {"dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et"} <= set(metrics["cases"][0])
 
 
 def test_multi_gpu_train_wiring(brats18: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """multi_gpu_train.json on one process (no GPU: gloo and CPU DDP, as the config chooses): trains, validates, saves."""
 
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("MASTER_PORT", str(30500 + np.random.default_rng().integers(1000)))
-    wf = _workflow(
-        ["train.json", "multi_gpu_train.json"],
-        "train",
-        dataset_dir=brats18,
-        bundle_root=str(tmp_path),
-        num_epochs=1,
-        val_interval=1,
-        val_fraction=0.25,
-        val_num_inference_steps=1,
-        val_num_samples=2,
-        **TINY,
-    )
-    try:
-        wf.initialize()
-        wf.run()
-        assert (tmp_path / "models" / "model.pt").is_file() and wf.trainer.state.iteration == 1
-    finally:
-        wf.finalize()
-        _end_distributed()
+    with single_process_group(monkeypatch):
+        wf = _workflow(
+            ["train.json", "multi_gpu_train.json"],
+            "train",
+            dataset_dir=brats18,
+            bundle_root=str(tmp_path),
+            num_epochs=1,
+            val_interval=1,
+            val_fraction=0.25,
+            val_num_inference_steps=1,
+            val_num_samples=2,
+            **TINY,
+        )
+        try:
+            wf.initialize()
+            wf.run()
+            assert (tmp_path / "models" / "model.pt").is_file() and wf.trainer.state.iteration == 1
+        finally:
+            wf.finalize()

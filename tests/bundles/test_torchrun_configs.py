@@ -10,13 +10,12 @@ and still writes all of them, in data-list order.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from bundle_utils import TINY_NETWORKS, bundle_workflow
+from bundle_utils import TINY_NETWORKS, bundle_workflow, single_process_group
 
 from monai_diffseg import data as ddata
 from monai_diffseg.handlers import CheckedCheckpointLoader
@@ -39,22 +38,6 @@ SETS: dict[str, tuple[Any, dict]] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _end_distributed() -> None:
-    """Destroy the process group and reset ignite's cached distributed context (see test_brats_bundle.py)."""
-    import torch.distributed as dist
-    from ignite.distributed import utils as idist_utils
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    idist_utils._set_model(idist_utils._SerialModel())
-
-
 def _random_models(bundle: str, **override) -> None:
     """Every checkpoint the inference loads, with the tiny network's random weights."""
     wf = bundle_workflow(bundle, "inference.json", "infer", **override)
@@ -66,16 +49,13 @@ def _random_models(bundle: str, **override) -> None:
 
 
 def _run(bundle: str, configs: list[str], monkeypatch: pytest.MonkeyPatch, **override) -> Any:
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": _free_port()}
-    for key, value in env.items():
-        monkeypatch.setenv(key, str(value))
-    wf = bundle_workflow(bundle, configs, "infer", **override)
-    try:
-        wf.initialize()
-        wf.run()
-    finally:
-        wf.finalize()
-        _end_distributed()
+    with single_process_group(monkeypatch):
+        wf = bundle_workflow(bundle, configs, "infer", **override)
+        try:
+            wf.initialize()
+            wf.run()
+        finally:
+            wf.finalize()
     return wf
 
 

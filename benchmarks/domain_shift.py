@@ -14,7 +14,8 @@ fusion, ``metrics.json``) on the test split with its images corrupted at increas
 (``--severities`` picks levels 1-5 of these tables, like ImageNet-C's five levels.) Masks are never corrupted. Per
 case, ``metrics.json`` gives Dice, ``sample_diversity`` (the ensemble's mean pairwise 1 - IoU, the bundle's current
 score) and the :class:`monai_diffseg.metrics.ShiftScore` scores (``anchor_disagreement`` = 1 - Dice(anchor head,
-fused ensemble), ``entropy_per_area``, ``feature_distance`` of the condition encoding to the training images', whose
+fused ensemble), ``ensemble_dice_error`` (mean 1 - Dice of the members and the anchor against the fused mask),
+``entropy_per_area``, ``feature_distance`` of the condition encoding to the training images', whose
 statistics are computed here from the split's training images through the bundle's preprocessing).
 
 Reported per condition (clean + corruption x severity): mean Dice and the mean of every score; pooled over all
@@ -62,7 +63,7 @@ CORRUPTIONS: dict[str, tuple[float, ...]] = {
     "contrast": (0.75, 0.5, 0.35, 0.2, 0.1),
     "jpeg": (40, 25, 15, 8, 3),
 }
-SCORES = ("sample_diversity", "anchor_disagreement", "entropy_per_area", "feature_distance")
+SCORES = ("sample_diversity", "anchor_disagreement", "ensemble_dice_error", "entropy_per_area", "feature_distance")
 
 __all__ = ["CORRUPTIONS", "corrupt", "main", "parse_args", "run_domain_shift"]
 

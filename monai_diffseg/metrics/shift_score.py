@@ -6,6 +6,9 @@ whose network has an anchor head on its image-condition branch (:class:`monai_di
 
 - ``anchor_disagreement``: ``1 - Dice(anchor mask, fused ensemble mask)``: the deterministic condition branch and the
   sampled denoiser read the same image; where the image is unlike the training data they stop agreeing;
+- ``ensemble_dice_error``: the ensemble's own estimate of ``1 - Dice`` of its fused mask, the mean over the members'
+  masks (and the anchor head's mask, when the network has one) of ``1 - Dice(mask_i, fused mask)``; if the truth were
+  drawn like the samples, this would be the expected error of the fused mask;
 - ``entropy_per_area``: summed binary entropy of the ensemble mean divided by its predicted foreground area
   (relative boundary uncertainty, as ``entropy_fg`` in ``benchmarks/quality.py``), at the samples' resolution;
 - ``feature_distance``: distance of the image's pooled condition features (coarsest level, spatial mean) to the
@@ -30,6 +33,7 @@ __all__ = [
     "ShiftScore",
     "SHIFT_SCORES",
     "compute_anchor_disagreement",
+    "compute_ensemble_dice_error",
     "compute_entropy_per_area",
     "condition_features",
     "condition_feature_statistics",
@@ -37,7 +41,7 @@ __all__ = [
 ]
 
 #: names of the per-case scores :class:`ShiftScore` writes
-SHIFT_SCORES = ("anchor_disagreement", "entropy_per_area", "feature_distance")
+SHIFT_SCORES = ("anchor_disagreement", "ensemble_dice_error", "entropy_per_area", "feature_distance")
 
 
 def compute_anchor_disagreement(anchor: torch.Tensor, fused: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -60,9 +64,58 @@ def compute_anchor_disagreement(anchor: torch.Tensor, fused: torch.Tensor, thres
         )
     a = (anchor >= threshold).flatten(1).double()
     b = (fused >= threshold).flatten(1).double()
+    return 1.0 - _dice_with_empty(a, b)
+
+
+def _dice_with_empty(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Dice of binary rows ``a`` ``(K, P)`` with ``b`` ``(K, P)`` or ``(1, P)`` (float64); empty vs empty is 1."""
     inter, total = (a * b).sum(1), a.sum(1) + b.sum(1)
-    dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
-    return 1.0 - dice
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
+
+
+def compute_ensemble_dice_error(
+    members: torch.Tensor, fused: torch.Tensor, anchor: torch.Tensor | None = None, threshold: float = 0.5
+) -> torch.Tensor:
+    """
+    The ensemble's own estimate of ``1 - Dice`` of its fused mask for one image: the mean over the members' masks
+    (each member probability ``>= threshold``) and, when given, the anchor head's mask of ``1 - Dice(mask_i, fused
+    mask)``, the fused mask being ``fused >= threshold`` (``fused``: the members' mean). Dice is taken over all
+    channels and pixels; an empty mask against an empty fused mask counts as Dice 1.
+
+    If the ground truth were drawn like the samples (the ensemble calibrated), this is the expected ``1 - Dice`` of
+    the fused mask against it: the ensemble's prediction of its own error, rather than of its spread
+    (``sample_diversity`` compares members with each other, this compares them with the mask that is reported).
+
+    Args:
+        members: ``(E, C, *S)`` member foreground probabilities (or binary masks).
+        fused: ``(1, C, *S)`` or ``(C, *S)`` fused probability (the mean of ``members``).
+        anchor: optional ``(1, C, *S)`` or ``(C, *S)`` anchor-head probability, counted as one more mask.
+        threshold: foreground from this probability.
+
+    Returns:
+        0-dim float64 in ``[0, 1]``.
+    """
+    if members.ndim < 3:
+        raise ValueError(f"compute_ensemble_dice_error: members must be (E, C, *S), got {tuple(members.shape)}.")
+    shape = tuple(members.shape[1:])
+    fused = fused[0] if fused.ndim == members.ndim else fused
+    if tuple(fused.shape) != shape:
+        raise ValueError(
+            f"compute_ensemble_dice_error: fused {tuple(fused.shape)} must be (1, *{shape}) to match the members "
+            f"{tuple(members.shape)} (same channels and resolution)."
+        )
+    masks = members
+    if anchor is not None:
+        anchor = anchor[0] if anchor.ndim == members.ndim else anchor
+        if tuple(anchor.shape) != shape:
+            raise ValueError(
+                f"compute_ensemble_dice_error: anchor {tuple(anchor.shape)} must be (1, *{shape}) to match the "
+                f"members {tuple(members.shape)} (resize the anchor to the samples' resolution)."
+            )
+        masks = torch.cat([members, anchor[None].to(members)])
+    m = (masks >= threshold).flatten(1).double()
+    f = (fused >= threshold).flatten().double()[None].to(m.device)
+    return (1.0 - _dice_with_empty(m, f)).mean()
 
 
 def compute_entropy_per_area(prob: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -145,9 +198,10 @@ class ShiftScore:
             one-hot classes softmax (as the anchor was trained).
 
     Returns (per call):
-        ``{"anchor_disagreement": float, "entropy_per_area": float[, "feature_distance": float]}``; for a network
-        without ``encode_condition`` / anchor head (e.g. a U-Net baseline through the same config)
-        ``anchor_disagreement`` is ``None`` and only ``entropy_per_area`` is computed.
+        ``{"anchor_disagreement": float, "ensemble_dice_error": float, "entropy_per_area": float[,
+        "feature_distance": float]}``; for a network without ``encode_condition`` / anchor head (e.g. a U-Net baseline
+        through the same config) ``anchor_disagreement`` is ``None`` and ``ensemble_dice_error`` counts the members
+        only.
     """
 
     def __init__(
@@ -182,10 +236,13 @@ class ShiftScore:
         fused = samples.mean(dim=0, keepdim=True)
         out: dict[str, float | None] = {
             "anchor_disagreement": None,
+            "ensemble_dice_error": None,
             "entropy_per_area": float(compute_entropy_per_area(fused, self.threshold)[0]),
         }
         if not callable(getattr(module, "encode_condition", None)) or getattr(module, "anchor_head", None) is None:
-            return out  # e.g. a plain U-Net baseline run through the same config: no anchor, no condition features
+            # e.g. a plain U-Net baseline run through the same config: no anchor, no condition features
+            out["ensemble_dice_error"] = float(compute_ensemble_dice_error(samples, fused, None, self.threshold))
+            return out
         param = next(module.parameters())
         image = convert_to_tensor(item[self.image_key], track_meta=False)[None].to(param.device, param.dtype)
         was_training = module.training
@@ -203,6 +260,9 @@ class ShiftScore:
                 f"'{self.image_key}' and '{self.samples_key}' must be at the network's resolution (before Invertd)."
             )
         out["anchor_disagreement"] = float(compute_anchor_disagreement(anchor, fused, self.threshold)[0])
+        out["ensemble_dice_error"] = float(
+            compute_ensemble_dice_error(samples.to(anchor.device), fused, anchor, self.threshold)
+        )
         if self.feature_stats is not None:
             feats = condition[-1].float().flatten(2).mean(dim=2)
             out["feature_distance"] = float(compute_feature_distance(feats, self.feature_stats)[0])

@@ -129,8 +129,12 @@ def test_train_then_infer_and_evaluate(dataset: str, tmp_path: Path) -> None:
     for case in metrics["cases"]:
         assert 0.0 <= case["sample_diversity"] <= 1.0 and -1e-6 <= case["ged"] <= 2.0
         assert 0.0 <= case["anchor_disagreement"] <= 1.0 and case["entropy_per_area"] >= 0.0  # ShiftScore
+        assert 0.0 <= case["ensemble_dice_error"] <= 1.0
     rows = (pred_dir / "metrics.csv").read_text().splitlines()
-    header = "case,dice,iou,sample_diversity,sample_diversity_l2,ged,anchor_disagreement,entropy_per_area"
+    header = (
+        "case,dice,iou,sample_diversity,sample_diversity_l2,ged,anchor_disagreement,ensemble_dice_error,"
+        "entropy_per_area"
+    )
     assert rows[0] == header and len(rows) == len(cases) + 1
 
     eval_dir = tmp_path / "eval"

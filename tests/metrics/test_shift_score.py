@@ -12,6 +12,7 @@ import torch
 from monai_diffseg.metrics import (
     ShiftScore,
     compute_anchor_disagreement,
+    compute_ensemble_dice_error,
     compute_entropy_per_area,
     compute_feature_distance,
     condition_feature_statistics,
@@ -32,6 +33,33 @@ def test_anchor_disagreement_hand_values() -> None:
     assert torch.allclose(out, torch.tensor([1 - 4 / 6, 1.0, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="same shape"):
         compute_anchor_disagreement(anchor, fused[:, :, :1])
+
+
+def test_ensemble_dice_error_hand_values() -> None:
+    members = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]).reshape(2, 1, 2, 2)
+    fused = members.mean(0, keepdim=True)  # [1, 0.5, 0, 0] -> fused mask {0, 1} (0.5 counts as foreground)
+    # member 0 equals the fused mask (Dice 1); member 1: Dice 2 * 1 / (1 + 2) = 2 / 3
+    assert math.isclose(float(compute_ensemble_dice_error(members, fused)), (0 + 1 / 3) / 2, rel_tol=1e-12)
+    anchor = torch.tensor([0.0, 0.0, 0.9, 0.0]).reshape(1, 1, 2, 2)  # disjoint from the fused mask: Dice 0
+    out = compute_ensemble_dice_error(members, fused, anchor)
+    assert out.dtype == torch.float64 and out.ndim == 0
+    assert math.isclose(float(out), (0 + 1 / 3 + 1) / 3, rel_tol=1e-12)
+    # (C, *S) fused / anchor without the batch dimension give the same value
+    assert math.isclose(float(compute_ensemble_dice_error(members, fused[0], anchor[0])), float(out))
+    # all empty: empty vs empty is Dice 1 -> 0; an anchor with foreground alone adds 1 / (E + 1)
+    empty = torch.full((3, 1, 2, 2), 0.2)
+    assert float(compute_ensemble_dice_error(empty, empty.mean(0, keepdim=True))) == 0.0
+    assert math.isclose(float(compute_ensemble_dice_error(empty, empty.mean(0), anchor)), 1 / 4, rel_tol=1e-12)
+    # two channels: Dice over all channels and pixels together
+    two = torch.zeros(2, 2, 1, 2)
+    two[:, 0, 0, 0] = 1.0  # both members: channel 0 pixel 0
+    two[0, 1, 0, 1] = 1.0  # member 0 only: channel 1 pixel 1 (fused mean 0.5 -> in the fused mask)
+    # fused mask has 2 pixels; member 0 equal (Dice 1), member 1 has 1 of 2: Dice 2 / 3
+    assert math.isclose(float(compute_ensemble_dice_error(two, two.mean(0))), 1 / 6, rel_tol=1e-12)
+    with pytest.raises(ValueError, match="fused"):
+        compute_ensemble_dice_error(members, fused[..., :1])
+    with pytest.raises(ValueError, match="anchor"):
+        compute_ensemble_dice_error(members, fused, torch.zeros(1, 2, 2, 2))
 
 
 def test_entropy_per_area_hand_value() -> None:
@@ -72,6 +100,8 @@ def test_shift_score_matches_manual_and_grows_off_distribution(tmp_path) -> None
     fused = samples.mean(0, keepdim=True)
     assert math.isclose(scores["anchor_disagreement"], float(compute_anchor_disagreement(anchor, fused)[0]))
     assert math.isclose(scores["entropy_per_area"], float(compute_entropy_per_area(fused)[0]))
+    expected = float(compute_ensemble_dice_error(samples, fused, anchor))
+    assert math.isclose(scores["ensemble_dice_error"], expected)
     assert math.isclose(scores["feature_distance"], float(compute_feature_distance(feats, stats)[0]), rel_tol=1e-6)
     # over the training images themselves the mean squared z-score is (n - 1) / n (unbiased std, n = 6)
     on_train = [
@@ -88,6 +118,12 @@ def test_shift_score_without_anchor_network() -> None:
     samples = torch.tensor([0.5, 0.5, 0.0, 1.0]).reshape(1, 1, 2, 2)
     out = ShiftScore(unet)({"image": torch.rand(3, 2, 2), "samples": samples})
     assert out["anchor_disagreement"] is None and math.isclose(out["entropy_per_area"], 2 * math.log(2) / 3)
+    # one member equal to its own fused mask: the members-only estimate is 0
+    assert out["ensemble_dice_error"] == 0.0
+    two = torch.stack([samples[0], torch.zeros(1, 2, 2)])  # fused mean {0.25, 0.25, 0, 0.5} -> mask: pixel 3 only
+    out = ShiftScore(unet)({"image": torch.rand(3, 2, 2), "samples": two})
+    # member 0 (3 pixels incl. pixel 3): Dice 2 / 4; member 1 (empty): Dice 0
+    assert math.isclose(out["ensemble_dice_error"], (0.5 + 1.0) / 2)
 
 
 def test_shift_score_errors() -> None:

@@ -628,21 +628,34 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
         self.mode = mode
         self.sw_device = sw_device
         self.device = device
-        self.window_progress = progress
+        self.window_progress = as_flag(progress, "progress")  # bundle options may arrive as "false" from the CLI
 
     def _draw(self, image: torch.Tensor, network: Any, members: int, base_seed: Any, args: tuple, kwargs: dict) -> Any:
         """:meth:`DiffusionSegmentationInferer.sample`, window by window, stitched: ``(N, E, C, *S)``."""
         window = [0]
-        parent_draw = super()._draw
 
         def predictor(patch: torch.Tensor) -> torch.Tensor:
-            # one full reverse process per window batch; all members of every window in one batch
+            # window w of the call (counted over all window batches) seeds its members base_seed + w * E + e
             seeds = [base_seed + (window[0] + w) * members for w in range(patch.shape[0])]
-            samples = parent_draw(patch, network, members, seeds, args, kwargs)
             window[0] += patch.shape[0]
-            return samples.flatten(1, 2)  # (B_w, E * C, *roi)
+            return self._draw_windows(patch, network, members, seeds, args, kwargs).flatten(1, 2)  # (B_w, E * C, *roi)
 
-        stitched = sliding_window_inference(
+        stitched = self._stitch(image, predictor, network)
+        assert isinstance(stitched, torch.Tensor)
+        return stitched.reshape(image.shape[0], members, -1, *stitched.shape[2:])
+
+    def _draw_windows(
+        self, windows: torch.Tensor, network: Any, members: int, seeds: list[int], args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        """
+        One reverse process for all members of a window batch ``(B_w, C_in, *roi)``, window ``b`` seeded ``seeds[b]``:
+        ``(B_w, E, C, *roi)`` probabilities.
+        """
+        return super()._draw(windows, network, members, seeds, args, kwargs)
+
+    def _stitch(self, image: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor], network: Any) -> Any:
+        """``predictor`` ``(B_w, C_in, *roi) -> (B_w, E * C, *roi)`` over the windows of ``image``, blended."""
+        return sliding_window_inference(
             image,
             self.roi_size,
             self.sw_batch_size,
@@ -653,5 +666,3 @@ class DiffusionSlidingWindowInferer(DiffusionSegmentationInferer):
             device=self.device,
             progress=self.window_progress,
         )
-        assert isinstance(stitched, torch.Tensor)
-        return stitched.reshape(image.shape[0], members, -1, *stitched.shape[2:])

@@ -5,20 +5,20 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from monai.inferers import SliceInferer
 from monai.utils import ensure_tuple
 
-from monai_diffseg.inferers.diffusion_segmentation import DiffusionSegmentationInferer
+from monai_diffseg.inferers.diffusion_segmentation import DiffusionSlidingWindowInferer
 from monai_diffseg.utils import as_flag, unwrap_network
 
 __all__ = ["DiffusionSliceInferer"]
 
 
-class DiffusionSliceInferer(DiffusionSegmentationInferer):
+class DiffusionSliceInferer(DiffusionSlidingWindowInferer):
     """
     Sample a 2D mask-diffusion model slice by slice over 3D volumes and stack the slices back: MONAI's
     :class:`monai.inferers.SliceInferer` cuts ``(N, C_in, H, W, D)`` into 2D slices along ``spatial_dim`` (2: axial
@@ -33,10 +33,11 @@ class DiffusionSliceInferer(DiffusionSegmentationInferer):
     per call, so volumes of any in-plane size work); a fixed ``roi_size`` (e.g. the training slice size) pads smaller
     slices to it and slides ``roi_size`` windows (with ``overlap``) over larger ones.
 
-    Window ``w`` (numbered over all windows of the call, volume by volume, in MONAI's order: slice ``z`` of the first
-    volume is window ``z`` when a slice is one window) seeds its members ``seed + w * E + e``, as in
-    :class:`monai_diffseg.inferers.DiffusionSlidingWindowInferer`, whatever ``sw_batch_size``: slice ``z`` is the
-    non-windowed inferer on that slice with seed ``seed + z * E``, and skipped slices shift no other slice's seed.
+    A :class:`monai_diffseg.inferers.DiffusionSlidingWindowInferer` whose windows are slice windows: the window
+    options and their seeds are its. Window ``w`` (numbered over all windows of the call, volume by volume, in MONAI's
+    order: slice ``z`` of the first volume is window ``z`` when a slice is one window) seeds its members
+    ``seed + w * E + e``, whatever ``sw_batch_size``: slice ``z`` is the non-windowed inferer on that slice with seed
+    ``seed + z * E``, and skipped slices shift no other slice's seed.
 
     ``skip_background``: a slice window whose every input value equals ``background`` (outside the brain of a
     skull-stripped volume normalised with ``NormalizeIntensityd(nonzero=True)``, or padding) is not sampled: its
@@ -79,8 +80,18 @@ class DiffusionSliceInferer(DiffusionSegmentationInferer):
         progress: bool = False,
         **kwargs: Any,
     ) -> None:
-        # the per-step progress bar of the parent would restart in every slice batch: show one over batches instead
-        super().__init__(scheduler, progress=False, **kwargs)
+        # the window options (sw_batch_size, overlap, ...) and their checks are the sliding-window inferer's
+        super().__init__(
+            scheduler,
+            roi_size=roi_size,  # type: ignore[arg-type]  # replaced below by the checked in-plane size or None
+            sw_batch_size=sw_batch_size,
+            overlap=overlap,
+            mode=mode,
+            sw_device=sw_device,
+            device=device,
+            progress=progress,
+            **kwargs,
+        )
         if spatial_dim not in (0, 1, 2):
             raise ValueError(f"spatial_dim must be 0, 1 or 2 (an axis of (H, W, D)), got {spatial_dim}.")
         if roi_size is not None and (len(ensure_tuple(roi_size)) != 2 or any(int(r) < 1 for r in roi_size)):
@@ -88,20 +99,10 @@ class DiffusionSliceInferer(DiffusionSegmentationInferer):
                 f"roi_size must be two positive in-plane sizes (the spatial sizes other than spatial_dim="
                 f"{spatial_dim}) or None for the whole slice, got {roi_size!r}."
             )
-        if sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be >= 1, got {sw_batch_size}.")
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}.")
-        self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)
+        self.roi_size = None if roi_size is None else tuple(int(r) for r in roi_size)  # type: ignore[assignment]
         self.spatial_dim = spatial_dim
-        self.sw_batch_size = sw_batch_size
-        self.overlap = overlap
-        self.mode = mode
-        self.sw_device = sw_device
-        self.device = device
         self.skip_background = as_flag(skip_background, "skip_background")
         self.background = background
-        self.window_progress = progress
 
     def slice_roi_size(self, image_shape: Sequence[int], network: Any) -> tuple[int, int]:
         """
@@ -121,25 +122,29 @@ class DiffusionSliceInferer(DiffusionSegmentationInferer):
                 f"{type(self).__name__} samples a 2D network over 3D volumes: inputs must be (N, C_in, H, W, D), got "
                 f"shape {tuple(image.shape)}; for 2D images use monai_diffseg.inferers.DiffusionSegmentationInferer."
             )
-        window = [0]
-        parent_draw = super()._draw
+        return super()._draw(image, network, members, base_seed, args, kwargs)
+
+    def _draw_windows(
+        self, windows: torch.Tensor, network: Any, members: int, seeds: list[int], args: tuple, kwargs: dict
+    ) -> torch.Tensor:
+        """
+        Slice windows ``(B, C_in, R1, R2)`` -> ``(B, E, C, R1, R2)``: one reverse process for all members of the
+        windows kept (``skip_background``), each with its own seed; the others are empty.
+        """
         channels = int(getattr(unwrap_network(network), "out_channels", 1))
+        keep = torch.ones(windows.shape[0], dtype=torch.bool, device=windows.device)
+        if self.skip_background:
+            keep = (windows != self.background).flatten(1).any(dim=1)
+        out = windows.new_zeros((windows.shape[0], members, channels, *windows.shape[2:]), dtype=torch.float32)
+        if not self.multi_label and channels > 1:
+            out[:, :, 0] = 1.0  # an empty slice is background: class 0 with probability 1
+        if bool(keep.any()):
+            kept = [s for s, k in zip(seeds, keep.tolist()) if k]
+            out[keep] = super()._draw_windows(windows[keep], network, members, kept, args, kwargs).to(out.device)
+        return out
 
-        def predictor(slices: torch.Tensor) -> torch.Tensor:
-            # slices (B, C_in, R1, R2) -> (B, E * C, R1, R2); one reverse process for all members of the kept slices
-            seeds = [base_seed + (window[0] + w) * members for w in range(slices.shape[0])]
-            window[0] += slices.shape[0]
-            keep = torch.ones(slices.shape[0], dtype=torch.bool, device=slices.device)
-            if self.skip_background:
-                keep = (slices != self.background).flatten(1).any(dim=1)
-            out = slices.new_zeros((slices.shape[0], members, channels, *slices.shape[2:]), dtype=torch.float32)
-            if not self.multi_label and channels > 1:
-                out[:, :, 0] = 1.0  # an empty slice is background: class 0 with probability 1
-            if bool(keep.any()):
-                kept = [s for s, k in zip(seeds, keep.tolist()) if k]
-                out[keep] = parent_draw(slices[keep], network, members, kept, args, kwargs).to(out.device)
-            return out.flatten(1, 2)
-
+    def _stitch(self, image: torch.Tensor, predictor: Callable[[torch.Tensor], torch.Tensor], network: Any) -> Any:
+        """``predictor`` over the slice windows of ``image`` (MONAI's :class:`SliceInferer`), stacked."""
         # a new SliceInferer per call: it rewrites its own roi_size, and the whole-slice window depends on the volume
         slicer = SliceInferer(
             spatial_dim=self.spatial_dim,
@@ -151,6 +156,4 @@ class DiffusionSliceInferer(DiffusionSegmentationInferer):
             device=self.device,
             progress=self.window_progress,
         )
-        stacked = slicer(image, predictor)
-        assert isinstance(stacked, torch.Tensor)
-        return stacked.reshape(image.shape[0], members, -1, *stacked.shape[2:])
+        return slicer(image, predictor)

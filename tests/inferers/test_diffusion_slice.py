@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler
 
-from monai_diffseg.inferers import DiffusionSegmentationInferer, DiffusionSliceInferer
+from monai_diffseg.inferers import DiffusionSegmentationInferer, DiffusionSliceInferer, DiffusionSlidingWindowInferer
 from monai_diffseg.networks.nets.medsegdiff import MedSegDiff
 
 E, STEPS, SEED = 3, 2, 11
@@ -121,3 +121,16 @@ def test_errors_name_the_fix(net: MedSegDiff) -> None:
         _slicer(roi_size=(16, 16, 1))
     with pytest.raises(ValueError, match="spatial_dim"):
         _slicer(spatial_dim=3)
+    # the window options are checked by the sliding-window inferer it extends
+    with pytest.raises(ValueError, match="sw_batch_size must be >= 1, got 0"):
+        _slicer(sw_batch_size=0)
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\), got 1.0"):
+        _slicer(overlap=1.0)
+
+
+def test_window_progress_reads_command_line_words() -> None:
+    """A bundle's `--progress false` arrives as the string "false": off for the bar over windows too."""
+    assert _slicer(progress="false").window_progress is False
+    assert _slicer(progress=True).window_progress is True
+    window = DiffusionSlidingWindowInferer(DDIMScheduler(1000), roi_size=8, progress="false")
+    assert window.window_progress is False and window.progress is False

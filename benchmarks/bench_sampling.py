@@ -137,6 +137,41 @@ def size_table(size: int) -> list[dict[str, Any]]:
     return rows
 
 
+def sampling_row(
+    label: str,
+    sampler: str,
+    members: int,
+    steps: int,
+    *,
+    seconds: float,
+    measured_s: float,
+    peak: float,
+    batch: int,
+    ref_step_s: float,
+    extrapolated: bool = False,
+    **extra: Any,
+) -> dict[str, Any]:
+    """
+    A row of the sampling table for a call on ``batch`` images: ``seconds`` the call's (measured or extrapolated)
+    time, ``measured_s`` the measured run's; the speed-up is over the reference cost of the same ensemble
+    (``ref_step_s`` per step, 1000 steps per member); ``extra``: the row's own fields, after ``steps``.
+    """
+    s_per_image = seconds / batch
+    return {
+        "size": label,
+        "sampler": sampler,
+        "members": members,
+        "steps": steps,
+        **extra,
+        "s_per_image": s_per_image,
+        "images_per_s": 1.0 / s_per_image,
+        "peak_mib": peak,
+        "extrapolated": extrapolated,
+        "measured_s": measured_s,
+        "speedup": ref_step_s * 1000 * members / s_per_image,
+    }
+
+
 def measure_ours(
     net: MedSegDiff, image: torch.Tensor, sampler: str, members: int, steps: int, opts: dict[str, Any]
 ) -> tuple[float, float]:
@@ -228,24 +263,21 @@ def bench_size(
                     # then charge the whole run per step (overestimates ours, never flatters it)
                     fixed = encode_s if measured_s > encode_s else 0.0
                     seconds = fixed + (measured_s - fixed) * steps / run_steps
-                s_per_image = seconds / args.batch
-                rows.append(
-                    {
-                        "size": label,
-                        "sampler": sampler,
-                        "members": members,
-                        "steps": steps,
-                        "s_per_image": s_per_image,
-                        "images_per_s": 1.0 / s_per_image,
-                        "peak_mib": peak,
-                        "extrapolated": run_steps != steps,
-                        "measured_steps": run_steps,
-                        "measured_s": measured_s,
-                        "encode_s": encode_s,
-                        "speedup": ref_step_s * 1000 * members / s_per_image,
-                    }
+                row = sampling_row(
+                    label,
+                    sampler,
+                    members,
+                    steps,
+                    seconds=seconds,
+                    measured_s=measured_s,
+                    peak=peak,
+                    batch=args.batch,
+                    ref_step_s=ref_step_s,
+                    extrapolated=run_steps != steps,
+                    measured_steps=run_steps,
+                    encode_s=encode_s,
                 )
-                row = rows[-1]
+                rows.append(row)
                 print(
                     f"  {label} {sampler:>6} E={members:<3} steps={steps:<5} {row['s_per_image']:9.3f} s/image"
                     f"{' *' if row['extrapolated'] else ''}  peak {peak:8.1f} MiB  x{row['speedup']:.0f}",
@@ -257,27 +289,24 @@ def bench_size(
         options = bundle_default_options()
         measure_ours(net, image, name, members, 2, {**opts, "init": "noise"})  # warm-up for this batch shape
         seconds, peak = measure_ours(net, image, name, members, steps, {**opts, **options})
-        s_per_image = seconds / args.batch
-        rows.append(
-            {
-                "size": label,
-                "sampler": "bundle default",
-                "members": members,
-                "steps": steps,
-                "nfe": network_evaluations(name, steps, options),
-                **options,
-                "s_per_image": s_per_image,
-                "images_per_s": 1.0 / s_per_image,
-                "peak_mib": peak,
-                "extrapolated": False,
-                "measured_s": seconds,
-                "speedup": ref_step_s * 1000 * members / s_per_image,
-            }
+        nfe = network_evaluations(name, steps, options)
+        row = sampling_row(
+            label,
+            "bundle default",
+            members,
+            steps,
+            seconds=seconds,
+            measured_s=seconds,
+            peak=peak,
+            batch=args.batch,
+            ref_step_s=ref_step_s,
+            nfe=nfe,
+            **options,
         )
-        row = rows[-1]
+        rows.append(row)
         print(
             f"  {label} bundle default ({name} {steps} steps, init={options['init']}, t_start={options['t_start']}: "
-            f"{row['nfe']} network evaluations per member) E={members}: {s_per_image:.3f} s/image  peak {peak:.1f} MiB"
+            f"{nfe} network evaluations per member) E={members}: {row['s_per_image']:.3f} s/image  peak {peak:.1f} MiB"
             f"  x{row['speedup']:.0f}",
             flush=True,
         )

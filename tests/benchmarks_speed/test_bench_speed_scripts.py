@@ -107,6 +107,29 @@ def test_bench_sampling_3d_row(capsys: pytest.CaptureFixture) -> None:
     assert math.isfinite(rows[0]["peak_mib"]) and "min_speedup" not in result  # no reference row, no ratio
 
 
+def test_bench_sampling_bundle_default_row(capsys: pytest.CaptureFixture) -> None:
+    """--bundle-default: the ISIC 2018 bundle's sampler (inference.json) as a row like the others, with its start."""
+    bench = _load("bench_sampling")
+    argv = ["--device", "cpu", "--config", "tiny", "--sizes", "32", "--size-3d", "0", "--members", "1", "--steps", "2"]
+    result = bench.main([*argv, "--samplers", "ddim", "--reference-steps", "2", "--batch", "2", "--bundle-default"])
+    name, steps, members = bench.bundle_default_sampler()
+    options = bench.bundle_default_options()
+    rows = result["rows"]
+    (ref,) = [r for r in rows if r["sampler"] == "reference"]
+    (ours,) = [r for r in rows if r["sampler"] == "ddim"]
+    (row,) = [r for r in rows if r["sampler"] == "bundle default"]
+    assert (row["size"], row["members"], row["steps"]) == ("32x32", members, steps)
+    assert row["nfe"] == bench.network_evaluations(name, steps, options)
+    assert {k: row[k] for k in options} == options
+    # measured in full; two images per call; the speed-up over the reference cost of the same ensemble size
+    assert not row["extrapolated"] and row["s_per_image"] == pytest.approx(row["measured_s"] / 2)
+    assert row["images_per_s"] == pytest.approx(1 / row["s_per_image"])
+    assert row["speedup"] == pytest.approx(ref["s_per_image"] * members / row["s_per_image"])
+    # the fields of the other rows of ours, less the extrapolation's, plus the start
+    assert set(row) == set(ours) - {"measured_steps", "encode_s"} | {"nfe", *options}
+    assert "bundle default (" in capsys.readouterr().out
+
+
 def test_bench_training_rows(capsys: pytest.CaptureFixture) -> None:
     bench = _load("bench_training")
     result = bench.main(

@@ -15,8 +15,10 @@ fusion, ``metrics.json``) on the test split with its images corrupted at increas
 case, ``metrics.json`` gives Dice, ``sample_diversity`` (the ensemble's mean pairwise 1 - IoU, the bundle's current
 score) and the :class:`monai_diffseg.metrics.ShiftScore` scores (``anchor_disagreement`` = 1 - Dice(anchor head,
 fused ensemble), ``ensemble_dice_error`` (mean 1 - Dice of the members and the anchor against the fused mask),
-``entropy_per_area``, ``feature_distance`` of the condition encoding to the training images', whose
-statistics are computed here from the split's training images through the bundle's preprocessing).
+``entropy_per_area``, ``input_distance`` of the input's acquisition statistics and ``feature_distance`` of the
+condition encoding to the training images', whose statistics are computed here from the split's training images
+(at most ``--stats-images``, evenly spread) through the bundle's preprocessing, as the bundle's training writes them
+with :class:`monai_diffseg.handlers.ShiftStatisticsWriter`).
 
 Reported per condition (clean + corruption x severity): mean Dice and the mean of every score; pooled over all
 conditions: Spearman(score, 1 - Dice) over cases and Spearman(score, severity level) over cases (0 = clean); per
@@ -52,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _bench_utils import machine_info, write_json  # noqa: E402
 
 from monai_diffseg.data import image_folder_datalist, split_datalist  # noqa: E402
-from monai_diffseg.metrics import condition_feature_statistics  # noqa: E402
+from monai_diffseg.handlers import ShiftStatisticsWriter  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "bundles" / "medsegdiff_isic2018"
@@ -63,7 +65,14 @@ CORRUPTIONS: dict[str, tuple[float, ...]] = {
     "contrast": (0.75, 0.5, 0.35, 0.2, 0.1),
     "jpeg": (40, 25, 15, 8, 3),
 }
-SCORES = ("sample_diversity", "anchor_disagreement", "ensemble_dice_error", "entropy_per_area", "feature_distance")
+SCORES = (
+    "sample_diversity",
+    "anchor_disagreement",
+    "ensemble_dice_error",
+    "entropy_per_area",
+    "input_distance",
+    "feature_distance",
+)
 
 __all__ = ["CORRUPTIONS", "corrupt", "main", "parse_args", "run_domain_shift"]
 
@@ -106,6 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=None, help="ensemble size (default: the bundle's)")
     p.add_argument("--fusion", default=None, help="fusion (default: the bundle's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="extra inference.json override")
+    p.add_argument("--stats-images", type=int, default=200, help="training images for the shift statistics (spread)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work-dir", default=None)
     p.add_argument("--output", default=None)
@@ -170,18 +180,19 @@ def _base_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return over
 
 
-def _feature_stats(args: argparse.Namespace, train: list[dict[str, str]], work: Path) -> Path:
-    """Condition-feature statistics of the training images (the bundle's preprocessing, the checkpoint's network)."""
-    path = work / "feature_stats.pt"
+def _shift_stats(args: argparse.Namespace, train: list[dict[str, str]], work: Path) -> Path:
+    """Training-set statistics (input + condition features) as the bundle's training writes them at its end."""
     wf = _workflow(args, work / "stats", **_base_overrides(args), datalist=train[:1])
     get = wf.parser.get_parsed_content
-    network = get("network").eval()
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
-    network.load_state_dict(state["model"] if "model" in state else state)
-    preprocessing = get("preprocessing")
-    images = (preprocessing({"image": d["image"]})["image"] for d in train)
-    torch.save(condition_feature_statistics(network, images), path)
-    return path
+    writer = ShiftStatisticsWriter(
+        get("network"),
+        train,
+        get("preprocessing"),
+        model_file=args.checkpoint,
+        output_file=work / "shift_stats.pt",
+        max_images=args.stats_images,
+    )
+    return Path(writer.write())
 
 
 def _spearman(x: list[float], y: list[float]) -> float | None:
@@ -200,7 +211,7 @@ def run_domain_shift(args: argparse.Namespace) -> dict[str, Any]:
     datalist = image_folder_datalist(data / "images", data / "masks")
     train, _, test = split_datalist(datalist, tuple(args.fractions), seed=args.split_seed)
     test = test[: args.max_test] if args.max_test else test
-    stats_path = _feature_stats(args, train, work)
+    stats_path = _shift_stats(args, train, work)
     score_cfg = [
         {"_target_": "monai_diffseg.metrics.ShiftScore", "network": "@network", "feature_stats": str(stats_path)}
     ]
@@ -269,6 +280,17 @@ def run_domain_shift(args: argparse.Namespace) -> dict[str, Any]:
         }
         for kind in args.corruptions
     }
+    worst = max(args.severities)
+    clean_row = next(r for r in summary if r["level"] == 0)
+    change_at_worst = {
+        kind: {
+            s: _relative_change(
+                next(r for r in summary if r["corruption"] == kind and r["level"] == worst)[s], clean_row[s]
+            )
+            for s in ("dice",) + SCORES
+        }
+        for kind in args.corruptions
+    }
     report = {
         "command": getattr(args, "_argv", None),
         "data": str(data),
@@ -281,6 +303,7 @@ def run_domain_shift(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summary,
         "pooled": pooled,
         "per_corruption_mean_vs_level": per_corruption,
+        "per_corruption_change_at_worst": change_at_worst,
         "cases": cases,
     }
     output = Path(args.output) if args.output else work / "report.json"
@@ -288,6 +311,13 @@ def run_domain_shift(args: argparse.Namespace) -> dict[str, Any]:
     write_json(str(output), report)
     print_report(report)
     return report
+
+
+def _relative_change(value: float | None, clean: float | None) -> float | None:
+    """``(value - clean) / |clean|`` (the mean's change at a level relative to the clean images)."""
+    if value is None or clean is None or clean == 0:
+        return None
+    return (value - clean) / abs(clean)
 
 
 def _fmt(v: Any) -> str:
@@ -310,6 +340,9 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  {s:<22}" + "".join(f"{_fmt(v.get(k)):>8}" for k in row))
     print("\nPer corruption: Spearman(condition mean, level 0..5)")
     for kind, v in report["per_corruption_mean_vs_level"].items():
+        print(f"  {kind:<10}" + "".join(f"  {s}={_fmt(x)}" for s, x in v.items()))
+    print(f"\nPer corruption: relative change of the condition mean at level {max(report['severities'])} vs clean")
+    for kind, v in report["per_corruption_change_at_worst"].items():
         print(f"  {kind:<10}" + "".join(f"  {s}={_fmt(x)}" for s, x in v.items()))
 
 

@@ -9,6 +9,7 @@ from .checkpoint_saver import AtomicCheckpointSaver, FinalModelSaver, remove_sta
 from .progress import CaseProgressHandler, count_cases
 from .random_state import RandomStateHandler
 from .review_report import ReviewReportWriter
+from .shift_statistics import ShiftStatisticsWriter, spread_subset
 from .tracking import tracking_disabled
 
 __all__ = [
@@ -19,7 +20,9 @@ __all__ = [
     "FinalModelSaver",
     "RandomStateHandler",
     "ReviewReportWriter",
+    "ShiftStatisticsWriter",
     "count_cases",
     "remove_stale_temp_files",
+    "spread_subset",
     "tracking_disabled",
 ]

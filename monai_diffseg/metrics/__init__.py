@@ -16,6 +16,7 @@ from .multirater import MultiRaterScores, compute_per_rater_dice
 from .sample_diversity import SampleDiversityMetric, compute_sample_diversity
 from .shift_score import (
     SHIFT_SCORES,
+    SHIFT_STATS_FILENAME,
     ShiftScore,
     compute_anchor_disagreement,
     compute_ensemble_dice_error,
@@ -23,6 +24,9 @@ from .shift_score import (
     compute_feature_distance,
     condition_feature_statistics,
     condition_features,
+    input_features,
+    shift_statistics,
+    shift_stats_file,
 )
 from .utils import compute_pairwise_iou
 
@@ -34,6 +38,7 @@ __all__ = [
     "MultiRaterScores",
     "SampleDiversityMetric",
     "SHIFT_SCORES",
+    "SHIFT_STATS_FILENAME",
     "ShiftScore",
     "compute_anchor_disagreement",
     "compute_ensemble_dice_error",
@@ -41,6 +46,9 @@ __all__ = [
     "compute_feature_distance",
     "condition_feature_statistics",
     "condition_features",
+    "input_features",
+    "shift_statistics",
+    "shift_stats_file",
     "compute_generalized_energy_distance",
     "compute_hungarian_matched_iou",
     "compute_pairwise_iou",

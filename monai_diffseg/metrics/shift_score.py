@@ -11,9 +11,16 @@ whose network has an anchor head on its image-condition branch (:class:`monai_di
   drawn like the samples, this would be the expected error of the fused mask;
 - ``entropy_per_area``: summed binary entropy of the ensemble mean divided by its predicted foreground area
   (relative boundary uncertainty, as ``entropy_fg`` in ``benchmarks/quality.py``), at the samples' resolution;
+- ``input_distance``: distance of the preprocessed network input's acquisition statistics (:func:`input_features`:
+  per channel mean, log standard deviation = contrast, log mean gradient magnitude and log mean ``|Laplacian|`` =
+  sharpness / noise) to the training images', independent of the network;
 - ``feature_distance``: distance of the image's pooled condition features (coarsest level, spatial mean) to the
-  training set's, ``mean_d ((f_d - mu_d) / sigma_d) ** 2`` (diagonal Mahalanobis per feature), given statistics from
-  :func:`condition_feature_statistics` (optional; the score is left out without them).
+  training set's.
+
+Both distances are ``mean_d ((f_d - mu_d) / sigma_d) ** 2`` (diagonal Mahalanobis, :func:`compute_feature_distance`)
+against statistics of the training images from :func:`shift_statistics` (saved as ``shift_stats.pt`` next to the
+bundle's ``model.pt`` at the end of training by :class:`monai_diffseg.handlers.ShiftStatisticsWriter`); they are left
+out without them.
 
 The ensemble's own spread (``sample_diversity``, :class:`~monai_diffseg.metrics.SampleDiversityMetric`) is the score
 these are compared with in ``benchmarks/domain_shift.py``.
@@ -21,7 +28,10 @@ these are compared with in ``benchmarks/domain_shift.py``.
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,10 +48,16 @@ __all__ = [
     "condition_features",
     "condition_feature_statistics",
     "compute_feature_distance",
+    "input_features",
+    "shift_statistics",
+    "shift_stats_file",
+    "SHIFT_STATS_FILENAME",
 ]
 
 #: names of the per-case scores :class:`ShiftScore` writes
-SHIFT_SCORES = ("anchor_disagreement", "ensemble_dice_error", "entropy_per_area", "feature_distance")
+SHIFT_SCORES = ("anchor_disagreement", "ensemble_dice_error", "entropy_per_area", "input_distance", "feature_distance")
+#: file name of the training-set statistics next to the bundle's checkpoint
+SHIFT_STATS_FILENAME = "shift_stats.pt"
 
 
 def compute_anchor_disagreement(anchor: torch.Tensor, fused: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -147,27 +163,144 @@ def condition_features(network: Any, image: torch.Tensor) -> torch.Tensor:
     return coarsest.float().flatten(2).mean(dim=2)
 
 
+def input_features(image: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """
+    Acquisition statistics of preprocessed network inputs, independent of any network: ``(N, 4 * C_in)`` float64,
+    per channel (in this order, each block ``C_in`` long)
+
+    - the mean intensity (brightness);
+    - ``log(std + eps)``: contrast (a contrast loss ``(x - m) * c + m`` moves it by ``log c``);
+    - ``log(mean |grad x| + eps)``: forward differences along every spatial axis, gradient magnitude
+      ``sqrt(sum_d (dx_d) ** 2)`` averaged over the pixels (blur lowers it, noise raises it);
+    - ``log(mean |Laplacian x| + eps)``: the discrete Laplacian ``sum_d (x[i+1] - 2 x[i] + x[i-1])`` along every
+      spatial axis over the interior pixels (more sensitive to fine detail: blur lowers it strongly, noise and JPEG
+      block edges raise it).
+
+    Logarithms make scale changes additive, so a diagonal Mahalanobis distance sees a contrast factor ``c`` as the
+    same shift whatever the image's own contrast. Works for 2D and 3D (any number of spatial axes, each >= 3).
+
+    Args:
+        image: ``(N, C_in, *S)`` preprocessed images at the network's resolution.
+        eps: added inside the logarithms (a constant image stays finite).
+    """
+    if image.ndim < 3 or min(image.shape[2:]) < 3:
+        raise ValueError(
+            f"input_features: image must be (N, C_in, *S) with every spatial size >= 3, got {tuple(image.shape)}."
+        )
+    x = image.double()
+    dims = range(2, x.ndim)
+    mean = x.flatten(2).mean(2)
+    std = x.flatten(2).std(2, unbiased=False)
+    # forward differences cropped to the common (S - 1) grid
+    grads = [x.diff(dim=d) for d in dims]
+    common = [slice(None), slice(None)] + [slice(0, n - 1) for n in x.shape[2:]]
+    grad = torch.sqrt(sum(g[tuple(common)] ** 2 for g in grads)).flatten(2).mean(2)
+    interior = [slice(None), slice(None)] + [slice(1, n - 1) for n in x.shape[2:]]
+    lap = 0.0
+    for d in dims:
+        idx = list(interior)
+        idx[d] = slice(None)  # x.diff(n=2) along d already has the interior length on that axis
+        lap = lap + x.diff(n=2, dim=d)[tuple(idx)]
+    lap = lap.abs().flatten(2).mean(2)
+    return torch.cat([mean, torch.log(std + eps), torch.log(grad + eps), torch.log(lap + eps)], dim=1)
+
+
+def _stats(values: list[torch.Tensor], eps: float, what: str) -> dict[str, torch.Tensor]:
+    all_values = torch.cat(values)
+    if all_values.shape[0] < 2:
+        raise ValueError(f"shift_statistics: {what} need at least 2 images for a standard deviation.")
+    return {"mean": all_values.mean(0), "std": all_values.std(0).clamp_min(eps)}
+
+
+@torch.no_grad()
+def shift_statistics(images: Iterable[torch.Tensor], network: Any | None = None, eps: float = 1e-6) -> dict[str, Any]:
+    """
+    Training-set statistics for :class:`ShiftScore`: per-feature mean and standard deviation (at least ``eps``) of
+    :func:`input_features` and, given a ``network`` with an image-condition branch, of :func:`condition_features`.
+
+    Args:
+        images: an iterable of ``(C_in, *S)`` or ``(N, C_in, *S)`` preprocessed images (the bundle's non-random
+            preprocessing of the training images, at the network's resolution).
+        network: the trained network (its weights as in the checkpoint used at inference), or ``None`` for the input
+            statistics only.
+        eps: floor of the standard deviations.
+
+    Returns:
+        ``{"input": {"mean": (4 C_in,), "std": (4 C_in,)}, "feature": {"mean": (F,), "std": (F,)},
+        "num_images": int}`` (``"feature"`` only with a network); save with ``torch.save`` and pass the file to
+        :class:`ShiftScore` ``feature_stats``.
+    """
+    module = unwrap_network(network) if network is not None else None
+    has_condition = module is not None and callable(getattr(module, "encode_condition", None))
+    if module is not None:
+        device, spatial_dims = next(module.parameters()).device, int(getattr(module, "spatial_dims", 2))
+    else:
+        device, spatial_dims = torch.device("cpu"), None
+    inputs, feats = [], []
+    for image in images:
+        x = convert_to_tensor(image, track_meta=False).float()
+        if spatial_dims is None:
+            spatial_dims = x.ndim - 1  # without a network: the first image fixes (C_in, *S)
+        x = x[None] if x.ndim == spatial_dims + 1 else x  # one image (C_in, *S) -> a batch of one
+        inputs.append(input_features(x).cpu())
+        if has_condition:
+            feats.append(condition_features(network, x.to(device)).cpu())
+    if not inputs:
+        raise ValueError("shift_statistics: no images given.")
+    out: dict[str, Any] = {
+        "input": _stats(inputs, eps, "the input statistics"),
+        "num_images": sum(len(i) for i in inputs),
+    }
+    if has_condition:
+        out["feature"] = _stats(feats, eps, "the condition-feature statistics")
+    return out
+
+
 def condition_feature_statistics(
     network: Any, images: Iterable[torch.Tensor], eps: float = 1e-6
 ) -> dict[str, torch.Tensor]:
     """
     Per-feature mean and standard deviation of :func:`condition_features` over ``images`` (an iterable of
     ``(C_in, *S)`` or ``(N, C_in, *S)`` tensors, e.g. the preprocessed training images): ``{"mean": (F,), "std":
-    (F,)}``, ``std`` at least ``eps``. Save with ``torch.save`` and pass to :class:`ShiftScore` ``feature_stats``.
+    (F,)}``, ``std`` at least ``eps``; the ``"feature"`` part of :func:`shift_statistics`.
     """
-    module = unwrap_network(network)
-    device, spatial_dims = next(module.parameters()).device, int(getattr(module, "spatial_dims", 2))
-    feats = []
-    for image in images:
-        x = convert_to_tensor(image, track_meta=False).float()
-        x = x[None] if x.ndim == spatial_dims + 1 else x  # one image (C_in, *S) -> a batch of one
-        feats.append(condition_features(network, x.to(device)).cpu())
-    if not feats:
-        raise ValueError("condition_feature_statistics: no images given.")
-    all_feats = torch.cat(feats)
-    if all_feats.shape[0] < 2:
-        raise ValueError("condition_feature_statistics needs at least 2 images for a standard deviation.")
-    return {"mean": all_feats.mean(0), "std": all_feats.std(0).clamp_min(eps)}
+    if not callable(getattr(unwrap_network(network), "encode_condition", None)):
+        condition_features(network, torch.zeros(0))  # raises the error that names the missing encode_condition
+    return shift_statistics(images, network, eps)["feature"]
+
+
+def shift_stats_file(ckpt_path: str | os.PathLike) -> str:
+    """The statistics file beside a checkpoint: ``<folder of ckpt_path>/shift_stats.pt`` (may not exist)."""
+    return str(Path(ckpt_path).with_name(SHIFT_STATS_FILENAME))
+
+
+def _load_shift_stats(stats: Mapping[str, Any] | str | os.PathLike | None) -> tuple[Any, Any]:
+    """``(input statistics, condition-feature statistics)`` (each ``{"mean", "std"}`` or ``None``)."""
+    if stats is None:
+        return None, None
+    if isinstance(stats, (str, os.PathLike)):
+        path = os.fspath(stats)
+        if not os.path.isfile(path):
+            warnings.warn(
+                f"ShiftScore: no training-set statistics at '{path}', so input_distance and feature_distance are left "
+                "out. They are written at the end of training (train.json 'train#shift_statistics'); for an existing "
+                "checkpoint: python -m monai.bundle run shift_stats --config_file <bundle>/configs/train.json "
+                "--dataset_dir <data> --train#shift_statistics#model_file <model.pt>.",
+                stacklevel=2,
+            )
+            return None, None
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+    if {"mean", "std"} <= set(stats):  # the older condition-feature-only form
+        return None, stats
+    if not {"input", "feature"} & set(stats):
+        raise ValueError(
+            f"ShiftScore: feature_stats needs 'input' and/or 'feature' (of shift_statistics) or 'mean' and 'std' (of "
+            f"condition_feature_statistics), got {sorted(stats)}."
+        )
+    for key in ("input", "feature"):
+        if key in stats and not {"mean", "std"} <= set(stats[key]):
+            raise ValueError(f"ShiftScore: feature_stats['{key}'] needs 'mean' and 'std', got {sorted(stats[key])}.")
+    return stats.get("input"), stats.get("feature")
 
 
 def compute_feature_distance(features: torch.Tensor, stats: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -176,7 +309,7 @@ def compute_feature_distance(features: torch.Tensor, stats: Mapping[str, torch.T
     if features.ndim != 2 or features.shape[1] != mean.numel():
         raise ValueError(
             f"compute_feature_distance: features {tuple(features.shape)} must be (N, {mean.numel()}) to match the "
-            "statistics (computed with another network?)."
+            "statistics (computed with another network, or for images with another number of channels?)."
         )
     return (((features.double() - mean.double()) / std.double()) ** 2).mean(dim=1)
 
@@ -192,14 +325,17 @@ class ShiftScore:
         image_key: the preprocessed image ``(C_in, *S')`` at the network's resolution.
         samples_key: the ensemble's member probabilities ``(E, C, *S')`` at the same resolution.
         threshold: foreground from this probability.
-        feature_stats: ``{"mean", "std"}`` of :func:`condition_feature_statistics`, or a path to them saved with
-            ``torch.save``; ``None`` leaves ``feature_distance`` out.
+        feature_stats: the training-set statistics of :func:`shift_statistics` (``{"input", "feature"}``; the older
+            ``{"mean", "std"}`` of :func:`condition_feature_statistics` is read as the ``"feature"`` part), or a path
+            to them saved with ``torch.save`` (the bundles: :func:`shift_stats_file` of the checkpoint). A path that
+            does not exist gives one warning (how to create the file) and, like ``None``, leaves ``input_distance``
+            and ``feature_distance`` out.
         multi_label: the channels are independent structures (sigmoid anchor); default: one channel sigmoid, several
             one-hot classes softmax (as the anchor was trained).
 
     Returns (per call):
         ``{"anchor_disagreement": float, "ensemble_dice_error": float, "entropy_per_area": float[,
-        "feature_distance": float]}``; for a network without ``encode_condition`` / anchor head (e.g. a U-Net baseline
+        "input_distance": float][, "feature_distance": float]}``; for a network without ``encode_condition`` / anchor head (e.g. a U-Net baseline
         through the same config) ``anchor_disagreement`` is ``None`` and ``ensemble_dice_error`` counts the members
         only.
     """
@@ -210,17 +346,13 @@ class ShiftScore:
         image_key: str = "image",
         samples_key: str = "samples",
         threshold: float = 0.5,
-        feature_stats: Mapping[str, torch.Tensor] | str | None = None,
+        feature_stats: Mapping[str, Any] | str | os.PathLike | None = None,
         multi_label: bool = False,
     ) -> None:
         self.network = network
         self.image_key, self.samples_key = image_key, samples_key
         self.threshold = float(threshold)
-        if isinstance(feature_stats, str):
-            feature_stats = torch.load(feature_stats, map_location="cpu", weights_only=True)
-        if feature_stats is not None and not {"mean", "std"} <= set(feature_stats):
-            raise ValueError(f"ShiftScore: feature_stats needs 'mean' and 'std', got {sorted(feature_stats)}.")
-        self.feature_stats = feature_stats
+        self.input_stats, self.feature_stats = _load_shift_stats(feature_stats)
         self.multi_label = multi_label
 
     @torch.no_grad()
@@ -239,6 +371,9 @@ class ShiftScore:
             "ensemble_dice_error": None,
             "entropy_per_area": float(compute_entropy_per_area(fused, self.threshold)[0]),
         }
+        if self.input_stats is not None:
+            x = convert_to_tensor(item[self.image_key], track_meta=False)[None]
+            out["input_distance"] = float(compute_feature_distance(input_features(x), self.input_stats)[0])
         if not callable(getattr(module, "encode_condition", None)) or getattr(module, "anchor_head", None) is None:
             # e.g. a plain U-Net baseline run through the same config: no anchor, no condition features
             out["ensemble_dice_error"] = float(compute_ensemble_dice_error(samples, fused, None, self.threshold))

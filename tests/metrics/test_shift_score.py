@@ -17,6 +17,9 @@ from monai_diffseg.metrics import (
     compute_feature_distance,
     condition_feature_statistics,
     condition_features,
+    input_features,
+    shift_statistics,
+    shift_stats_file,
 )
 from monai_diffseg.networks.nets import MedSegDiff
 
@@ -134,3 +137,89 @@ def test_shift_score_errors() -> None:
         ShiftScore(net)({"image": torch.rand(3, 16, 16), "samples": torch.rand(2, 1, 32, 32)})
     with pytest.raises(ValueError, match="mean"):
         ShiftScore(net, feature_stats={"mean": torch.zeros(2)})
+
+
+def test_input_features_hand_values() -> None:
+    x = torch.zeros(1, 1, 3, 3)
+    x[0, 0, 1, 1] = 1.0
+    f = input_features(x, eps=0.0)
+    assert f.shape == (1, 4) and f.dtype == torch.float64
+    # mean 1/9; population std sqrt(1/9 - 1/81); forward differences on the common 2x2 grid: |grad| = [[0, 1],
+    # [1, sqrt 2]]; Laplacian at the one interior pixel: (0 - 2 + 0) + (0 - 2 + 0) = -4
+    expected = [1 / 9, math.log(math.sqrt(8) / 9), math.log((2 + math.sqrt(2)) / 4), math.log(4.0)]
+    assert torch.allclose(f[0], torch.tensor(expected, dtype=torch.float64))
+    # a linear ramp has no curvature: log(0 + eps)
+    ramp = torch.arange(5.0).reshape(1, 1, 1, 5).expand(1, 1, 5, 5)
+    assert math.isclose(float(input_features(ramp, eps=1e-6)[0, 3]), math.log(1e-6), rel_tol=1e-9)
+    with pytest.raises(ValueError, match="spatial size"):
+        input_features(torch.zeros(1, 1, 2, 5))
+
+
+def test_input_features_contrast_and_3d() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 9, generator=g)
+    m = x.mean(dim=(2, 3), keepdim=True)
+    c = 0.25
+    f, fc = input_features(x, eps=0.0), input_features((x - m) * c + m, eps=0.0)
+    # contrast keeps the means and moves every log-scale feature by log c
+    assert torch.allclose(fc[:, :3], f[:, :3], atol=1e-6)
+    assert torch.allclose(fc[:, 3:] - f[:, 3:], torch.full((2, 9), math.log(c), dtype=torch.float64), atol=1e-6)
+    # blur lowers the sharpness features (gradient, Laplacian), noise on the smoother image raises them again
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    fb, fn = input_features(blurred), input_features(blurred + 0.2 * torch.randn(x.shape, generator=g))
+    assert torch.all(fb[:, 6:] < f[:, 6:]) and torch.all(fn[:, 6:] > fb[:, 6:])
+    vol = torch.rand(1, 2, 4, 5, 6, generator=g)
+    assert input_features(vol).shape == (1, 8)
+    assert math.isclose(float(input_features(torch.ones(1, 1, 3, 3, 3), eps=1e-6)[0, 2]), math.log(1e-6), rel_tol=1e-9)
+
+
+def test_shift_statistics_and_input_distance(tmp_path) -> None:
+    net = _net()
+    g = torch.Generator().manual_seed(1)
+    train = [torch.rand(3, 16, 16, generator=g) for _ in range(8)]
+    stats = shift_statistics(train, net)
+    assert set(stats) == {"input", "feature", "num_images"} and stats["num_images"] == 8
+    assert stats["input"]["mean"].shape == (12,) and stats["feature"]["mean"].shape == (16,)
+    assert torch.allclose(stats["feature"]["mean"], condition_feature_statistics(net, train)["mean"])
+    assert torch.allclose(stats["input"]["mean"], torch.cat([input_features(x[None]) for x in train]).mean(0))
+    assert "feature" not in shift_statistics(train)  # no network: input statistics only
+    path = tmp_path / "models" / "shift_stats.pt"
+    path.parent.mkdir()
+    torch.save(stats, path)
+    assert shift_stats_file(tmp_path / "models" / "model.pt") == str(path)
+    samples = torch.rand(3, 1, 16, 16, generator=g)
+    score = ShiftScore(net, feature_stats=str(path))
+    # the training images themselves: mean squared z-score (n - 1) / n (unbiased std, n = 8)
+    on_train = [score({"image": x, "samples": samples}) for x in train]
+    assert math.isclose(sum(o["input_distance"] for o in on_train) / 8, 7 / 8, rel_tol=1e-4)
+    assert math.isclose(sum(o["feature_distance"] for o in on_train) / 8, 7 / 8, rel_tol=1e-4)
+    image = train[0]
+    expected = float(compute_feature_distance(input_features(image[None]), stats["input"])[0])
+    assert math.isclose(on_train[0]["input_distance"], expected)
+    # contrast loss moves the input far from the training statistics
+    low = (image - image.mean()) * 0.2 + image.mean()
+    assert score({"image": low, "samples": samples})["input_distance"] > 10 * max(o["input_distance"] for o in on_train)
+    # input statistics only: no feature_distance; and a network without a condition branch still gets input_distance
+    from monai.networks.nets import UNet
+
+    only_input = {"input": stats["input"]}
+    out = ShiftScore(UNet(2, 3, 1, channels=(4, 8), strides=(2,)), feature_stats=only_input)(
+        {"image": image, "samples": samples}
+    )
+    assert math.isclose(out["input_distance"], expected) and "feature_distance" not in out
+    # the older {"mean", "std"} form is the condition-feature part
+    old = ShiftScore(net, feature_stats=stats["feature"])({"image": image, "samples": samples})
+    assert math.isclose(old["feature_distance"], on_train[0]["feature_distance"]) and "input_distance" not in old
+
+
+def test_shift_score_missing_statistics_file_warns(tmp_path) -> None:
+    net = _net()
+    missing = shift_stats_file(tmp_path / "model.pt")
+    with pytest.warns(UserWarning, match="shift_stats.pt.*shift_statistics#model_file"):
+        score = ShiftScore(net, feature_stats=missing)
+    out = score({"image": torch.rand(3, 16, 16), "samples": torch.rand(2, 1, 16, 16)})
+    assert "input_distance" not in out and "feature_distance" not in out and out["anchor_disagreement"] is not None
+    with pytest.raises(ValueError, match="'input' and/or 'feature'"):
+        ShiftScore(net, feature_stats={"num_images": 3})
+    with pytest.raises(ValueError, match=r"feature_stats\['input'\]"):
+        ShiftScore(net, feature_stats={"input": {"mean": torch.zeros(2)}})

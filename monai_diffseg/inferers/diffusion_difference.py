@@ -14,6 +14,7 @@ from monai.networks.schedulers import Scheduler
 from monai.utils import convert_to_tensor
 from skimage.filters import threshold_otsu
 
+from monai_diffseg.inferers.diffusion_segmentation import prediction_to_x0
 from monai_diffseg.utils import (
     batch_item_names,
     check_finite,
@@ -168,7 +169,6 @@ class DiffusionDifferenceInferer(Inferer):
         self.seed = int(seed)
         self.value_range = tuple(float(v) for v in value_range)
         self.step_batch_size = step_batch_size
-        self.prediction_type = getattr(scheduler, "prediction_type", "sample")
 
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor | Sequence[torch.Tensor], network: Callable[..., Any], *args: Any, **kwargs: Any
@@ -230,14 +230,6 @@ class DiffusionDifferenceInferer(Inferer):
         check_finite(image, "inputs", owner, names)
         return image
 
-    def _predict_x0(self, out: torch.Tensor, x_t: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """The network output as ``x_0``, ``a``: ``alphas_cumprod[t]`` (identity for x0-prediction)."""
-        if self.prediction_type == "sample":
-            return out
-        if self.prediction_type == "epsilon":
-            return (x_t - (1 - a).sqrt() * out) / a.sqrt()
-        return a.sqrt() * x_t - (1 - a).sqrt() * out  # v_prediction
-
     def _both(
         self, network: Callable[..., Any], x_t: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,8 +279,9 @@ class DiffusionDifferenceInferer(Inferer):
             a = self.scheduler.alphas_cumprod.to(device)[t].float().reshape(-1, *([1] * (x0.ndim - 1)))
             x_t = a.sqrt() * torch.cat([x0] * len(steps)) + (1 - a).sqrt() * noise.to(device)
             lesion_out, healthy_out = self._both(network, x_t, t, *args, **kwargs)
-            n_lesion = x_t - self._predict_x0(lesion_out.float(), x_t, a)
-            n_healthy = x_t - self._predict_x0(healthy_out.float(), x_t, a)
+            # the outputs as x_0 by the scheduler's prediction_type (unclipped: these are images, not masks)
+            n_lesion = x_t - prediction_to_x0(lesion_out.float(), x_t, t, self.scheduler, clip=False)
+            n_healthy = x_t - prediction_to_x0(healthy_out.float(), x_t, t, self.scheduler, clip=False)
             diffs.append(grayscale(n_healthy) - self.lesion_weight * grayscale(n_lesion))
         diff = torch.cat(diffs)  # (T * N, 1, *S), step-major
         check_finite(

@@ -62,6 +62,36 @@ class _BorderSkin(nn.Module):
         return torch.stack([BorderFill(0.15)(xi) for xi in x])
 
 
+class _Times(nn.Module):
+    """A network whose output is ``x_t`` times a factor of its timestep: ``factor[t] * x_t``."""
+
+    in_channels, spatial_dims = 3, 2
+
+    def __init__(self, factor: torch.Tensor) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.factor[t].reshape(-1, *([1] * (x.ndim - 1))).to(x) * x
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_epsilon_and_v_outputs_are_read_as_x0(kind: str) -> None:
+    """Output 0 and output x_t of an eps / v network are the x0 network of the closed forms: eps -> x0 = (x_t -
+    sqrt(1 - a) eps) / sqrt(a), v -> x0 = sqrt(a) x_t - sqrt(1 - a) v (a = alphas_cumprod[t])."""
+    images, _ = _data(2, 16)
+    a = _sched().alphas_cumprod
+    if kind == "epsilon":
+        x0_of_zero, x0_of_x = 1 / a.sqrt(), (1 - (1 - a).sqrt()) / a.sqrt()
+    else:
+        x0_of_zero, x0_of_x = a.sqrt(), a.sqrt() - (1 - a).sqrt()
+    scheduler = DDPMScheduler(1000, schedule="linear_beta", prediction_type=kind)
+    out = DiffusionDifferenceInferer(scheduler).compute(images, DiffSegPair(_Times(0 * a), _Times(a**0)))
+    ref = DiffusionDifferenceInferer(_sched()).compute(images, DiffSegPair(_Times(x0_of_zero), _Times(x0_of_x)))
+    assert out["difference"].abs().max() > 0.1  # the two models differ
+    torch.testing.assert_close(out["difference"], ref["difference"], atol=1e-5, rtol=1e-5)
+
+
 def test_oracle_pair_highlights_the_lesion() -> None:
     images, masks = _data(6, 32)
     inferer = DiffusionDifferenceInferer(_sched(), threshold_method="otsu", smooth_sigma=1.0, seed=0)

@@ -36,6 +36,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -232,6 +233,7 @@ def bench_size(
     ref_steps = min(1000, args.reference_steps or 1000)
     ref_step_s, ref_mem = reference_cost(net, image, ref_steps) if not args.no_reference else (float("nan"), 0.0)
     rows: list[dict[str, Any]] = []
+    row_of = functools.partial(sampling_row, label, batch=args.batch, ref_step_s=ref_step_s)  # the rows of ours
     if not args.no_reference:
         # all members of all images one after another: members x 1000 steps per image
         for members in members_list:
@@ -263,16 +265,13 @@ def bench_size(
                     # then charge the whole run per step (overestimates ours, never flatters it)
                     fixed = encode_s if measured_s > encode_s else 0.0
                     seconds = fixed + (measured_s - fixed) * steps / run_steps
-                row = sampling_row(
-                    label,
+                row = row_of(
                     sampler,
                     members,
                     steps,
                     seconds=seconds,
                     measured_s=measured_s,
                     peak=peak,
-                    batch=args.batch,
-                    ref_step_s=ref_step_s,
                     extrapolated=run_steps != steps,
                     measured_steps=run_steps,
                     encode_s=encode_s,
@@ -290,18 +289,8 @@ def bench_size(
         measure_ours(net, image, name, members, 2, {**opts, "init": "noise"})  # warm-up for this batch shape
         seconds, peak = measure_ours(net, image, name, members, steps, {**opts, **options})
         nfe = network_evaluations(name, steps, options)
-        row = sampling_row(
-            label,
-            "bundle default",
-            members,
-            steps,
-            seconds=seconds,
-            measured_s=seconds,
-            peak=peak,
-            batch=args.batch,
-            ref_step_s=ref_step_s,
-            nfe=nfe,
-            **options,
+        row = row_of(
+            "bundle default", members, steps, seconds=seconds, measured_s=seconds, peak=peak, nfe=nfe, **options
         )
         rows.append(row)
         print(

@@ -321,7 +321,9 @@ class ShiftScore:
     once more (one condition-branch pass, no denoising), reads the anchor head and compares it with the members.
 
     Args:
-        network: the denoiser with ``encode_condition`` and ``anchor`` (MedSegDiff with ``anchor_head=True``).
+        network: the denoiser with ``encode_condition`` and ``anchor`` (MedSegDiff with ``anchor_head=True``); ``None``
+            for the scores that need no network (``ensemble_dice_error`` of the members, ``entropy_per_area``,
+            ``input_distance``), e.g. behind a coarse-to-fine inferer whose network input is not the case's image.
         image_key: the preprocessed image ``(C_in, *S')`` at the network's resolution.
         samples_key: the ensemble's member probabilities ``(E, C, *S')`` at the same resolution.
         threshold: foreground from this probability.

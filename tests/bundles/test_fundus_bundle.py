@@ -53,6 +53,9 @@ def test_inference_full_size_masks_and_scores(trained: tuple[str, str]) -> None:
     case = metrics["cases"][0]
     for key in ("dice_disc", "dice_cup", "vcdr_pred", "vcdr_ref", "vcdr_error", "ged"):
         assert key in case and f"mean_{key}" in metrics
+    # ShiftScore without the network (the fine pass's crop is not kept): the network-free scores only
+    assert 0.0 <= case["ensemble_dice_error"] <= 1.0 and case["entropy_per_area"] >= 0.0
+    assert case["anchor_disagreement"] is None and "input_distance" not in case
     assert case["vcdr_ref"] is not None and 0.3 < case["vcdr_ref"] < 0.9  # the synthetic cups: vCDR 0.35-0.8
     for name in ("T0001", "T0002", "T0003"):
         size = Image.open(os.path.join(data, "Test400", f"{name}.jpg")).size

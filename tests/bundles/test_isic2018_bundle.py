@@ -83,6 +83,10 @@ def test_train_then_infer_and_evaluate(dataset: str, tmp_path: Path) -> None:
     last = torch.load(models / "checkpoint_last.pt", weights_only=False)
     assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(last)
     assert last["trainer"]["iteration"] == 2 * (12 // 4)  # 2 epochs of 3 batches
+    # ShiftStatisticsWriter (after FinalModelSaver): the training images' shift statistics with model.pt's weights
+    stats = torch.load(models / "shift_stats.pt", weights_only=True)
+    assert stats["num_images"] == len(train.parser.get_parsed_content("datalists")[0]) >= 2
+    assert stats["model_file"] == str(models / "model.pt") and stats["feature"]["mean"].shape == (16,)
 
     # resume: one more epoch continues from epoch 2 instead of starting over
     resume = _workflow(
@@ -130,10 +134,12 @@ def test_train_then_infer_and_evaluate(dataset: str, tmp_path: Path) -> None:
         assert 0.0 <= case["sample_diversity"] <= 1.0 and -1e-6 <= case["ged"] <= 2.0
         assert 0.0 <= case["anchor_disagreement"] <= 1.0 and case["entropy_per_area"] >= 0.0  # ShiftScore
         assert 0.0 <= case["ensemble_dice_error"] <= 1.0
+        # the training wrote models/shift_stats.pt (ShiftStatisticsWriter), which inference reads beside model.pt
+        assert case["input_distance"] >= 0.0 and case["feature_distance"] >= 0.0
     rows = (pred_dir / "metrics.csv").read_text().splitlines()
     header = (
         "case,dice,iou,sample_diversity,sample_diversity_l2,ged,anchor_disagreement,ensemble_dice_error,"
-        "entropy_per_area"
+        "entropy_per_area,input_distance,feature_distance"
     )
     assert rows[0] == header and len(rows) == len(cases) + 1
 
@@ -155,6 +161,29 @@ def test_train_then_infer_and_evaluate(dataset: str, tmp_path: Path) -> None:
     assert {"test_mean_dice", "test_mean_iou", "test_hd95"} <= set(state.metrics)
     assert os.path.isfile(eval_dir / "metrics.csv")
     assert json.loads((eval_dir / "metrics.json").read_text())["mean_ged"] is not None
+
+
+def test_shift_stats_for_an_existing_checkpoint(dataset: str, tmp_path: Path) -> None:
+    """`monai.bundle run shift_stats` writes shift_stats.pt beside a checkpoint trained without it."""
+    from monai_diffseg.networks.nets import MedSegDiff
+
+    ckpt = tmp_path / "elsewhere" / "model.pt"
+    ckpt.parent.mkdir()
+    net = MedSegDiff(2, 3, 1, channels=(8, 16), cond_channels=(8, 16), norm_num_groups=4, anchor_head=True)
+    torch.save(net.state_dict(), ckpt)
+    wf = _workflow(
+        "train.json",
+        "train",
+        run_id="shift_stats",
+        dataset_dir=dataset,
+        bundle_root=str(tmp_path),
+        **{"train#shift_statistics#model_file": str(ckpt), "train#shift_statistics#max_images": 4},
+        **TINY,
+    )
+    wf.initialize()
+    wf.run()
+    stats = torch.load(ckpt.parent / "shift_stats.pt", weights_only=True)
+    assert stats["num_images"] == 4 and stats["input"]["mean"].shape == (12,) and stats["feature"]["std"].shape == (16,)
 
 
 @pytest.mark.slow

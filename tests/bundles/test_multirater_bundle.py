@@ -113,6 +113,7 @@ def test_train_then_infer_and_evaluate(cases: str, tmp_path: Path) -> None:
     for c in metrics["cases"]:
         assert {"dice", "ged", "hm_iou", "dice_raters", "dice_rater1", "dice_rater2", "dice_rater3"} <= set(c)
         assert c["dice_raters"] == pytest.approx(np.mean([c[f"dice_rater{k}"] for k in (1, 2, 3)]))
+        assert 0.0 <= c["ensemble_dice_error"] <= 1.0 and c["input_distance"] > 0.0  # ShiftScore, shift_stats.pt
     header = (pred / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"ged", "hm_iou", "dice_raters", "dice_rater3"} <= set(header)
 

@@ -114,6 +114,9 @@ def test_train_on_kvasir_test_on_cvc(kvasir: str, cvc: str, tmp_path: Path) -> N
     assert [c["case"] for c in metrics["cases"]] == sorted(sizes)
     for case in metrics["cases"]:
         assert 0.0 <= case["iou"] <= case["dice"] <= 1.0
+        # ShiftScore per case, the distances from the shift_stats.pt that the training wrote beside model.pt
+        assert 0.0 <= case["ensemble_dice_error"] <= 1.0 and 0.0 <= case["anchor_disagreement"] <= 1.0
+        assert case["input_distance"] > 0.0 and case["feature_distance"] > 0.0
     assert metrics["mean_dice"] == pytest.approx(np.mean([c["dice"] for c in metrics["cases"]]))
 
     # evaluation on Kvasir-SEG (its JPEG masks thresholded): MONAI Dice, IoU and HD95 per case

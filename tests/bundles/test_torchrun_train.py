@@ -59,7 +59,9 @@ def _check_ranks(run: Path, iterations: int) -> dict[str, torch.Tensor]:
     w0 = torch.load(run / "weights_rank0.pt", weights_only=True)
     w1 = torch.load(run / "weights_rank1.pt", weights_only=True)
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0), "the ranks' weights differ"
-    assert sorted(p.name for p in (run / "models_rank0").iterdir()) == ["checkpoint_last.pt", "model.pt"]
+    # rank 0 alone writes the checkpoints and the shift statistics (ShiftStatisticsWriter)
+    written = sorted(p.name for p in (run / "models_rank0").iterdir())
+    assert written == ["checkpoint_last.pt", "model.pt", "shift_stats.pt"]
     assert list((run / "models_rank1").iterdir()) == [], "rank 1 wrote checkpoints"
     assert _scalar_events(run / "eval_rank0") > 0
     assert _scalar_events(run / "eval_rank1") == 0, "rank 1 logged to TensorBoard"

@@ -1,8 +1,10 @@
 # Copyright (c) monai-diffseg contributors
 # Licensed under the Apache License, Version 2.0
-"""The task bundles' inference sampler as wired in their inference.json (issue 16): members start from the anchor head
-noised to ``t_start`` 263 and run only the 6 grid steps ``<= t_start`` of the 20-step DDIM grid; ``sampler_init
-noise`` restores the 20 steps from noise. Run on a stand-in network that records its calls (no checkpoint needed)."""
+"""The task bundles' inference sampler as wired in their inference.json (issue 16): thyroid and fundus members start
+from the anchor head noised to ``t_start`` 263 and run only the 6 grid steps ``<= t_start`` of the 20-step DDIM grid
+(``sampler_init noise`` restores the 20 steps from noise); the multi-rater bundle keeps the 20 steps from noise by
+default (the rater spread, GED, needs the members' diversity) and takes ``sampler_init anchor``. Run on a stand-in
+network that records its calls (no checkpoint needed)."""
 
 from __future__ import annotations
 
@@ -36,15 +38,19 @@ class RecordingNet(nn.Module):
         return torch.tanh(2.0 * x_t)
 
 
-# bundle -> (the diffusion sampler's config id, mask channels, image channels)
+# bundle -> (the diffusion sampler's config id, mask channels, image channels, default sampler_init)
 BUNDLES = {
-    "medsegdiff_thyroid_ddti": ("inferer", 1, 1),
-    "medsegdiff_fundus_disc_cup": ("member_inferer", 2, 3),  # the ROI wrapper's coarse and fine passes both use it
+    "medsegdiff_thyroid_ddti": ("inferer", 1, 1, "anchor"),
+    "medsegdiff_fundus_disc_cup": ("member_inferer", 2, 3, "anchor"),  # the ROI wrapper's coarse and fine passes use it
+    "medsegdiff_multirater": ("inferer", 1, 1, "noise"),
 }
+# MONAI's 20-step DDIM grid is 999, 946, ..., 53, 0: from t_start 263 the steps 263, 210, 158, 105, 53, 0 run, once for
+# all 5 members (member_batch_size 5); from noise all 20
+STEPS = {"anchor": [263, 210, 158, 105, 53, 0], "noise": [round(999 * i / 19) for i in range(19, -1, -1)]}
 
 
 def _sampler(bundle: str, **override) -> tuple[torch.nn.Module, int, int]:
-    key, channels, in_channels = BUNDLES[bundle]
+    key, channels, in_channels, _ = BUNDLES[bundle]
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundles" / bundle / "configs" / "inference.json"))
     parser.update({"device": "$torch.device('cpu')", "member_batch_size": 5, **override})
@@ -52,19 +58,13 @@ def _sampler(bundle: str, **override) -> tuple[torch.nn.Module, int, int]:
 
 
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
-def test_default_starts_from_the_anchor_with_six_network_evaluations(bundle: str) -> None:
-    inferer, channels, in_channels = _sampler(bundle)
+@pytest.mark.parametrize("sampler_init", [None, "anchor", "noise"])
+def test_sampler_init_sets_the_start_and_the_network_evaluations(bundle: str, sampler_init: str | None) -> None:
+    """``None``: the bundle's default."""
+    inferer, channels, in_channels = _sampler(
+        bundle, **({} if sampler_init is None else {"sampler_init": sampler_init})
+    )
     net = RecordingNet(channels)
     probs = inferer(torch.rand(1, in_channels, 16, 16), net)
     assert probs.shape == (1, 5, channels, 16, 16)
-    # MONAI's 20-step DDIM grid is 999, 946, ..., 53, 0: from t_start 263 the steps 263, 210, 158, 105, 53, 0 run,
-    # once for all 5 members (member_batch_size 5)
-    assert net.timesteps == [263, 210, 158, 105, 53, 0]
-
-
-@pytest.mark.parametrize("bundle", sorted(BUNDLES))
-def test_sampler_init_noise_runs_the_whole_grid(bundle: str) -> None:
-    inferer, channels, in_channels = _sampler(bundle, sampler_init="noise")
-    net = RecordingNet(channels)
-    inferer(torch.rand(1, in_channels, 16, 16), net)
-    assert len(net.timesteps) == 20 and net.timesteps[0] == 999
+    assert net.timesteps == STEPS[sampler_init or BUNDLES[bundle][3]]

@@ -101,7 +101,9 @@ def test_quality_report(folder: Path, tmp_path: Path) -> None:
             assert case["dice"] == pytest.approx(_dice(written, label), abs=1e-6)
         assert summary["dice"] == pytest.approx(np.mean([c["dice"] for c in cases]))
         # the summary's rank correlation is that of the per-case scores (None only where it is undefined)
-        unc, err = [c["entropy_fg"] for c in cases], [1.0 - c["dice"] for c in cases]
+        primary = quality.PRIMARY_UNCERTAINTY if name == "medsegdiff" else quality.BASELINE_PRIMARY_UNCERTAINTY
+        assert summary["primary_uncertainty"] == primary
+        unc, err = [c[primary] for c in cases], [1.0 - c["dice"] for c in cases]
         expected = None if np.ptp(unc) == 0 or np.ptp(err) == 0 else spearmanr(unc, err).statistic
         assert summary["spearman_primary"] == (None if expected is None else pytest.approx(expected))
         least = min(cases, key=lambda c: c["entropy_fg"])["dice"]

@@ -90,7 +90,8 @@ def test_evaluate_flow_writes_the_report(evaluated: Path) -> None:
     text = (evaluated / "report.html").read_text()
     rows = re.findall(r'<tr class="case" id="case-([^"]+)">', text)
     assert sorted(rows) == sorted(c["case"] for c in metrics["cases"]) and len(rows) == 5
-    by_case = {c["case"]: c["sample_diversity"] for c in metrics["cases"]}
+    # the bundle sorts its review list by the ensemble's own error estimate (issue 16), highest first
+    by_case = {c["case"]: c["ensemble_dice_error"] for c in metrics["cases"]}
     assert [by_case[c] for c in rows] == sorted(by_case.values(), reverse=True)
     assert text.count('src="data:image/png;base64,') == 5 * 4  # image, overlay, probability, uncertainty
 

@@ -20,7 +20,7 @@ echo "== 2/3 training ($EPOCHS epochs at ${SIZE}x${SIZE}) -> $OUT/models"
     --learning_rate 0.002 --resume false 2>&1 | grep -v -E "Warning|warn\(" | grep -E "val_mean_dice|Epoch: [0-9]+/[0-9]+, Iter: 1/|Error|error" || true
 test -f "$OUT/models/model.pt" || { echo "training did not produce $OUT/models/model.pt" >&2; exit 1; }
 
-echo "== 3/3 ensemble inference (5 members, 20 DDIM steps) on the test split -> $OUT/predictions"
+echo "== 3/3 ensemble inference (5 members from the anchor head, 3 of the 20 DDIM grid steps each) on the test split -> $OUT/predictions"
 "$PY" -m monai.bundle run --config_file "$BUNDLE/configs/inference.json" "${COMMON[@]}" \
     --output_dir "$OUT/predictions" --num_samples 5 --num_inference_steps 20 2>&1 | grep -E "mean Dice|Error|error" || true
 

@@ -42,3 +42,32 @@ def test_base_args_reach_the_base_schedule():
 def test_bad_arguments_name_the_option(kwargs, match):
     with pytest.raises(ValueError, match=match):
         snr_shifted_schedule(10, **kwargs)
+
+
+@pytest.mark.parametrize("bundle", ["medsegdiff_isic2018", "medsegdiff_brats"])
+def test_bundle_configs_resolve_the_shifted_schedule_by_name(bundle):
+    """A fresh interpreter (nothing of ours imported yet) resolves ``noise_schedule: "snr_shifted"`` in a bundle's
+    train.json: the bundle's own imports must register the schedule before its scheduler is built."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "bundles" / bundle / "configs"
+    script = (
+        "import json, sys\n"
+        "from monai.bundle import ConfigParser\n"
+        "p = ConfigParser()\n"
+        f"p.read_config({str(configs / 'train.json')!r})\n"
+        "p['noise_schedule'] = 'snr_shifted'\n"
+        "p['scheduler']['snr_scale'] = 0.25\n"
+        "s = p.get_parsed_content('scheduler')\n"
+        "a = s.alphas_cumprod.double()\n"
+        "print(json.dumps(float((a / (1 - a))[500])))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ref = DDPMScheduler(1000, schedule="scaled_linear_beta").alphas_cumprod.double()
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == pytest.approx(
+        0.25 * float((ref / (1 - ref))[500]), rel=1e-6
+    )

@@ -47,7 +47,8 @@ def test_bad_arguments_name_the_option(kwargs, match):
 @pytest.mark.parametrize("bundle", ["medsegdiff_isic2018", "medsegdiff_brats"])
 def test_bundle_configs_resolve_the_shifted_schedule_by_name(bundle):
     """A fresh interpreter (nothing of ours imported yet) resolves ``noise_schedule: "snr_shifted"`` in a bundle's
-    train.json: the bundle's own imports must register the schedule before its scheduler is built."""
+    train.json: importing any part of the package (the config's own imports) registers the schedule before its
+    scheduler is built."""
     import json
     import subprocess
     import sys

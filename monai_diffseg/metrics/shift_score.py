@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,19 +147,29 @@ def compute_entropy_per_area(prob: torch.Tensor, threshold: float = 0.5) -> torc
     return ent.flatten(1).sum(1) / area
 
 
+def _condition_encoder(network: Any) -> Callable[[torch.Tensor], Any] | None:
+    """The (unwrapped) network's ``encode_condition``, or ``None`` for a network without an image-condition branch."""
+    encode = getattr(unwrap_network(network), "encode_condition", None) if network is not None else None
+    return encode if callable(encode) else None
+
+
+def _require_condition_encoder(network: Any, owner: str) -> Callable[[torch.Tensor], Any]:
+    encode = _condition_encoder(network)
+    if encode is None:
+        raise ValueError(
+            f"{owner}: {type(unwrap_network(network)).__name__} has no encode_condition; the feature distance needs "
+            "a network with an image-condition branch (e.g. MedSegDiff)."
+        )
+    return encode
+
+
 @torch.no_grad()
 def condition_features(network: Any, image: torch.Tensor) -> torch.Tensor:
     """
     Pooled image-condition features ``(N, F)``: the spatial mean of the coarsest level of
     ``network.encode_condition(image)`` (``image``: ``(N, C_in, *S)``), float32.
     """
-    encode = getattr(unwrap_network(network), "encode_condition", None)
-    if not callable(encode):
-        raise ValueError(
-            f"condition_features: {type(unwrap_network(network)).__name__} has no encode_condition; the feature "
-            "distance needs a network with an image-condition branch (e.g. MedSegDiff)."
-        )
-    coarsest = encode(image)[-1]
+    coarsest = _require_condition_encoder(network, "condition_features")(image)[-1]
     return coarsest.float().flatten(2).mean(dim=2)
 
 
@@ -231,7 +241,7 @@ def shift_statistics(images: Iterable[torch.Tensor], network: Any | None = None,
         :class:`ShiftScore` ``feature_stats``.
     """
     module = unwrap_network(network) if network is not None else None
-    has_condition = module is not None and callable(getattr(module, "encode_condition", None))
+    has_condition = _condition_encoder(module) is not None
     if module is not None:
         device, spatial_dims = next(module.parameters()).device, int(getattr(module, "spatial_dims", 2))
     else:
@@ -264,8 +274,7 @@ def condition_feature_statistics(
     ``(C_in, *S)`` or ``(N, C_in, *S)`` tensors, e.g. the preprocessed training images): ``{"mean": (F,), "std":
     (F,)}``, ``std`` at least ``eps``; the ``"feature"`` part of :func:`shift_statistics`.
     """
-    if not callable(getattr(unwrap_network(network), "encode_condition", None)):
-        condition_features(network, torch.zeros(0))  # raises the error that names the missing encode_condition
+    _require_condition_encoder(network, "condition_feature_statistics")
     return shift_statistics(images, network, eps)["feature"]
 
 
@@ -376,7 +385,7 @@ class ShiftScore:
         if self.input_stats is not None:
             x = convert_to_tensor(item[self.image_key], track_meta=False)[None]
             out["input_distance"] = float(compute_feature_distance(input_features(x), self.input_stats)[0])
-        if not callable(getattr(module, "encode_condition", None)) or getattr(module, "anchor_head", None) is None:
+        if _condition_encoder(module) is None or getattr(module, "anchor_head", None) is None:
             # e.g. a plain U-Net baseline run through the same config: no anchor, no condition features
             out["ensemble_dice_error"] = float(compute_ensemble_dice_error(samples, fused, None, self.threshold))
             return out

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
+from bundle_utils import ROOT
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from monai_diffseg.schedulers import snr_shifted_schedule
@@ -49,12 +54,7 @@ def test_bundle_configs_resolve_the_shifted_schedule_by_name(bundle):
     """A fresh interpreter (nothing of ours imported yet) resolves ``noise_schedule: "snr_shifted"`` in a bundle's
     train.json: importing any part of the package (the config's own imports) registers the schedule before its
     scheduler is built."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    configs = Path(__file__).resolve().parents[2] / "bundles" / bundle / "configs"
+    configs = ROOT / "bundles" / bundle / "configs"
     script = (
         "import json, sys\n"
         "from monai.bundle import ConfigParser\n"
